@@ -1,0 +1,129 @@
+"""Benchmark of the middle-slice conversion (issue 3): a naive reference against `lsdc convert`.
+
+    python benchmarks/bench_convert.py [--data DIR] [--n-train 60] [--image-size 512] [--workers N]
+
+On a synthetic data set (`lsdc.synth.make_synthetic`, 60 studies x 2 sagittal series of 15-20 slices of 512 x 512
+by default; written to a temporary folder unless --data names one, which is created if needed and reused after)
+it times, with every file already in the OS page cache:
+  (a) the naive reference: one series after another, read every slice with its pixels, sort by InstanceNumber,
+      take the middle, normalise it (METHOD.md), resize and write the PNG;
+  (b) `lsdc.dicom.convert_dataset`, the function behind `lsdc convert` (fresh output each time),
+      with process workers (the default) and with thread workers;
+  (c) the lower bound: decoding only the middle file of each series, one after another;
+(a) and (b) run interleaved, best of --repeats (naive: of --naive-repeats), so a burst of load from other programs on a
+shared machine does not favour one of them;
+and the `lsdc convert` command end to end (including Python start-up and imports), for information.
+It checks that (a) and (b) write the same pixels wherever they pick the same slice, prints series per second and,
+as its last line, `convert speedup vs naive: <ratio>x` (processes against the naive reference).
+"""
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+from lsdc.core import SAGITTAL
+from lsdc.data import load_rsna, series_table
+from lsdc.dicom import convert_dataset, png_info
+
+
+def naive_convert(folder: Path, dest: Path, size: int = 256):
+    "The reference way: decode every slice, sort by InstanceNumber, keep the middle one"
+    dss = [pydicom.dcmread(f) for f in sorted(folder.glob('*.dcm'))]
+    slices = sorted(((int(d.InstanceNumber), d.pixel_array, d) for d in dss), key=lambda t: t[0])
+    inst, img, ds = slices[len(slices) // 2]
+    img = img.astype(np.float64) * float(ds.get('RescaleSlope', 1)) + float(ds.get('RescaleIntercept', 0))
+    img = np.clip(img, np.percentile(img, 1), np.percentile(img, 99))
+    img = img - img.min()
+    img = (img / img.max() * 255).astype(np.uint8) if img.max() > 0 else np.zeros(img.shape, np.uint8)
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(dest), img)
+    return inst
+
+
+def timed(f):
+    t0 = time.perf_counter(); res = f(); return time.perf_counter() - t0, res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--data', help='synthetic data folder to (create and) use; default: a temporary folder')
+    ap.add_argument('--n-train', type=int, default=60)
+    ap.add_argument('--image-size', type=int, default=512)
+    ap.add_argument('--workers', type=int, default=None, help='workers for convert_dataset (default: one per core)')
+    ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--naive-repeats', type=int, default=2)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix='bench_convert_'))
+    data = Path(args.data) if args.data else tmp/'data'
+    try:
+        if not (data/'train.csv').exists():
+            from lsdc.synth import make_synthetic
+            t, _ = timed(lambda: make_synthetic(data, n_train=args.n_train, n_test=0, image_size=args.image_size))
+            print(f'generated {args.n_train} synthetic studies ({args.image_size} px) in {t:.1f} s -> {data}')
+        d = load_rsna(data, splits=('train',), check_images=False)
+        table = series_table(d, 'train', SAGITTAL)
+        files = [f for folder in table.folder for f in sorted(Path(folder).glob('*.dcm'))]
+        mb = sum(f.stat().st_size for f in files) / 2**20
+        for f in files: f.read_bytes()  # everyone starts from the page cache
+        n = len(table)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+        workers = args.workers or cores
+        print(f'data: {table.study_id.nunique()} studies, {n} sagittal series, {len(files)} DICOM files ({mb:.0f} MiB), '
+              f'{min(len(list(Path(f).glob("*.dcm"))) for f in table.folder)}-{max(len(list(Path(f).glob("*.dcm"))) for f in table.folder)} slices per series; '
+              f'{cores} CPU cores, {workers} workers, load average {os.getloadavg()[0]:.1f} at start')
+
+        # (a) naive reference and (b) convert_dataset with processes and threads, interleaved so that a burst of load
+        # from other programs on a shared machine hits all of them; best of `repeats` (naive: of `naive_repeats`)
+        times = {'naive': [], 'process': [], 'thread': []}
+        for i in range(args.repeats):
+            if i < args.naive_repeats:
+                t, naive_inst = timed(lambda: [naive_convert(Path(r.folder), tmp/f'naive{i}'/f'{r.study_id}/{r.series_id}.png') for r in table.itertuples()])
+                times['naive'].append(t)
+            for parallel in ('process', 'thread'):
+                t, idx = timed(lambda: convert_dataset(d, tmp/f'{parallel}{i}', progress=False, n_workers=workers, parallel=parallel, resume=False))
+                assert idx.attrs['failed'] == 0 and len(idx) == n, idx.attrs
+                times[parallel].append(t)
+        best = {k: min(v) for k, v in times.items()}
+        t_naive = best['naive']
+        runs = lambda k: f'(best of {len(times[k])}: {", ".join(f"{x:.2f}" for x in times[k])} s)'
+        print(f'naive reference (every slice decoded, serial): {t_naive:6.2f} s  {n / t_naive:7.1f} series/s {runs("naive")}')
+        for parallel in ('process', 'thread'):
+            print(f'convert_dataset, {workers} {parallel} workers: {best[parallel]:6.2f} s  {n / best[parallel]:7.1f} series/s {runs(parallel)}')
+        print(f'processes vs threads: processes are {best["thread"] / best["process"]:.2f}x as fast as threads')
+        t_serial, _ = timed(lambda: convert_dataset(d, tmp/'serial', progress=False, n_workers=1, resume=False))
+        print(f'convert_dataset, serial (1 worker):       {t_serial:6.2f} s  {n / t_serial:7.1f} series/s')
+
+        # (c) lower bound: decode the middle files only
+        side = [png_info(tmp/'process0'/f'{r.study_id}/{r.series_id}.png') for r in table.itertuples()]
+        mids = [Path(r.folder)/s['file'] for r, s in zip(table.itertuples(), side)]
+        t_low, _ = timed(lambda: [pydicom.dcmread(f).pixel_array for f in mids])
+        print(f'lower bound, decode the middle files only (serial): {t_low:6.2f} s  {n / t_low:7.1f} series/s')
+
+        # the command line, end to end
+        t_cli, r = timed(lambda: subprocess.run(['lsdc', 'convert', str(data), str(tmp/'cli'), '--quiet'] +
+                                                 (['--workers', str(args.workers)] if args.workers else []), capture_output=True, text=True))
+        print(f'`lsdc convert` end to end (with start-up and imports): {t_cli:6.2f} s  {n / t_cli:7.1f} series/s  [{r.stdout.strip()}]')
+
+        # same PNGs where the slice orders agree
+        same = differ = other = 0
+        for r, s, inst in zip(table.itertuples(), side, naive_inst):
+            if s['instance_number'] != inst: other += 1; continue
+            a = cv2.imread(str(tmp/'naive0'/f'{r.study_id}/{r.series_id}.png'), cv2.IMREAD_UNCHANGED)
+            b = cv2.imread(str(tmp/'process0'/f'{r.study_id}/{r.series_id}.png'), cv2.IMREAD_UNCHANGED)
+            if np.array_equal(a, b): same += 1
+            else: differ += 1
+        print(f'PNG check: {same} identical, {differ} different where both pick the same slice; '
+              f'{other} series where InstanceNumber order and spatial order pick different slices')
+        if differ: print('PNG CHECK FAILED'); sys.exit(1)
+        print(f'load average {os.getloadavg()[0]:.1f} at the end')
+        print(f'convert speedup vs naive: {t_naive / best["process"]:.1f}x')
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()

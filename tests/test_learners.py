@@ -1,0 +1,157 @@
+"""lsdc.sampling + lsdc.learners on the real pipeline at tiny size: synthetic DICOM -> PNG conversion -> training.
+
+One module-scoped run trains two columns (ResNet18 and ResNet34, 64 px, one epoch per attempt, no pretrained weights)
+into one models folder as two shards, with a third column that must fail; the tests read what it wrote."""
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+
+from lsdc.core import GRADES, LABEL_COLUMNS
+from lsdc.sampling import read_index, training_table, grade_counts
+from lsdc.learners import (train_columns, shard_columns, parse_columns, column_done, file_sha256, read_results,
+                           collect_results)
+
+COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l4_l5']
+FAILING = 'right_subarticular_stenosis_l1_l2'   # all labels removed: no study to train on
+TINY = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, first_epochs=1, short_epochs=1, long_epochs=1, progress=False)
+
+
+@pytest.fixture(scope='module')
+def synth(request, tmp_path_factory):
+    "The lead's `synth_data` fixture when conftest provides it, else the same tiny set made here"
+    try: return Path(request.getfixturevalue('synth_data'))
+    except pytest.FixtureLookupError:
+        from lsdc.synth import make_synthetic
+        return Path(make_synthetic(tmp_path_factory.mktemp('synth'), n_train=16, n_test=3, image_size=128, seed=0, n_workers=1))
+
+
+@pytest.fixture(scope='module')
+def converted(synth, tmp_path_factory):
+    from lsdc.dicom import convert_dataset
+    dest = tmp_path_factory.mktemp('converted')
+    convert_dataset(synth, dest, split='train', size=64, n_workers=1, progress=False)
+    return dest
+
+
+@pytest.fixture(scope='module')
+def labels(synth):
+    from lsdc.data import load_rsna
+    lab = load_rsna(synth, splits=('train',), check_images=False).train
+    return lab.assign(**{FAILING: np.nan})
+
+
+@pytest.fixture(scope='module')
+def models(converted, labels, tmp_path_factory):
+    "Two shards into one folder: shard 0/2 (ResNet18) gets COLS[0] and FAILING, shard 1/2 (ResNet34) gets COLS[1]"
+    dest = tmp_path_factory.mktemp('models')
+    cols = COLS + [FAILING]
+    assert shard_columns(parse_columns(cols), '0/2') == [COLS[0], FAILING]
+    train_columns(converted, dest, labels=labels, columns=cols, shard='0/2', arch='resnet18', **TINY)
+    train_columns(converted, dest, labels=labels, columns=cols, shard='1/2', arch='resnet34', **TINY)
+    return dest
+
+
+def test_split_has_no_leak(models, converted, labels):
+    split = pd.read_csv(models/'split.csv')
+    assert set(split.column) == set(COLS)
+    assert (split.groupby(['column', 'study_id']).split.nunique() == 1).all()     # no study on both sides
+    index = read_index(converted)
+    for col in COLS:
+        table, info = training_table(labels, index, col)
+        s = split[split.column == col].set_index('study_id').split
+        assert dict(s) == {int(r.study_id): 'valid' if r.is_valid else 'train' for r in table.itertuples()}
+        assert not set(table[table.is_valid].image) & set(table[~table.is_valid].image)
+        # validation keeps the natural grades of the studies assigned to it: no upsampling there
+        valid_ids = s.index[s == 'valid']
+        want = grade_counts(labels.set_index('study_id').loc[valid_ids, col])
+        assert grade_counts(table[table.is_valid].label) == want == read_results(models)[col]['valid_counts']
+        assert table[table.is_valid].study_id.is_unique
+
+
+def test_upsampling_balanced_and_reproducible(converted, labels):
+    index = read_index(converted)
+    for col in COLS:
+        t1, i1 = training_table(labels, index, col, seed=7)
+        t2, i2 = training_table(labels, index, col, seed=7)
+        pd.testing.assert_frame_equal(t1, t2)
+        counts = i1['train_counts_upsampled']
+        present = [g for g in GRADES if i1['train_counts'][g]]
+        assert {counts[g] for g in present} == {i1['train_counts']['Normal/Mild']}
+        assert i1['n_train_upsampled'] == len(t1) - i1['n_valid'] >= i1['n_train']
+
+
+def test_records_and_manifest(models):
+    recs = read_results(models)
+    assert [recs[c]['status'] for c in COLS] == ['ok', 'ok']
+    assert recs[COLS[0]]['architecture'] == 'resnet18' and recs[COLS[1]]['architecture'] == 'resnet34'
+    assert recs[COLS[0]]['series'] == 'Sagittal T2/STIR' and recs[COLS[1]]['series'] == 'Sagittal T1'
+    man = json.loads((models/'manifest.json').read_text())
+    assert sorted(man['columns']) == sorted(COLS)
+    for col, m in man['columns'].items():
+        assert m['sha256'] == file_sha256(models/f'{col}.pkl')
+        assert m['classes'] == list(GRADES) and m['image_size'] == 64
+        assert m['n_train_upsampled'] >= m['n_train'] > 0
+        assert all(k in m for k in ('lr_minimum', 'lr_steep', 'lr_valley', 'lr_slide', 'epochs_run', 'valid_accuracy', 'valid_log_loss'))
+        assert 0 <= m['valid_accuracy'] <= 1 and m['valid_log_loss'] > 0
+    res = pd.read_csv(models/'results.csv')
+    assert set(res.column) == set(COLS) | {FAILING}
+    ok = res[res.status == 'ok']
+    assert ok.convergence.isin(['fast', 'moderate', 'slow']).all() and (ok.avg_epoch_seconds > 0).all()
+    assert (models/'results.png').stat().st_size > 1000
+
+
+def test_failing_column_is_isolated(models):
+    rec = read_results(models)[FAILING]
+    assert rec['status'] == 'failed' and 'no labelled study' in rec['error']
+    assert not (models/f'{FAILING}.pkl').exists()
+    assert json.loads((models/'manifest.json').read_text())['failed'] == {FAILING: rec['error']}
+
+
+def test_pickles_load_in_a_fresh_process(models, converted):
+    png = str(read_index(converted).image[0])
+    code = ("import sys, json; from fastai.learner import load_learner\n"
+            "out = {}\n"
+            "for fn in sys.argv[2:]:\n"
+            "    l = load_learner(fn); _, _, p = l.predict(sys.argv[1])\n"
+            "    out[fn] = dict(vocab=list(l.dls.vocab), probs=[float(x) for x in p])\n"
+            "print(json.dumps(out))\n")
+    pkls = [str(models/f'{c}.pkl') for c in COLS]
+    r = subprocess.run([sys.executable, '-c', code, png, *pkls], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for fn in pkls:
+        assert out[fn]['vocab'] == list(GRADES)
+        assert len(out[fn]['probs']) == 3 and abs(sum(out[fn]['probs']) - 1) < 1e-5
+
+
+def test_second_run_skips_finished_columns(models, converted, labels):
+    before = {c: (models/f'{c}.pkl').stat().st_mtime_ns for c in COLS}
+    assert all(column_done(models, c) for c in COLS)
+    df = train_columns(converted, models, labels=labels, columns=COLS + [FAILING], arch='resnet18', **TINY)
+    assert {c: (models/f'{c}.pkl').stat().st_mtime_ns for c in COLS} == before
+    assert list(df.set_index('column').loc[COLS, 'status']) == ['ok', 'ok']
+
+
+def test_tampered_pickle_is_retrained_check(models, tmp_path):
+    # a pickle that does not match its record is not "done" (copy the folder's files, do not touch the shared one)
+    import shutil
+    m = tmp_path/'m'; shutil.copytree(models, m)
+    with open(m/f'{COLS[0]}.pkl', 'ab') as f: f.write(b'x')
+    assert not column_done(m, COLS[0]) and column_done(m, COLS[1])
+
+
+def test_shards_are_disjoint_and_cover_all_columns():
+    for n in range(1, 8):
+        shards = [shard_columns(LABEL_COLUMNS, f'{i}/{n}') for i in range(n)]
+        flat = [c for s in shards for c in s]
+        assert len(flat) == len(set(flat)) == 25 and set(flat) == set(LABEL_COLUMNS)
+
+
+def test_cli(models, converted, synth):
+    from lsdc.cli import main
+    # every column of this selection is done: the CLI parses its options and resumes without training
+    rc = main(['train', str(converted), str(models), '--data', str(synth), '--columns', ','.join(COLS), '--size', '64',
+               '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1', '--lr-find-iters', '5', '--quiet'])
+    assert rc == 0
+    assert read_results(models)[COLS[0]]['sha256'] == file_sha256(models/f'{COLS[0]}.pkl')
+    with pytest.raises(SystemExit): main(['train', '--help'])
