@@ -145,6 +145,8 @@ def data_path(path=None) -> Path:
 import tempfile
 from contextlib import contextmanager
 
+_UMASK = os.umask(0); os.umask(_UMASK)
+
 @contextmanager
 def atomic_path(dest, suffix:str=''):
     "Yield a temporary path next to `dest`; rename it to `dest` only if the block succeeds"
@@ -155,6 +157,7 @@ def atomic_path(dest, suffix:str=''):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.is_file(): os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, dest)
     finally:
         if tmp.exists(): tmp.unlink()

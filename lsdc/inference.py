@@ -15,7 +15,8 @@ from .learners import file_sha256
 
 # %% auto #0
 __all__ = ['ModelIntegrityError', 'read_manifest', 'verified_pickle', 'load_column_learner', 'column_priors', 'predict_images',
-           'to_grade_order', 'predict_columns', 'to_submission', 'predict', 'predict_cli']
+           'to_grade_order', 'predict_columns', 'to_submission', 'predict', 'predict_cli', 'validation_predictions',
+           'evaluate_models']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
 class ModelIntegrityError(ValueError):
@@ -75,6 +76,10 @@ def column_priors(models=None,       # a models folder whose results/*.json hold
                 v = np.array([float(counts.get(g, counts.get(k, 0))) for g, k in zip(GRADES, GRADE_KEYS)])
                 v = np.maximum(v/v.sum(), floor)
                 pri.loc[r['column']] = v/v.sum()
+                have.add(r['column'])
+    if len(have) < len(LABEL_COLUMNS) and (models is not None or labels is not None):
+        lost = [c for c in LABEL_COLUMNS if c not in have]
+        warnings.warn(f"no training grades for {len(lost)} columns (e.g. {lost[0]}): their prior is uniform")
     return pri
 
 # %% ../nbs/06_inference.ipynb #ae97a97e
@@ -194,7 +199,11 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
     else:
         sids = sorted(d.series(split).study_id.unique())
         row_ids = [r for s in sids for r in study_row_ids(s)]
-    priors = column_priors(models)
+    train = d.train
+    if (train is None or train.empty) and (Path(d.path)/'train.csv').exists():   # the training labels give the prior of untrained columns
+        from lsdc.data import read_train
+        train = read_train(Path(d.path)/'train.csv')
+    priors = column_priors(models, labels=train)
     preds = predict_columns(models, index, sids, priors=priors, bs=bs, tta=tta, progress=progress)
     sub = to_submission(preds, row_ids, priors)
     write_csv(sub, out, float_format='%.6f')
@@ -221,3 +230,51 @@ def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
     except (ModelIntegrityError, FileNotFoundError) as e:
         print(f'lsdc predict: {e}'); return 1
     return 0
+
+# %% ../nbs/06_inference.ipynb #0b26c8d4
+def validation_predictions(models,              # models folder (manifest.json, split.csv, pickles)
+                           converted,           # conversion folder of the training studies (index.csv)
+                           labels:pd.DataFrame, # train.csv-style true grades
+                           columns=None,        # label columns (default: every trained column)
+                           bs:int=64,           # batch size
+                          ) -> pd.DataFrame:
+    "Long predictions of every column's validation studies with their true grade: study_id, column, grade, normal_mild, moderate, severe"
+    from lsdc.sampling import read_index, pick_images
+    models = Path(models)
+    manifest = read_manifest(models)
+    fn = models/'split.csv'
+    if not fn.exists(): raise FileNotFoundError(f"{fn}: no split file; it is written by `lsdc train`")
+    split = pd.read_csv(fn)
+    index = read_index(converted)
+    lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
+    cols = [c for c in (columns or LABEL_COLUMNS) if c in manifest.get('columns', {})]
+    out = []
+    for col in cols:
+        ids = split[(split.column == col) & (split.split == 'valid')].study_id.map(as_id).tolist()
+        imgs = pick_images(index, manifest['columns'][col].get('series') or series_for_condition(col)).set_index('study_id').image
+        lost = [s for s in ids if s not in imgs.index or s not in lab.index]
+        if lost: warnings.warn(f"{col}: {len(lost)} validation studies have no image or label here ({lost[:5]}); not evaluated")
+        ids = [s for s in ids if s not in lost]
+        if not ids: continue
+        learn = load_column_learner(models, col, manifest)
+        p = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs), learn.dls.vocab)
+        out.append(pd.DataFrame({'study_id': ids, 'column': col, 'grade': lab.loc[ids, col].to_numpy(),
+                                 **dict(zip(GRADE_KEYS, p.T))}))
+    if not out: raise ValueError(f"{models}: no validation study could be predicted")
+    return pd.concat(out, ignore_index=True)
+
+def evaluate_models(models,              # models folder
+                    converted,           # conversion folder of the training studies
+                    labels:pd.DataFrame, # train.csv-style true grades
+                    out=None,            # folder for evaluation.csv, confusion_matrices.png, validation_predictions.csv (default: `models`)
+                    bs:int=64,           # batch size
+                   ) -> pd.DataFrame:
+    "Evaluate every trained column on its validation studies; the metrics table (one row per column), also written to `out`"
+    from lsdc.metrics import evaluate, plot_confusion_grid
+    out = Path(models if out is None else out)
+    preds = validation_predictions(models, converted, labels, bs=bs)
+    ev = evaluate(preds)
+    write_csv(preds, out/'validation_predictions.csv', float_format='%.6f')
+    write_csv(ev, out/'evaluation.csv', float_format='%.6f')
+    plot_confusion_grid(preds, out/'confusion_matrices.png', title='Confusion matrices of the validation studies')
+    return ev

@@ -6,12 +6,14 @@ Docs: https://lsdc-dev.github.io/lsdc/learners.html.md"""
 
 # %% ../nbs/05_learners.ipynb #c628e9a3
 from __future__ import annotations
-import argparse, hashlib, json, logging, math, os, shutil, time, traceback
+import argparse, contextlib, hashlib, io, json, logging, math, os, shutil, sys, tempfile, time, traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Callable
 import numpy as np, pandas as pd, torch, torchvision
+import torch.nn.functional as F
 from fastcore.script import call_parse
+from fastcore.imports import IN_NOTEBOOK
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize, aug_transforms,
                                Normalize, imagenet_stats, vision_learner, create_body, model_meta, accuracy, AccumMetric,
                                Callback, EarlyStoppingCallback, SaveModelCallback, set_seed,
@@ -19,15 +21,15 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, 
 from fastai.metrics import ActivationType
 from . import __version__
 from .metrics import weighted_log_loss
-from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, atomic_path, write_csv, write_text
+from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv, write_text
 from .sampling import read_index, training_table, split_frame, write_splits
 
 # %% auto #0
 __all__ = ['log', 'SUGGEST_FUNCS', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss',
-           'grade_dls', 'resolve_arch', 'arch_name', 'load_body_weights', 'make_learner', 'find_lrs', 'EpochLog',
-           'fit_once', 'epoch_threshold_train', 'file_sha256', 'train_column', 'result_file', 'write_result',
-           'read_results', 'column_done', 'results_table', 'manifest', 'plot_results', 'collect_results',
-           'parse_columns', 'shard_columns', 'train_columns', 'train_cli']
+           'grade_dls', 'resolve_arch', 'arch_name', 'load_body_weights', 'make_learner', 'pretrain_body', 'find_lrs',
+           'EpochLog', 'fit_once', 'epoch_threshold_train', 'file_sha256', 'train_column', 'result_file',
+           'write_result', 'read_results', 'column_done', 'results_table', 'manifest', 'plot_results',
+           'collect_results', 'parse_columns', 'shard_columns', 'train_columns', 'train_cli']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
               num_workers:int|None=None,# data loader workers (default: 0 on CPU, up to 8 on CUDA)
               device=None,              # torch device (default: CUDA when present)
               seed:int=42,              # seed of the shuffling
+              aug:bool=True,            # `aug_transforms` (rotation, zoom, warp, lighting) on training batches
              ):
     "fastai `DataLoaders` for one label column"
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -63,7 +66,7 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
     if n_train < 2: raise ValueError(f"need at least 2 training images, got {n_train}")
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(GRADES), sort=False)),
                        get_x=ColReader('image'), get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
-                       item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=flip))
+                       item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=flip) if aug else None)
     return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
 
 # %% ../nbs/05_learners.ipynb #2e7bd023
@@ -151,6 +154,67 @@ def make_learner(dls,                        # from `grade_dls`
     return learn
 
 # %% ../nbs/05_learners.ipynb #4ebb8e05
+def _image_tensor(fns:list, size:int) -> torch.Tensor:
+    "Images as a normalised (n, 3, size, size) float tensor (ImageNet statistics, like the learners' inputs)"
+    import cv2
+    ims = []
+    for fn in fns:
+        im = cv2.imread(str(fn), cv2.IMREAD_COLOR)
+        if im is None: raise ValueError(f"{fn}: not a readable image")
+        ims.append(cv2.resize(im[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA))
+    x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float().div_(255)
+    m, sd = torch.tensor(imagenet_stats[0])[:, None, None], torch.tensor(imagenet_stats[1])[:, None, None]
+    return (x - m)/sd
+
+def pretrain_body(converted,               # conversion folder of the pretraining studies (index.csv)
+                  labels:pd.DataFrame,     # their train.csv-style labels
+                  dest,                    # state dict file to write
+                  arch:str='resnet18',     # torchvision architecture
+                  size:int=48,             # image size
+                  epochs:int=10,           # epochs (one-cycle schedule)
+                  lr:float=3e-3,           # peak learning rate (AdamW)
+                  bs:int=32,               # batch size
+                  series=None,             # series mapping (None: `DEFAULT_SERIES`)
+                  seed:int=0,              # seed of initialisation and shuffling
+                  progress:bool=True,      # a line per epoch
+                 ) -> Path:
+    "Pretrain `arch` on every label column at once and save its body (no classifier) as a torchvision state dict"
+    from lsdc.sampling import read_index, pick_images
+    torch.manual_seed(seed)
+    index = read_index(converted)
+    lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
+    fns, ys = [], []
+    for desc in sorted({series_for_condition(c, series) for c in LABEL_COLUMNS}):
+        cols = [i for i, c in enumerate(LABEL_COLUMNS) if series_for_condition(c, series) == desc and c in lab.columns]
+        if not cols: continue
+        for r in pick_images(index, desc).itertuples():
+            if r.study_id not in lab.index: continue
+            y = np.full(len(LABEL_COLUMNS), -1)
+            for i in cols:
+                g = lab.at[r.study_id, LABEL_COLUMNS[i]]
+                if isinstance(g, str) and g in GRADES: y[i] = GRADES.index(g)
+            fns.append(r.image); ys.append(y)
+    if len(fns) < bs: raise ValueError(f"{converted}: {len(fns)} labelled images, too few to pretrain on")
+    x, y = _image_tensor(fns, size), torch.from_numpy(np.stack(ys))
+    model = resolve_arch(arch)(weights=None, num_classes=3*len(LABEL_COLUMNS))
+    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-2)
+    n_batches = (len(x) + bs - 1)//bs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs*n_batches)
+    w = torch.tensor(GRADE_WEIGHTS, dtype=torch.float)
+    model.train()
+    for ep in range(epochs):
+        t0, perm, tot = time.perf_counter(), torch.randperm(len(x)), 0.
+        for i in range(0, len(x), bs):
+            b = perm[i:i + bs]
+            out = model(x[b]).view(len(b) * len(LABEL_COLUMNS), 3)
+            loss = F.cross_entropy(out, y[b].reshape(-1), weight=w, ignore_index=-1)
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += loss.item()*len(b)
+        if progress: print(f"pretrain {arch} epoch {ep + 1}/{epochs}: loss {tot/len(x):.3f}, {time.perf_counter() - t0:.1f} s", flush=True)
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith(('fc.', 'classifier.'))}
+    with atomic_path(dest) as tmp: torch.save(sd, tmp)
+    return Path(dest)
+
+# %% ../nbs/05_learners.ipynb #965cb740
 SUGGEST_FUNCS = (minimum, steep, valley, slide)
 
 def _each_suggestion(recorder, num_it:int) -> dict:
@@ -179,7 +243,7 @@ def find_lrs(learn,                    # a learner
     sug['lr'] = v if math.isfinite(v) and v > 0 else fallback_lr
     return sug
 
-# %% ../nbs/05_learners.ipynb #d1438c8e
+# %% ../nbs/05_learners.ipynb #cfe57156
 class EpochLog(Callback):
     "Record train/valid loss, metrics and seconds of every epoch, across fits"
     order = 51  # after the Recorder has logged the epoch
@@ -208,19 +272,25 @@ def fit_once(dls,                       # from `grade_dls`
             ) -> dict:
     "Train a fresh learner; the learner (best epoch loaded), its validation accuracy/loss and the epoch log"
     set_seed(seed, reproducible=True)
+    if path is None: path = tempfile.mkdtemp(prefix='lsdc-fit-')   # the best-epoch checkpoint never lands in the cwd
     learn = make_learner(dls, arch, pretrained, weights, path, mixed_precision, channels_last)
     elog = EpochLog()
     cbs = [EarlyStoppingCallback(monitor='valid_loss', patience=patience),
            SaveModelCallback(monitor='valid_loss', fname='best', reset_on_fit=False), elog, *(cbs or [])]
     t0 = time.perf_counter()
-    if progress: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
-    else:
-        with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
-    valid_loss, acc, wll = learn.validate()[:3]
+    scratch = not pretrained and weights is None
+    def fit():
+        if scratch: learn.fit_one_cycle(epochs, lr, cbs=cbs)
+        else: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
+    if progress:
+        fit(); valid_loss, acc, wll = learn.validate()[:3]
+    else:  # no bars, no tables, no 'Better model found' / 'early stopping' lines
+        with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
+            fit(); valid_loss, acc, wll = learn.validate()[:3]
     return dict(learn=learn, epochs=epochs, accuracy=float(acc), log_loss=float(wll), valid_loss=float(valid_loss),
                 history=elog.rows, epochs_run=len(elog.rows), seconds=time.perf_counter() - t0)
 
-# %% ../nbs/05_learners.ipynb #06ad0aca
+# %% ../nbs/05_learners.ipynb #898e7597
 def epoch_threshold_train(trainer:Callable,      # `trainer(epochs) -> dict` with an `accuracy` key
                           first_epochs:int=4,    # epochs of the first model
                           keep_above:float=0.95, # keep the first model when its accuracy is above this
@@ -238,7 +308,7 @@ def epoch_threshold_train(trainer:Callable,      # `trainer(epochs) -> dict` wit
     kept = second if keep == 'last' or second['accuracy'] >= first['accuracy'] else first
     return kept, [first, second], 'moderate' if short else 'slow'
 
-# %% ../nbs/05_learners.ipynb #33886ad0
+# %% ../nbs/05_learners.ipynb #656636a4
 def file_sha256(fn) -> str:
     "SHA-256 hex digest of a file"
     h = hashlib.sha256()
@@ -267,6 +337,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                  patience:int=3,            # early stopping patience (valid_loss)
                  seed:int=42,               # seed of shuffling and initialisation
                  flip:bool=False,           # horizontal flips in augmentation
+                 aug:bool=True,             # augmentation (`aug_transforms`) of training batches
                  num_workers:int|None=None, # data loader workers
                  device=None,               # torch device (default: CUDA when present)
                  mixed_precision:bool|None=None, # fp16 (default: on CUDA)
@@ -279,7 +350,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        dls = grade_dls(table, size, bs, flip, num_workers, device, seed)
+        dls = grade_dls(table, size, bs, flip, num_workers, device, seed, aug)
         set_seed(seed, reproducible=True)
         finder = make_learner(dls, arch, pretrained, weights, work, mixed_precision, channels_last)
         if progress: lrs = find_lrs(finder, lr_find_iters)
@@ -301,7 +372,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
     history = [{'attempt': i, 'epochs': a['epochs'], **h} for i, a in enumerate(attempts) for h in a['history']]
     kh = kept['history']
     return dict(column=col, status='ok', architecture=arch_name(arch), image_size=size, classes=list(GRADES),
-                pretrained=bool(pretrained and weights is None), weights=str(weights) if weights else None,
+                pretrained=bool(pretrained and weights is None), augmentation=bool(aug), weights=str(weights) if weights else None,
                 **{k: info[k] for k in ('series', 'n_studies', 'n_missing_series', 'missing_series', 'split', 'n_train',
                                         'n_train_upsampled', 'n_valid', 'train_counts', 'train_counts_upsampled', 'valid_counts')},
                 lr_minimum=lrs['minimum'], lr_steep=lrs['steep'], lr_valley=lrs['valley'], lr_slide=lrs['slide'], lr=lrs['lr'],
@@ -315,11 +386,11 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                 seconds=time.perf_counter() - t0, pickle=pkl.name, sha256=file_sha256(pkl), history=history,
                 lsdc_version=__version__, finished=_now())
 
-# %% ../nbs/05_learners.ipynb #fd600144
+# %% ../nbs/05_learners.ipynb #58d5a240
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
                   'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'epochs_total', 'n_train', 'n_train_upsampled',
                   'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'error')
-MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'pretrained', 'n_train', 'n_train_upsampled', 'n_valid',
+MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'pretrained', 'augmentation', 'n_train', 'n_train_upsampled', 'n_valid',
                  'n_missing_series', 'lr_minimum', 'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence',
                  'valid_accuracy', 'valid_log_loss', 'pickle', 'sha256', 'finished')
 
@@ -354,7 +425,7 @@ def column_done(models, col:str) -> bool:
     except (OSError, json.JSONDecodeError): return False
     return r.get('status') == 'ok' and r.get('sha256') == file_sha256(pkl)
 
-# %% ../nbs/05_learners.ipynb #f2bbcbb3
+# %% ../nbs/05_learners.ipynb #b819999b
 def results_table(records:dict) -> pd.DataFrame:
     "One row per column: accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
     rows = [{k: r.get(k) for k in RESULT_COLUMNS} for r in records.values()]
@@ -385,15 +456,15 @@ def plot_results(df:pd.DataFrame, # `results_table`
     with atomic_path(fname) as tmp: fig.savefig(tmp, format='png', dpi=100)
     return Path(fname)
 
-def collect_results(models) -> pd.DataFrame:
-    "Rebuild `manifest.json`, `results.csv`, `results.png`, `training_curves.png` and `split.csv` from the per-column files"
+def collect_results(models, plots:bool=True) -> pd.DataFrame:
+    "Rebuild `manifest.json`, `results.csv`, `split.csv` and (with `plots`) `results.png`, `training_curves.png` from the per-column files"
     from lsdc.metrics import plot_training_curves
     models = Path(models)
     recs = read_results(models)
     df = results_table(recs)
     write_text(json.dumps(manifest(recs), indent=1, default=_json_default), models/'manifest.json')
     write_csv(df, models/'results.csv')
-    if (df.status == 'ok').any():
+    if plots and (df.status == 'ok').any():
         plot_results(df, models/'results.png')
         hist = {c: pd.DataFrame(r['history']).query(f"attempt == {r.get('kept_attempt', 0)}").assign(epoch=lambda h: range(len(h)))
                 for c, r in recs.items() if r.get('status') == 'ok' and r.get('history')}
@@ -402,7 +473,7 @@ def collect_results(models) -> pd.DataFrame:
     if splits: write_splits(splits, models/'split.csv')
     return df
 
-# %% ../nbs/05_learners.ipynb #b819999b
+# %% ../nbs/05_learners.ipynb #fbb96dbc
 def parse_columns(columns) -> list[str]:
     "Label columns from None (all 25), a list, or a comma/space separated string"
     if columns is None: return list(LABEL_COLUMNS)
@@ -422,7 +493,7 @@ def shard_columns(columns:list,  # the columns to share out
     if not (n >= 1 and 0 <= i < n): raise ValueError(f"shard {shard!r}: need 0 <= i < n")
     return list(columns)[i::n]
 
-# %% ../nbs/05_learners.ipynb #8fa5f94e
+# %% ../nbs/05_learners.ipynb #79bf0683
 def _say(msg:str, progress:bool):
     log.info(msg)
     if progress: print(msg, flush=True)
@@ -448,6 +519,8 @@ def train_columns(converted,               # conversion folder (holds index.csv,
     if labels is None:
         from lsdc.data import load_rsna
         labels = load_rsna(data, splits=('train',), check_images=False).train
+    # fastai's bars only where they render (a terminal or a notebook); elsewhere one line per column
+    bars = progress and (sys.stdout.isatty() or IN_NOTEBOOK)
     t0 = time.perf_counter()
     for k, col in enumerate(cols, 1):
         tag = f"[{k}/{len(cols)}] {col}"
@@ -459,7 +532,7 @@ def train_columns(converted,               # conversion folder (holds index.csv,
             if info['n_missing_series']:
                 _say(f"{tag}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out", progress)
             write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
-            rec = train_column(table, info, models, seed=seed, progress=progress, **kwargs)
+            rec = train_column(table, info, models, seed=seed, progress=bars, **kwargs)
             _say(f"{tag}: valid accuracy {rec['valid_accuracy']:.3f}, weighted log loss {rec['valid_log_loss']:.3f}, "
                  f"{rec['convergence']}, {rec['epochs_run']} epochs, {rec['seconds']:.0f} s", progress)
         except Exception as e:
@@ -468,13 +541,13 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                        traceback=traceback.format_exc()[-4000:], finished=_now())
             _say(f"{tag}: FAILED ({rec['error']})", progress)
         write_result(models, rec)
-        collect_results(models)
+        collect_results(models, plots=False)
     df = collect_results(models)
     _say(f"{len(cols)} columns in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
          f"{int((df.status != 'ok').sum())} failed", progress)
     return df
 
-# %% ../nbs/05_learners.ipynb #79bf0683
+# %% ../nbs/05_learners.ipynb #2b1a3ef9
 SERIES_MAPS = {'default': None, 'sagittal_t1': 'Sagittal T1', 'sagittal_t2': 'Sagittal T2/STIR'}
 
 def _floats(s, n:int, what:str) -> list:
@@ -499,6 +572,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               seed:int=42,                   # random seed
               series_map:str='default',      # 'default' (T2/STIR for canal and subarticular, T1 for foraminal), 'sagittal_t1', or a description
               bs:int=64,                     # batch size
+              aug:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # augmentation of training batches
               keep:str='last',               # after retraining keep the 'last' model (the method) or the 'best'
               no_resume:bool=False,          # retrain columns that already have a pickle
               quiet:bool=False,              # no progress output
@@ -510,7 +584,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     series = SERIES_MAPS[series_map] if series_map in SERIES_MAPS else series_map
     df = train_columns(converted, models, data=data, columns=columns, shard=shard, series=series, valid_pct=valid_pct,
                        seed=seed, resume=not no_resume, progress=not quiet, arch=arch, size=size, pretrained=pretrained,
-                       weights=weights, bs=bs, lr_find_iters=lr_find_iters, first_epochs=first, keep_above=keep_above,
+                       weights=weights, bs=bs, aug=aug, lr_find_iters=lr_find_iters, first_epochs=first, keep_above=keep_above,
                        retrain_above=retrain_above, short_epochs=short, long_epochs=long, keep=keep)
     cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())

@@ -13,13 +13,13 @@ import cv2, numpy as np, pandas as pd, torch
 from PIL import Image
 from fastcore.script import call_parse
 from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES,
-                       as_id, label_column, split_column, parse_row_id, series_for_condition, write_text)
+                       as_id, label_column, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
 
 # %% auto #0
 __all__ = ['log', 'FINDING_COLUMNS', 'DISCLAIMER', 'ReportWarning', 'gradcam', 'heatmap_peak', 'study_findings',
            'read_conversion_index', 'study_images', 'read_gray', 'overlay_heatmap', 'draw_levels', 'png_data_uri',
            'coordinate_marks', 'StudyReport', 'study_report', 'render_study_html', 'render_study_markdown',
-           'submission_studies', 'write_reports', 'load_learners', 'report_cli']
+           'submission_studies', 'write_reports', 'load_learners', 'find_chromium', 'screenshot', 'report_cli']
 
 # %% ../nbs/08_report.ipynb #76f7e810
 log = logging.getLogger(__name__)
@@ -560,45 +560,52 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
     return paths
 
 # %% ../nbs/08_report.ipynb #c88869c7
-def _file_sha256(fn) -> str:
-    from lsdc.learners import file_sha256
-    return file_sha256(fn)
-
 def load_learners(models,              # models folder: {column}.pkl files and manifest.json
-                  columns=None,        # columns to load (default: all 25); a column without a pickle is skipped
-                  verify:bool=True,    # refuse pickles not listed in manifest.json or whose SHA-256 differs
+                  columns=None,        # columns to load (default: all 25); a column the manifest does not list is skipped
                   cpu:bool|None=None,  # load on the CPU (default: unless CUDA is present)
                  ) -> dict:
-    "`{column: Learner}` of the verified pickles of a models folder"
-    from fastai.learner import load_learner
+    "`{column: Learner}` of the verified pickles of a models folder (see `lsdc.inference.load_column_learner`)"
+    from lsdc.inference import read_manifest, load_column_learner
     models = Path(models)
     if not models.is_dir(): raise FileNotFoundError(f"models folder {models} does not exist")
-    cols = list(LABEL_COLUMNS if columns is None else columns)
-    man_fn = models/'manifest.json'
-    entries = None
-    if man_fn.exists(): entries = json.loads(man_fn.read_text()).get('columns', {})
-    elif verify: raise FileNotFoundError(f"{man_fn} does not exist: cannot verify the model pickles (a pickle can run code); "
-                                         "pass verify=False only for files you trust")
-    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    man = read_manifest(models)
     out = {}
-    for col in cols:
-        fn = models/f'{col}.pkl'
-        e = (entries or {}).get(col)
-        if e and e.get('pickle'): fn = models/Path(e['pickle']).name
-        if not fn.exists():
-            log.warning("%s: no pickle %s; no Grad-CAM for this column", col, fn); continue
-        if verify:
-            if not e or not e.get('sha256'):
-                raise ValueError(f"refusing to load {fn}: not listed in {man_fn}")
-            got = _file_sha256(fn)
-            if got != e['sha256']:
-                raise ValueError(f"refusing to load {fn}: its SHA-256 {got[:12]}... differs from {e['sha256'][:12]}... in {man_fn}")
-        out[col] = load_learner(fn, cpu=cpu)
+    for col in (LABEL_COLUMNS if columns is None else columns):
+        if col not in man.get('columns', {}):
+            log.warning("%s: not listed in %s; no Grad-CAM for this column", col, models/'manifest.json'); continue
+        out[col] = load_column_learner(models, col, man, cpu)
     return out
 
-_load_learners = load_learners
-
 # %% ../nbs/08_report.ipynb #709f2599
+def find_chromium() -> str|None:
+    "Path of a Chromium or Chrome executable, if one is installed"
+    import shutil
+    for n in ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable', 'chrome'):
+        p = shutil.which(n)
+        if p: return p
+    return None
+
+def screenshot(page,                 # an HTML file
+               png,                  # the PNG to write
+               width:int=1200,       # window width in pixels
+               height:int=1600,      # window height in pixels
+               timeout:float=120,    # seconds
+              ) -> Path|None:
+    "Render `page` with headless Chromium into `png`; None when Chromium is absent"
+    import subprocess, tempfile
+    exe = find_chromium()
+    if exe is None: return None
+    page, png = Path(page).resolve(), Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as prof, atomic_path(png, suffix=".png") as tmp:
+        cmd = [exe, '--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', f'--user-data-dir={prof}',
+               f'--window-size={width},{height}', f'--screenshot={tmp}', page.as_uri()]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0 or not Path(tmp).exists() or Path(tmp).stat().st_size == 0:
+            raise RuntimeError(f"chromium could not render {page}: {r.stderr[-500:]}")
+    return png
+
+# %% ../nbs/08_report.ipynb #57ddf886
 @call_parse
 def report_cli(submission:str,         # submission CSV (row_id, normal_mild, moderate, severe)
                converted:str,          # conversion folder of the studies (holds index.csv)

@@ -1,0 +1,155 @@
+"""Issue 5 end to end at tiny size, through the `lsdc` command: synth -> convert -> train -> predict -> score -> report.
+
+One module-scoped run trains two columns (ResNet18, 48 px, one epoch per attempt, no pretrained weights); the tests
+check the submission against sample_submission.csv, the score, the reports, the refusal of tampered or unlisted
+pickles and the prior fallback for a study whose series is missing."""
+import json, re, shutil, subprocess, sys, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+
+from lsdc.core import GRADE_KEYS, LABEL_COLUMNS, GRADES, parse_row_id, row_id
+from lsdc.metrics import competition_score, baseline_score
+
+COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l3_l4']
+
+
+def lsdc(*args, check=True):
+    "Run `python -m lsdc.cli ARGS`; the completed process"
+    r = subprocess.run([sys.executable, '-m', 'lsdc.cli', *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0: raise AssertionError(f"lsdc {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope='module')
+def run(synth_data, tmp_path_factory):
+    "Every step of the pipeline once, by the CLI; the folder holding what they wrote"
+    w = tmp_path_factory.mktemp('pipeline')
+    data = Path(synth_data)
+    lsdc('convert', data, w/'conv'/'train', '--split', 'train', '--size', 48, '--workers', 1, '--quiet')
+    lsdc('train', w/'conv'/'train', w/'models', '--data', data, '--columns', ','.join(COLS), '--size', 48,
+         '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5, '--bs', 16, '--quiet')
+    lsdc('predict', data, w/'models', w/'submission.csv', '--converted', w/'conv'/'test', '--workers', 1)
+    return dict(w=w, data=data, score=lsdc('score', data/'test_labels.csv', w/'submission.csv', '--baseline-from', data/'train.csv').stdout,
+                report=lsdc('report', w/'submission.csv', w/'conv', w/'reports', '--models', w/'models',
+                            '--labels', data/'test_labels.csv', '--px', 128, '--quiet'))
+
+
+def test_submission_matches_sample_submission(run):
+    sub = pd.read_csv(run['w']/'submission.csv')
+    ss = pd.read_csv(run['data']/'sample_submission.csv')
+    assert list(sub.columns) == ['row_id', *GRADE_KEYS]
+    assert sub.row_id.tolist() == ss.row_id.tolist()          # exactly its rows, in its order
+    v = sub[list(GRADE_KEYS)].to_numpy()
+    assert np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all()
+    np.testing.assert_allclose(v.sum(1), 1, atol=1e-5)
+    src = pd.read_csv(run['w']/'submission_sources.csv')
+    # the trained columns come from their model, the 23 others from the training prior
+    assert set(src[src.source == 'model'].column) == set(COLS)
+    assert (src[~src.column.isin(COLS)].source.str.startswith('prior')).all()
+
+
+def test_prior_rows_are_the_training_frequencies(run):
+    sub = pd.read_csv(run['w']/'submission.csv').set_index('row_id')
+    lab = pd.read_csv(run['data']/'train.csv')
+    col = 'right_subarticular_stenosis_l5_s1'                 # not trained: the prior of all training labels
+    freq = lab[col].value_counts(normalize=True).reindex(GRADES).fillna(0).to_numpy()
+    freq = np.maximum(freq, 1e-3); freq /= freq.sum()
+    sid = parse_row_id(sub.index[0])[0]
+    np.testing.assert_allclose(sub.loc[row_id(sid, col)].to_numpy(float), freq, atol=1e-5)
+
+
+def test_score_cli_matches_the_metric(run):
+    lab = pd.read_csv(run['data']/'test_labels.csv')
+    s = competition_score(lab, pd.read_csv(run['w']/'submission.csv'))
+    b = baseline_score(pd.read_csv(run['data']/'train.csv'), lab)
+    out = run['score']
+    assert re.search(rf"^score\s+{s['score']:.4f}\s+{b['score']:.4f}", out, re.M), out
+    assert f"ratio {s['score']/b['score']:.3f}" in out
+
+
+def test_reports_hold_all_25_findings(run):
+    w = run['w']; rep = w/'reports'
+    sids = sorted({parse_row_id(r)[0] for r in pd.read_csv(w/'submission.csv').row_id})
+    assert (rep/'index.html').exists() and (rep/'index.md').exists()
+    for sid in sids:
+        html, md = (rep/f'study_{sid}.html').read_text(), (rep/f'study_{sid}.md').read_text()
+        for col in LABEL_COLUMNS:                  # one row per finding, under its condition, with its level
+            assert row_id(sid, col) in md and row_id(sid, col) in html, (sid, col)
+        for name in ('Spinal Canal Stenosis', 'Left Neural Foraminal Narrowing', 'Right Subarticular Stenosis'):
+            assert name in md and name in html
+        assert 'not a diagnosis' in html.lower() and 'data:image/png;base64,' in html
+        assert f'study_{sid}.html' in (rep/'index.html').read_text()
+
+
+def test_report_renders_in_chromium(run, tmp_path):
+    from lsdc.report import find_chromium, screenshot
+    if find_chromium() is None: pytest.skip('no chromium installed (Debian package `chromium`)')
+    import cv2
+    page = sorted((run['w']/'reports').glob('study_*.html'))[0]
+    png = screenshot(page, tmp_path/'page.png', width=1000, height=1400)
+    img = cv2.imread(str(png))
+    assert img.shape[:2] == (1400, 1000)
+    assert img.std() > 10                         # not a blank page
+    assert (img.reshape(-1, 3).std(1) > 30).mean() > 0.001  # some coloured pixels (grade badges or heatmaps)
+
+
+def _copy_models(run, tmp_path):
+    m = tmp_path/'models'; shutil.copytree(run['w']/'models', m)
+    return m
+
+
+def test_tampered_pickle_is_refused(run, tmp_path):
+    from lsdc.inference import load_column_learner, ModelIntegrityError
+    m = _copy_models(run, tmp_path)
+    with open(m/f'{COLS[0]}.pkl', 'ab') as f: f.write(b'\x00')
+    with pytest.raises(ModelIntegrityError, match=f'{COLS[0]}.pkl.*does not match'):
+        load_column_learner(m, COLS[0])
+    r = lsdc('predict', run['data'], m, tmp_path/'sub.csv', '--converted', run['w']/'conv'/'test', check=False)
+    assert r.returncode == 1 and 'does not match' in r.stdout + r.stderr
+    assert not (tmp_path/'sub.csv').exists()
+
+
+def test_unlisted_pickle_is_refused(run, tmp_path):
+    from lsdc.inference import load_column_learner, ModelIntegrityError
+    m = _copy_models(run, tmp_path)
+    shutil.copy(m/f'{COLS[0]}.pkl', m/f'{LABEL_COLUMNS[0]}.pkl')
+    with pytest.raises(ModelIntegrityError, match='not listed'):
+        load_column_learner(m, LABEL_COLUMNS[0])
+
+
+def test_missing_series_falls_back_to_the_prior(run, tmp_path):
+    from lsdc.inference import predict, column_priors
+    from lsdc.data import load_rsna
+    data = tmp_path/'data'; shutil.copytree(run['data'], data)
+    d = load_rsna(data, splits=('test',), check_images=False)
+    sid = int(d.test_series.study_id.iloc[0])
+    t1 = d.test_series[(d.test_series.study_id == sid) & (d.test_series.series_description == 'Sagittal T1')]
+    shutil.rmtree(data/'test_images'/str(sid)/str(int(t1.series_id.iloc[0])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        sub = predict(data, run['w']/'models', tmp_path/'sub.csv', converted=tmp_path/'conv', n_workers=1, progress=False)
+    msgs = ' | '.join(str(w.message) for w in caught)
+    assert str(sid) in msgs and 'Sagittal T1' in msgs, msgs
+    assert sub.row_id.tolist() == pd.read_csv(data/'sample_submission.csv').row_id.tolist()
+    assert np.isfinite(sub[list(GRADE_KEYS)].to_numpy()).all()
+    col = COLS[1]                                  # foraminal: read from Sagittal T1, which this study lacks
+    pri = column_priors(run['w']/'models').loc[col].to_numpy(float)
+    np.testing.assert_allclose(sub.set_index('row_id').loc[row_id(sid, col)].to_numpy(float), pri, atol=1e-5)
+    # the other studies still come from the model
+    other = [s for s in d.test_series.study_id.unique() if s != sid][0]
+    assert not np.allclose(sub.set_index('row_id').loc[row_id(other, col)].to_numpy(float), pri, atol=1e-4)
+
+
+def test_evaluation_on_validation_studies(run):
+    from lsdc.inference import evaluate_models, validation_predictions
+    w = run['w']; lab = pd.read_csv(run['data']/'train.csv')
+    preds = validation_predictions(w/'models', w/'conv'/'train', lab)
+    split = pd.read_csv(w/'models'/'split.csv')
+    for col in COLS:
+        valid = set(split[(split.column == col) & (split.split == 'valid')].study_id)
+        got = preds[preds.column == col]
+        assert set(got.study_id) == valid and got.study_id.is_unique      # its validation studies, once each
+    ev = evaluate_models(w/'models', w/'conv'/'train', lab, out=w/'eval')
+    assert set(ev.column) == set(COLS)
+    for k in ('accuracy', 'log_loss', 'f1_macro', 'roc_auc_macro', 'pr_auc_macro'): assert k in ev.columns
+    assert (w/'eval'/'evaluation.csv').exists() and (w/'eval'/'confusion_matrices.png').exists()
