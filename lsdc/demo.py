@@ -17,7 +17,7 @@ __all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'demo', 'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #2f6c5304
 CPU = dict(n_train=160, n_test=20, image_size=128, size=48, arch='resnet18', pretrained=False, aug=False, bs=32,
-           lr_find_iters=20, epochs=(2, 2, 3), pretrain_studies=400, pretrain_epochs=8, max_reports=10)
+           lr_find_iters=30, epochs=(2, 2, 3), pretrain_studies=400, pretrain_epochs=8, max_reports=20)
 FULL = dict(n_train=2000, n_test=50, image_size=384, size=256, arch='resnet34', pretrained=True, aug=True, bs=64,
             lr_find_iters=100, epochs=(4, 5, 10), pretrain_studies=0, pretrain_epochs=0, max_reports=50)
 
@@ -52,7 +52,8 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     first, short, long = s['epochs']
     res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, arch=s['arch'],
                         size=s['size'], pretrained=s['pretrained'], weights=weights, aug=s['aug'], bs=s['bs'],
-                        lr_find_iters=s['lr_find_iters'], first_epochs=first, short_epochs=short, long_epochs=long)
+                        lr_find_iters=s['lr_find_iters'], lr_find_range=s.get('lr_find_range', (1e-7, 10)), first_epochs=first,
+                        short_epochs=short, long_epochs=long)
     if not read_manifest(models).get('columns'): raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
     _step('evaluate on the validation studies', t0, progress)
     evaluation = evaluate_models(models, conv/'train', d.train, out=out)

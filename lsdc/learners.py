@@ -231,9 +231,11 @@ def _each_suggestion(recorder, num_it:int) -> dict:
 def find_lrs(learn,                    # a learner
              num_it:int=100,           # lr_find iterations
              fallback_lr:float=1e-3,   # used when no valley can be found
+             start_lr:float=1e-7,      # lr_find's range: first learning rate ...
+             end_lr:float=10,          # ... and last (fastai's defaults)
             ) -> dict:
     "lr_find suggestions `minimum, steep, valley, slide` and the `lr` to train with (valley)"
-    try: sug = learn.lr_find(num_it=num_it, suggest_funcs=SUGGEST_FUNCS, show_plot=False)._asdict()
+    try: sug = learn.lr_find(start_lr, end_lr, num_it=num_it, suggest_funcs=SUGGEST_FUNCS, show_plot=False)._asdict()
     except (IndexError, ValueError, RuntimeError) as e:
         if not getattr(learn.recorder, 'lrs', None): raise
         log.info("lr_find suggestions from %d points failed (%s); computing them one by one", len(learn.recorder.lrs), e)
@@ -327,6 +329,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                  weights=None,              # local weights file for the body
                  bs:int=64,                 # batch size
                  lr_find_iters:int=100,     # lr_find iterations
+                 lr_find_range:tuple=(1e-7, 10), # lr_find's first and last learning rates (fewer iterations: a narrower range)
                  first_epochs:int=4,        # epoch-threshold retraining: first model's epochs
                  keep_above:float=0.95,     # ... keep it when validation accuracy is above this
                  retrain_above:float=0.91,  # ... else retrain `short_epochs` when accuracy >= this
@@ -353,9 +356,9 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
         dls = grade_dls(table, size, bs, flip, num_workers, device, seed, aug)
         set_seed(seed, reproducible=True)
         finder = make_learner(dls, arch, pretrained, weights, work, mixed_precision, channels_last)
-        if progress: lrs = find_lrs(finder, lr_find_iters)
+        if progress: lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
         else:
-            with finder.no_bar(): lrs = find_lrs(finder, lr_find_iters)
+            with finder.no_bar(): lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
         del finder
         def trainer(epochs):
             return fit_once(dls, epochs, lrs['lr'], arch, pretrained, weights, work, freeze_epochs, patience, seed,
@@ -495,8 +498,8 @@ def shard_columns(columns:list,  # the columns to share out
 
 # %% ../nbs/05_learners.ipynb #79bf0683
 def _say(msg:str, progress:bool):
-    log.info(msg)
     if progress: print(msg, flush=True)
+    else: log.info(msg)
 
 def train_columns(converted,               # conversion folder (holds index.csv, from `lsdc convert`)
                   models,                  # models folder to write
@@ -568,6 +571,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               epochs:str='4,5,10',           # epoch-threshold retraining: first, short and long epochs
               thresholds:str='0.95,0.91',    # keep above the first, retrain short at or above the second
               lr_find_iters:int=100,         # lr_find iterations
+              lr_find_range:str='1e-7,10',   # lr_find's first and last learning rates
               valid_pct:float=0.2,           # share of studies in validation
               seed:int=42,                   # random seed
               series_map:str='default',      # 'default' (T2/STIR for canal and subarticular, T1 for foraminal), 'sagittal_t1', or a description
@@ -584,7 +588,8 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     series = SERIES_MAPS[series_map] if series_map in SERIES_MAPS else series_map
     df = train_columns(converted, models, data=data, columns=columns, shard=shard, series=series, valid_pct=valid_pct,
                        seed=seed, resume=not no_resume, progress=not quiet, arch=arch, size=size, pretrained=pretrained,
-                       weights=weights, bs=bs, aug=aug, lr_find_iters=lr_find_iters, first_epochs=first, keep_above=keep_above,
+                       weights=weights, bs=bs, aug=aug, lr_find_iters=lr_find_iters,
+                       lr_find_range=tuple(float(x) for x in _floats(lr_find_range, 2, '--lr-find-range')), first_epochs=first, keep_above=keep_above,
                        retrain_above=retrain_above, short_epochs=short, long_epochs=long, keep=keep)
     cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())
