@@ -41,7 +41,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     from lsdc.learners import train_columns
     from lsdc.inference import predict, evaluate_models, read_manifest
     from lsdc.metrics import competition_score, baseline_score, format_scores
-    from lsdc.report import write_reports, load_learners
+    from lsdc.report import write_reports, load_learners, submission_studies
     t0, s = time.perf_counter(), settings
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     d = load_rsna(data)
@@ -60,7 +60,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     _step('predict the test studies', t0, progress)
     t1 = time.perf_counter()
     sub = predict(d, models, out/'submission.csv', converted=conv/'test', n_workers=n_workers, progress=progress)
-    n_test = len(dict.fromkeys(r.split('_')[0] for r in sub.row_id))
+    n_test = len(submission_studies(sub))
     predict_s = time.perf_counter() - t1
     summary = dict(out=str(out), submission=str(out/'submission.csv'), models=str(models), reports=str(out/'reports'/'index.html'),
                    n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_test=n_test,
@@ -77,7 +77,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         write_reports(sub, conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab, series=series,
-                      coords=d.coords if d.coords is not None else None, progress=False)
+                      coords=d.coords, progress=False)
     summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'),
                    mean_valid_accuracy=float(evaluation.accuracy.mean()))
     write_text(json.dumps(summary, indent=1, default=str), out/'summary.json')
@@ -146,7 +146,7 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
 @call_parse
 def demo_cli(out:str='lsdc-demo',   # output folder
              full:bool=False,       # full size (GPU): ResNet34, ImageNet weights, 256 px, 2,000 studies
-             n_train:int=None,      # training studies (default 200; 2,000 with --full)
+             n_train:int=None,      # training studies (default 160; 2,000 with --full)
              n_test:int=None,       # test studies (default 20; 50 with --full)
              seed:int=0,            # seed of the synthetic data set
              workers:int=None,      # workers of synthesis and conversion
