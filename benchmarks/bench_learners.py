@@ -4,13 +4,15 @@ Builds a synthetic data set with the real pipeline (lsdc.synth -> lsdc.dicom.con
 runs `find_lrs` and `fit_once` (one frozen epoch + EPOCHS unfrozen) and prints images/s per epoch (training phase only)
 and the wall times. On CUDA, `--compare` measures fp32 / mixed precision x contiguous / channels-last in one go.
 `--all-columns` trains all 25 columns with the full method (`train_columns`) and reports the total wall time
-(meant for a GPU and an RSNA-size set: `--n-train 2000`).
+(meant for a GPU and an RSNA-size set: `--n-train 2000`). `--jobs-compare K` trains the same K columns with
+`train_columns(jobs=1)` and then `jobs=2` (worker processes, CPU) and prints both wall times and their ratio.
 
   python benchmarks/bench_learners.py                                  # CPU: 256 px, ResNet34, small set
   python benchmarks/bench_learners.py --device cuda --compare --n-train 400 --epochs 2
   python benchmarks/bench_learners.py --device cuda --all-columns --n-train 2000 --mixed-precision --channels-last
+  python benchmarks/bench_learners.py --jobs-compare 6 --n-train 128 --size 48 --arch resnet18 --bs 32 --lr-find-iters 30 --full-epochs 1,2,3
 """
-import argparse, json, os, platform, sys, tempfile, time
+import argparse, atexit, json, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 import torch
 from fastai.vision.all import Callback
@@ -52,7 +54,7 @@ def one_column(args, data, conv, device, mixed, channels_last):
     labels = load_rsna(data, splits=('train',), check_images=False).train
     table, info = training_table(labels, read_index(conv), args.column)
     dls = grade_dls(table, args.size, args.bs, device=device, num_workers=args.num_workers)
-    work = Path(tempfile.mkdtemp())
+    work = Path(tempfile.mkdtemp()); atexit.register(shutil.rmtree, work, ignore_errors=True)
     # no download here: a local weights file of the architecture stands in for ImageNet weights, so the run takes the
     # method's pretrained path (one frozen epoch, then unfrozen ones) at the same cost
     import torchvision
@@ -103,14 +105,34 @@ if __name__ == '__main__':
     p.add_argument('--compare', action='store_true', help='CUDA: fp32 / fp16 x contiguous / channels-last')
     p.add_argument('--all-columns', action='store_true', help='train all 25 columns with the full method (train_columns)')
     p.add_argument('--full-epochs', default='4,5,10', help='--all-columns: first, short, long epochs')
+    p.add_argument('--jobs-compare', type=int, default=0, metavar='K', help='train K columns with jobs=1, then jobs=2')
     p.add_argument('--root', default=None, help='folder for data and models (default: a temporary folder; reused when given)')
     ARGS = args = p.parse_args()
     device = torch.device(args.device)
     root = Path(args.root or tempfile.mkdtemp(prefix='bench_learners_'))
+    if not args.root: atexit.register(shutil.rmtree, root, ignore_errors=True)   # a temporary root goes at exit
     print(f"lsdc bench_learners: {args.arch} at {args.size} px on {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, python {platform.python_version()}")
     data, conv = make_data(root, args.n_train, args.size, args.workers)
+    if args.jobs_compare:
+        import torchvision
+        first, short, long = (int(x) for x in args.full_epochs.split(','))
+        weights = root/'weights.pth'   # a local weights file: the method's pretrained path (frozen epoch first), no download
+        torch.save(getattr(torchvision.models, args.arch)().state_dict(), weights)
+        cols = LABEL_COLUMNS[:args.jobs_compare]
+        kw = dict(data=data, columns=cols, arch=args.arch, size=args.size, pretrained=False, weights=weights, bs=args.bs,
+                  aug=False, lr_find_iters=args.lr_find_iters, first_epochs=first, short_epochs=short, long_epochs=long,
+                  progress=False, resume=False)
+        wall = {}
+        for jobs in (1, 2):
+            t = time.perf_counter()
+            df = train_columns(conv, root/f'models_jobs{jobs}', jobs=jobs, **kw)
+            wall[jobs] = time.perf_counter() - t
+            print(f"{len(cols)} columns with jobs={jobs}: {wall[jobs]:.1f} s wall ({wall[jobs] / len(cols):.1f} s per column), "
+                  f"{int((df.status == 'ok').sum())} trained, mean valid accuracy {df.valid_accuracy.mean():.3f}", flush=True)
+        print(f"jobs=2 vs jobs=1: {wall[1] / wall[2]:.2f}x as fast (worker start-up included)")
+        sys.exit(0)
     if args.all_columns:
         first, short, long = (int(x) for x in args.full_epochs.split(','))
         t = time.perf_counter()

@@ -14,7 +14,7 @@ __all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'LAB
            'CONDITION_GROUPS', 'SERIES_DESCRIPTIONS', 'SAGITTAL', 'DEFAULT_SERIES', 'KAGGLE_DATA', 'DATA_ENV',
            'condition_key', 'level_key', 'label_column', 'split_column', 'condition_label', 'grade_index', 'grade_name',
            'grade_weight', 'as_id', 'row_id', 'parse_row_id', 'study_row_ids', 'condition_group',
-           'series_for_condition', 'data_path', 'atomic_path', 'write_csv', 'write_text']
+           'series_for_condition', 'data_path', 'atomic_path', 'write_csv', 'write_text', 'torch_worker_init']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -171,3 +171,11 @@ def write_text(text:str, dest) -> Path:
     "Write text atomically"
     with atomic_path(dest) as tmp: tmp.write_text(text)
     return Path(dest)
+
+# %% ../nbs/00_core.ipynb #8574efaa
+def torch_worker_init(threads:int=1):
+    "Initialiser of a worker process that runs torch: `threads` intra-op threads, no import-time deprecation noise"
+    import warnings
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    import torch
+    torch.set_num_threads(max(1, int(threads)))

@@ -16,10 +16,12 @@ from .core import *
 __all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'demo', 'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #2f6c5304
-CPU = dict(n_train=160, n_test=20, image_size=128, size=48, arch='resnet18', pretrained=False, aug=False, bs=32,
-           lr_find_iters=30, epochs=(2, 2, 3), pretrain_studies=400, pretrain_epochs=8, max_reports=20)
+CPU = dict(n_train=128, n_test=40, image_size=128, size=48, arch='resnet18', pretrained=False, aug=False, bs=32,
+           lr_find_iters=30, epochs=(1, 2, 3), train_bn=False, pretrain_studies=300, pretrain_epochs=8, max_reports=20,
+           jobs=2)
 FULL = dict(n_train=2000, n_test=50, image_size=384, size=256, arch='resnet34', pretrained=True, aug=True, bs=64,
-            lr_find_iters=100, epochs=(4, 5, 10), pretrain_studies=0, pretrain_epochs=0, max_reports=50)
+            lr_find_iters=100, epochs=(4, 5, 10), train_bn=True, pretrain_studies=0, pretrain_epochs=0, max_reports=50,
+            jobs=1)
 
 def _step(msg:str, t0:float, progress:bool):
     if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -27,7 +29,7 @@ def _step(msg:str, t0:float, progress:bool):
 # %% ../nbs/10_demo.ipynb #bde64df8
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder
-                 settings:dict=CPU,      # `CPU`, `FULL` or your own (size, arch, pretrained, aug, bs, lr_find_iters, epochs)
+                 settings:dict=CPU,      # `CPU`, `FULL` or your own (size, arch, pretrained, aug, bs, lr_find_iters, epochs, train_bn, jobs)
                  columns=None,           # label columns to train (default all 25; the others get the training prior)
                  test_labels=None,       # train.csv-style file or table of the test studies' true grades, to score
                  weights=None,           # local weights file for the body (instead of downloading ImageNet weights)
@@ -53,7 +55,8 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, arch=s['arch'],
                         size=s['size'], pretrained=s['pretrained'], weights=weights, aug=s['aug'], bs=s['bs'],
                         lr_find_iters=s['lr_find_iters'], lr_find_range=s.get('lr_find_range', (1e-7, 10)), first_epochs=first,
-                        short_epochs=short, long_epochs=long)
+                        short_epochs=short, long_epochs=long, train_bn=s.get('train_bn', True),
+                        jobs=max(1, min(s.get('jobs', 1), os.cpu_count() or 1)))
     if not read_manifest(models).get('columns'): raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
     _step('evaluate on the validation studies', t0, progress)
     evaluation = evaluate_models(models, conv/'train', d.train, out=out)
@@ -146,12 +149,13 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
 @call_parse
 def demo_cli(out:str='lsdc-demo',   # output folder
              full:bool=False,       # full size (GPU): ResNet34, ImageNet weights, 256 px, 2,000 studies
-             n_train:int=None,      # training studies (default 160; 2,000 with --full)
-             n_test:int=None,       # test studies (default 20; 50 with --full)
+             n_train:int=None,      # training studies (default 128; 2,000 with --full)
+             n_test:int=None,       # test studies (default 40; 50 with --full)
              seed:int=0,            # seed of the synthetic data set
              workers:int=None,      # workers of synthesis and conversion
+             jobs:int=None,         # columns trained at once in worker processes (default 2 on CPU, 1 with --full)
              quiet:bool=False,      # no progress display
             ) -> int:
     "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners, submission, score, reports"
-    s = demo(out, full, n_train, n_test, seed, n_workers=workers, progress=not quiet)
+    s = demo(out, full, n_train, n_test, seed, n_workers=workers, progress=not quiet, **({'jobs': jobs} if jobs else {}))
     return int(s['n_failed'] > 0)

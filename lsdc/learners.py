@@ -21,7 +21,8 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, 
 from fastai.metrics import ActivationType
 from . import __version__
 from .metrics import weighted_log_loss
-from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv, write_text
+from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv, write_text,
+                       torch_worker_init)
 from .sampling import read_index, training_table, split_frame, write_splits
 
 # %% auto #0
@@ -130,10 +131,11 @@ def make_learner(dls,                        # from `grade_dls`
                  path=None,                  # working folder (lr_find and best-epoch checkpoints)
                  mixed_precision:bool|None=None, # fp16 autocast; None: on CUDA only
                  channels_last:bool=False,   # channels-last memory format (GPU)
+                 train_bn:bool=True,         # train the body's BatchNorm layers while it is frozen (fastai's default)
                 ):
     "A `vision_learner` with accuracy and the weighted log loss as metrics"
     a = resolve_arch(arch)
-    kw = dict(metrics=[accuracy, WeightedLogLoss()], path=path, model_dir='.')
+    kw = dict(metrics=[accuracy, WeightedLogLoss()], path=path, model_dir='.', train_bn=train_bn)
     if weights is not None:
         learn = vision_learner(dls, a, pretrained=False, **kw)
         n = load_body_weights(learn, a, weights)
@@ -271,11 +273,13 @@ def fit_once(dls,                       # from `grade_dls`
              mixed_precision:bool|None=None, # fp16 on CUDA
              channels_last:bool=False,  # channels-last (GPU)
              cbs:list|None=None,        # more callbacks for this run (e.g. timing)
+             train_bn:bool=True,        # BatchNorm layers train in the frozen epoch
             ) -> dict:
     "Train a fresh learner; the learner (best epoch loaded), its validation accuracy/loss and the epoch log"
     set_seed(seed, reproducible=True)
-    if path is None: path = tempfile.mkdtemp(prefix='lsdc-fit-')   # the best-epoch checkpoint never lands in the cwd
-    learn = make_learner(dls, arch, pretrained, weights, path, mixed_precision, channels_last)
+    scratch_dir = None
+    if path is None: path = scratch_dir = tempfile.mkdtemp(prefix='lsdc-fit-')   # the best-epoch checkpoint never lands in the cwd
+    learn = make_learner(dls, arch, pretrained, weights, path, mixed_precision, channels_last, train_bn)
     elog = EpochLog()
     cbs = [EarlyStoppingCallback(monitor='valid_loss', patience=patience),
            SaveModelCallback(monitor='valid_loss', fname='best', reset_on_fit=False), elog, *(cbs or [])]
@@ -284,15 +288,19 @@ def fit_once(dls,                       # from `grade_dls`
     def fit():
         if scratch: learn.fit_one_cycle(epochs, lr, cbs=cbs)
         else: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
-    if progress:
-        fit(); valid_loss, acc, wll = learn.validate()[:3]
-    else:  # no bars, no tables, no 'Better model found' / 'early stopping' lines
-        with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
+    try:
+        if progress:
             fit(); valid_loss, acc, wll = learn.validate()[:3]
+        else:  # no bars, no tables, no 'Better model found' / 'early stopping' lines
+            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
+                fit(); valid_loss, acc, wll = learn.validate()[:3]
+    finally:
+        if scratch_dir:   # the best epoch is loaded; its checkpoint folder goes, and the learner's path is the cwd as usual
+            shutil.rmtree(scratch_dir, ignore_errors=True); learn.path = Path('.')
     return dict(learn=learn, epochs=epochs, accuracy=float(acc), log_loss=float(wll), valid_loss=float(valid_loss),
                 history=elog.rows, epochs_run=len(elog.rows), seconds=time.perf_counter() - t0)
 
-# %% ../nbs/05_learners.ipynb #898e7597
+# %% ../nbs/05_learners.ipynb #f2bbcbb3
 def epoch_threshold_train(trainer:Callable,      # `trainer(epochs) -> dict` with an `accuracy` key
                           first_epochs:int=4,    # epochs of the first model
                           keep_above:float=0.95, # keep the first model when its accuracy is above this
@@ -310,7 +318,7 @@ def epoch_threshold_train(trainer:Callable,      # `trainer(epochs) -> dict` wit
     kept = second if keep == 'last' or second['accuracy'] >= first['accuracy'] else first
     return kept, [first, second], 'moderate' if short else 'slow'
 
-# %% ../nbs/05_learners.ipynb #656636a4
+# %% ../nbs/05_learners.ipynb #58d5a240
 def file_sha256(fn) -> str:
     "SHA-256 hex digest of a file"
     h = hashlib.sha256()
@@ -345,6 +353,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                  device=None,               # torch device (default: CUDA when present)
                  mixed_precision:bool|None=None, # fp16 (default: on CUDA)
                  channels_last:bool=False,  # channels-last (GPU)
+                 train_bn:bool=True,        # BatchNorm layers train while the body is frozen (lr_find, frozen epochs)
                  progress:bool=True,        # fastai progress bars
                 ) -> dict:
     "Train one column's learner, export its pickle and return its record"
@@ -355,14 +364,14 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
     try:
         dls = grade_dls(table, size, bs, flip, num_workers, device, seed, aug)
         set_seed(seed, reproducible=True)
-        finder = make_learner(dls, arch, pretrained, weights, work, mixed_precision, channels_last)
+        finder = make_learner(dls, arch, pretrained, weights, work, mixed_precision, channels_last, train_bn)
         if progress: lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
         else:
             with finder.no_bar(): lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
         del finder
         def trainer(epochs):
             return fit_once(dls, epochs, lrs['lr'], arch, pretrained, weights, work, freeze_epochs, patience, seed,
-                            progress, mixed_precision, channels_last)
+                            progress, mixed_precision, channels_last, train_bn=train_bn)
         kept, attempts, convergence = epoch_threshold_train(trainer, first_epochs, keep_above, retrain_above,
                                                             short_epochs, long_epochs, keep)
         learn = kept['learn']
@@ -376,6 +385,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
     kh = kept['history']
     return dict(column=col, status='ok', architecture=arch_name(arch), image_size=size, classes=list(GRADES),
                 pretrained=bool(pretrained and weights is None), augmentation=bool(aug), weights=str(weights) if weights else None,
+                train_bn=bool(train_bn),
                 **{k: info[k] for k in ('series', 'n_studies', 'n_missing_series', 'missing_series', 'split', 'n_train',
                                         'n_train_upsampled', 'n_valid', 'train_counts', 'train_counts_upsampled', 'valid_counts')},
                 lr_minimum=lrs['minimum'], lr_steep=lrs['steep'], lr_valley=lrs['valley'], lr_slide=lrs['slide'], lr=lrs['lr'],
@@ -389,7 +399,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                 seconds=time.perf_counter() - t0, pickle=pkl.name, sha256=file_sha256(pkl), history=history,
                 lsdc_version=__version__, finished=_now())
 
-# %% ../nbs/05_learners.ipynb #58d5a240
+# %% ../nbs/05_learners.ipynb #571ff635
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
                   'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'epochs_total', 'n_train', 'n_train_upsampled',
                   'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'error')
@@ -428,7 +438,7 @@ def column_done(models, col:str) -> bool:
     except (OSError, json.JSONDecodeError): return False
     return r.get('status') == 'ok' and r.get('sha256') == file_sha256(pkl)
 
-# %% ../nbs/05_learners.ipynb #b819999b
+# %% ../nbs/05_learners.ipynb #a86b8371
 def results_table(records:dict) -> pd.DataFrame:
     "One row per column: accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
     rows = [{k: r.get(k) for k in RESULT_COLUMNS} for r in records.values()]
@@ -476,7 +486,7 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
     if splits: write_splits(splits, models/'split.csv')
     return df
 
-# %% ../nbs/05_learners.ipynb #fbb96dbc
+# %% ../nbs/05_learners.ipynb #a498b6c1
 def parse_columns(columns) -> list[str]:
     "Label columns from None (all 25), a list, or a comma/space separated string"
     if columns is None: return list(LABEL_COLUMNS)
@@ -496,10 +506,67 @@ def shard_columns(columns:list,  # the columns to share out
     if not (n >= 1 and 0 <= i < n): raise ValueError(f"shard {shard!r}: need 0 <= i < n")
     return list(columns)[i::n]
 
-# %% ../nbs/05_learners.ipynb #79bf0683
+# %% ../nbs/05_learners.ipynb #1f82bb2c
 def _say(msg:str, progress:bool):
     if progress: print(msg, flush=True)
     else: log.info(msg)
+
+def _train_one(col:str, labels, index, models, series, valid_pct, seed, bars, say, kwargs) -> dict:
+    "Train, export and record one column; a failure is recorded, never raised"
+    try:
+        table, info = training_table(labels, index, col, series, valid_pct, seed)
+        if info['n_missing_series']:
+            say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
+        write_csv(split_frame(table, col), Path(models)/'splits'/f'{col}.csv')
+        rec = train_column(table, info, models, seed=seed, progress=bars, **kwargs)
+    except Exception as e:
+        log.exception("%s failed", col)
+        rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
+                   finished=_now())
+    write_result(models, rec)
+    return rec
+
+def _ended(tag:str, rec:dict) -> str:
+    if rec['status'] != 'ok': return f"{tag}: FAILED ({rec['error']})"
+    return (f"{tag}: valid accuracy {rec['valid_accuracy']:.3f}, weighted log loss {rec['valid_log_loss']:.3f}, "
+            f"{rec['convergence']}, {rec['epochs_run']} epochs, {rec['seconds']:.0f} s")
+
+def _train_parallel(todo:list, jobs:int, models, say, args:tuple) -> None:
+    "Train the `(tag, column)` pairs of `todo` in `jobs` worker processes; a line per finished column"
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    from loky import ProcessPoolExecutor
+    threads = max(1, torch.get_num_threads() // jobs)
+    # loky restarts a worker whose memory grew by 300 MB, as a leak guard; a column's training grows a worker by about
+    # that much (allocator caches), and each restart costs a fresh import of torch and fastai: the guard is set to 8 GB
+    env = {'LOKY_MAX_MEMORY_LEAK_SIZE': os.environ.get('LOKY_MAX_MEMORY_LEAK_SIZE', str(8 << 30))}
+    pool = lambda n, t: ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(t,), env=env)
+    n, done = len(todo), 0
+    def ended(col, rec):
+        nonlocal done
+        done += 1; say(_ended(f"[{done}/{n}] {col}", rec)); collect_results(models, plots=False)
+    def failed(col, error):
+        rec = dict(column=col, status='failed', error=error, finished=_now()); write_result(models, rec); return rec
+    say(f"training {n} columns in {jobs} worker processes of {threads} thread{'s' * (threads > 1)} each")
+    retry = []
+    with pool(jobs, threads) as ex:
+        futs = {ex.submit(_train_one, col, *args): col for _, col in todo}
+        for f in as_completed(futs):
+            col = futs[f]
+            try: ended(col, f.result())
+            except BrokenProcessPool: retry.append(col)
+            except Exception as e: ended(col, failed(col, f"{type(e).__name__} in the worker process: {e}"))
+    if not retry: return
+    # a worker died (killed, out of memory, a crash in native code) and took the pool down with every column not yet
+    # finished: each of those gets one more try alone in a fresh process, so only the column that kills it fails
+    say(f"a worker process died; {len(retry)} unfinished columns are retried one at a time")
+    for col in [c for _, c in todo if c in retry]:
+        try:
+            with pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, col, *args).result()
+        except BrokenProcessPool:
+            rec = failed(col, "its worker process died while training it (killed, out of memory, or a crash in native code)")
+        except Exception as e: rec = failed(col, f"{type(e).__name__} in the worker process: {e}")
+        ended(col, rec)
 
 def train_columns(converted,               # conversion folder (holds index.csv, from `lsdc convert`)
                   models,                  # models folder to write
@@ -513,44 +580,40 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   resume:bool=True,        # skip columns already trained (pickle matches its record)
                   progress:bool=True,      # print a line per column and show fastai's bars
                   index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
+                  jobs:int=1,              # columns trained at once, in worker processes (CPU; see above)
                   **kwargs,                # passed to `train_column` (arch, size, pretrained, weights, bs, epochs, ...)
                  ) -> pd.DataFrame:
     "Train one learner per label column into `models`; the merged results table"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     cols = shard_columns(parse_columns(columns), shard)
+    if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     if index is None: index = read_index(converted)
     if labels is None:
         from lsdc.data import load_rsna
         labels = load_rsna(data, splits=('train',), check_images=False).train
-    # fastai's bars only where they render (a terminal or a notebook); elsewhere one line per column
-    bars = progress and (sys.stdout.isatty() or IN_NOTEBOOK)
-    t0 = time.perf_counter()
+    say = lambda msg: _say(msg, progress)
+    todo = []
     for k, col in enumerate(cols, 1):
         tag = f"[{k}/{len(cols)}] {col}"
-        if resume and column_done(models, col):
-            _say(f"{tag}: already trained, skipped", progress); continue
-        _say(f"{tag}: training", progress)
-        try:
-            table, info = training_table(labels, index, col, series, valid_pct, seed)
-            if info['n_missing_series']:
-                _say(f"{tag}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out", progress)
-            write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
-            rec = train_column(table, info, models, seed=seed, progress=bars, **kwargs)
-            _say(f"{tag}: valid accuracy {rec['valid_accuracy']:.3f}, weighted log loss {rec['valid_log_loss']:.3f}, "
-                 f"{rec['convergence']}, {rec['epochs_run']} epochs, {rec['seconds']:.0f} s", progress)
-        except Exception as e:
-            log.exception("%s failed", col)
-            rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}",
-                       traceback=traceback.format_exc()[-4000:], finished=_now())
-            _say(f"{tag}: FAILED ({rec['error']})", progress)
-        write_result(models, rec)
-        collect_results(models, plots=False)
+        if resume and column_done(models, col): say(f"{tag}: already trained, skipped")
+        else: todo.append((tag, col))
+    t0 = time.perf_counter()
+    jobs = min(jobs, len(todo))
+    if jobs > 1: _train_parallel(todo, jobs, models, say, (labels, index, models, series, valid_pct, seed, False, log.info, kwargs))
+    else:
+        # fastai's bars only where they render (a terminal or a notebook); elsewhere one line per column
+        bars = progress and (sys.stdout.isatty() or IN_NOTEBOOK)
+        for tag, col in todo:
+            say(f"{tag}: training")
+            rec = _train_one(col, labels, index, models, series, valid_pct, seed, bars, lambda m: say(f"{tag.split()[0]} {m}"), kwargs)
+            say(_ended(tag, rec))
+            collect_results(models, plots=False)
     df = collect_results(models)
-    _say(f"{len(cols)} columns in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
-         f"{int((df.status != 'ok').sum())} failed", progress)
+    say(f"{len(todo)} columns trained in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
+        f"{int((df.status != 'ok').sum())} failed")
     return df
 
-# %% ../nbs/05_learners.ipynb #2b1a3ef9
+# %% ../nbs/05_learners.ipynb #6e011c4c
 SERIES_MAPS = {'default': None, 'sagittal_t1': 'Sagittal T1', 'sagittal_t2': 'Sagittal T2/STIR'}
 
 def _floats(s, n:int, what:str) -> list:
@@ -578,7 +641,9 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               bs:int=64,                     # batch size
               aug:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # augmentation of training batches
               keep:str='last',               # after retraining keep the 'last' model (the method) or the 'best'
+              train_bn:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # BatchNorm trains while the body is frozen
               no_resume:bool=False,          # retrain columns that already have a pickle
+              jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine)
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
@@ -587,9 +652,9 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     keep_above, retrain_above = (float(x) for x in _floats(thresholds, 2, '--thresholds'))
     series = SERIES_MAPS[series_map] if series_map in SERIES_MAPS else series_map
     df = train_columns(converted, models, data=data, columns=columns, shard=shard, series=series, valid_pct=valid_pct,
-                       seed=seed, resume=not no_resume, progress=not quiet, arch=arch, size=size, pretrained=pretrained,
+                       seed=seed, resume=not no_resume, progress=not quiet, jobs=jobs, arch=arch, size=size, pretrained=pretrained,
                        weights=weights, bs=bs, aug=aug, lr_find_iters=lr_find_iters,
                        lr_find_range=tuple(float(x) for x in _floats(lr_find_range, 2, '--lr-find-range')), first_epochs=first, keep_above=keep_above,
-                       retrain_above=retrain_above, short_epochs=short, long_epochs=long, keep=keep)
+                       retrain_above=retrain_above, short_epochs=short, long_epochs=long, keep=keep, train_bn=train_bn)
     cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())
