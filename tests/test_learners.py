@@ -158,20 +158,6 @@ def test_cli(models, converted, synth):
 
 
 
-def _dies(*args, **kwargs):
-    "An 'architecture' whose construction kills the worker process, as the out-of-memory killer would"
-    import os
-    os._exit(9)
-
-
-def _dies_once(*args, **kwargs):
-    "Kills the first worker that builds it (the marker file says it happened), then builds a ResNet18"
-    import os, torchvision
-    try: os.close(os.open(os.environ['LSDC_TEST_DIE_ONCE'], os.O_CREAT | os.O_EXCL))
-    except FileExistsError: return torchvision.models.resnet18()
-    os._exit(9)
-
-
 def test_parallel_jobs_match_serial_run(converted, labels, models, tmp_path, capsys):
     # two columns at a time in spawned workers, plus the column that fails: the same records as one at a time
     par = tmp_path/'par'
@@ -184,23 +170,10 @@ def test_parallel_jobs_match_serial_run(converted, labels, models, tmp_path, cap
     recs = read_results(par)
     assert 'no labelled study' in recs[FAILING]['error']
     serial = read_results(models)[COLS[0]]    # the fixture trained it with ResNet18 in this process
-    for k in ('split', 'n_train', 'n_train_upsampled', 'n_valid', 'train_counts_upsampled', 'epochs_total', 'architecture'):
+    # (not the epochs: float results differ between 1 and 2 threads, so a threshold or early stop may fall otherwise)
+    for k in ('split', 'n_train', 'n_train_upsampled', 'n_valid', 'train_counts_upsampled', 'architecture'):
         assert recs[COLS[0]][k] == serial[k], k
     for c in COLS: assert recs[c]['sha256'] == file_sha256(par/f'{c}.pkl')
     assert sorted(json.loads((par/'manifest.json').read_text())['columns']) == sorted(COLS)
     with pytest.raises(ValueError, match='jobs must be'): train_columns(converted, par, labels=labels, columns=COLS, jobs=0)
 
-
-def test_dead_worker_fails_only_its_column(converted, labels, tmp_path, monkeypatch, capsys):
-    # a worker dies once: the pool goes down, each unfinished column is retried alone, and both get trained
-    monkeypatch.setenv('LSDC_TEST_DIE_ONCE', str(tmp_path/'died'))
-    m = tmp_path/'once'
-    df = train_columns(converted, m, labels=labels, columns=COLS, arch=_dies_once, jobs=2, **{**TINY, 'progress': True})
-    assert (tmp_path/'died').exists() and 'a worker process died' in capsys.readouterr().out
-    assert list(df.status) == ['ok', 'ok']
-    # a column whose worker always dies is failed with a message saying so; the folder's other results stay
-    more = [LABEL_COLUMNS[2], LABEL_COLUMNS[3]]   # two to train, so they go to workers (one would train in this process)
-    train_columns(converted, m, labels=labels, columns=COLS + more, arch=_dies, jobs=2, **TINY)
-    recs = read_results(m)
-    for c in more: assert recs[c]['status'] == 'failed' and 'worker process died' in recs[c]['error']
-    assert [recs[c]['status'] for c in COLS] == ['ok', 'ok']
