@@ -177,3 +177,46 @@ def test_parallel_jobs_match_serial_run(converted, labels, models, tmp_path, cap
     assert sorted(json.loads((par/'manifest.json').read_text())['columns']) == sorted(COLS)
     with pytest.raises(ValueError, match='jobs must be'): train_columns(converted, par, labels=labels, columns=COLS, jobs=0)
 
+
+DEAD_WORKER = r"""
+import json, os, sys
+from pathlib import Path
+import pandas as pd
+from lsdc.learners import train_columns, read_results
+
+def dies(*args, **kwargs):   # an 'architecture' whose construction kills the worker, as the out-of-memory killer would
+    os._exit(9)
+
+def dies_once(*args, **kwargs):   # kills the first worker that builds it (the marker says so), then a ResNet18
+    import torchvision
+    try: os.close(os.open(os.environ['DIE_ONCE'], os.O_CREAT | os.O_EXCL))
+    except FileExistsError: return torchvision.models.resnet18()
+    os._exit(9)
+
+converted, out, cols, more = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(','), sys.argv[4].split(',')
+labels = pd.read_csv(sys.argv[5])
+tiny = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, first_epochs=1, short_epochs=1, long_epochs=1, aug=False)
+os.environ['DIE_ONCE'] = str(out/'died')
+train_columns(converted, out/'m', labels=labels, columns=cols, arch=dies_once, jobs=2, **tiny)
+first = {c: r['status'] for c, r in read_results(out/'m').items()}
+train_columns(converted, out/'m', labels=labels, columns=cols + more, arch=dies, jobs=2, progress=False, **tiny)
+print(json.dumps(dict(died=(out/'died').exists(), first=first, last={c: [r['status'], r.get('error', '')] for c, r in read_results(out/'m').items()})))
+"""
+
+
+def test_dead_worker_fails_only_its_column(converted, labels, tmp_path):
+    # in a child process, so that a mistake that kills the wrong process cannot take the test runner with it:
+    # a worker dies once, the pool goes down, each unfinished column is retried alone and both get trained; then two
+    # more columns whose worker always dies are failed with a message saying so, and the folder's other results stay
+    (tmp_path/'dead.py').write_text(DEAD_WORKER)
+    labels.to_csv(tmp_path/'labels.csv', index=False)
+    more = [c for c in LABEL_COLUMNS if c not in COLS + [FAILING]][:2]   # two new ones, so they go to workers
+    r = subprocess.run([sys.executable, str(tmp_path/'dead.py'), str(converted), str(tmp_path), ','.join(COLS), ','.join(more),
+                        str(tmp_path/'labels.csv')], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'a worker process died; 2 unfinished columns are retried one at a time' in r.stdout, r.stdout
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['died'] and res['first'] == {c: 'ok' for c in COLS}
+    for c in more: assert res['last'][c][0] == 'failed' and 'worker process died' in res['last'][c][1], res['last'][c]
+    assert [res['last'][c][0] for c in COLS] == ['ok', 'ok']
+
