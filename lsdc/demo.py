@@ -54,9 +54,9 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     first, short, long = s['epochs']
     res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, arch=s['arch'],
                         size=s['size'], pretrained=s['pretrained'], weights=weights, aug=s['aug'], bs=s['bs'],
-                        lr_find_iters=s['lr_find_iters'], lr_find_range=s.get('lr_find_range', (1e-7, 10)), first_epochs=first,
-                        short_epochs=short, long_epochs=long, train_bn=s.get('train_bn', True),
-                        jobs=max(1, min(s.get('jobs', 1), os.cpu_count() or 1)))
+                        lr_find_iters=s['lr_find_iters'], first_epochs=first, short_epochs=short, long_epochs=long,
+                        jobs=max(1, min(s.get('jobs', 1), os.cpu_count() or 1)),
+                        **{k: s[k] for k in ('lr_find_range', 'train_bn') if k in s})   # optional: train_column's defaults
     if not read_manifest(models).get('columns'): raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
     _step('evaluate on the validation studies', t0, progress)
     evaluation = evaluate_models(models, conv/'train', d.train, out=out)

@@ -365,9 +365,8 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
         dls = grade_dls(table, size, bs, flip, num_workers, device, seed, aug)
         set_seed(seed, reproducible=True)
         finder = make_learner(dls, arch, pretrained, weights, work, mixed_precision, channels_last, train_bn)
-        if progress: lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
-        else:
-            with finder.no_bar(): lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
+        with contextlib.nullcontext() if progress else finder.no_bar():
+            lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
         del finder
         def trainer(epochs):
             return fit_once(dls, epochs, lrs['lr'], arch, pretrained, weights, work, freeze_epochs, patience, seed,
