@@ -10,14 +10,21 @@ it times, with every file already in the OS page cache:
   (b) `lsdc.dicom.convert_dataset`, the function behind `lsdc convert` (fresh output each time),
       with process workers (the default) and with thread workers;
   (c) the lower bound: decoding only the middle file of each series, one after another;
+  (d) the running step alone on the same planned jobs: `lsdc.dicom.run_jobs` (fastcore.parallel.parallel) against the
+      concurrent.futures pool it replaced (`former_pool_run` below), with processes and with threads;
+  (e) the header readers on every file: `read_header` (the hand-written raw-byte reader) against
+      `pydicom.dcmread(stop_before_pixels=True, specific_tags=...)` (`lsdc.dicom._pydicom_header`), in headers/s, and a
+      serial conversion end to end with each;
 (a) and (b) run interleaved, best of --repeats (naive: of --naive-repeats), so a burst of load from other programs on a
-shared machine does not favour one of them;
+shared machine does not favour one of them; (d) and (e) interleave their variants the same way, best of --repeats;
 and the `lsdc convert` command end to end (including Python start-up and imports), for information.
 It checks that (a) and (b) write the same pixels wherever they pick the same slice, prints series per second and,
 as its last line, `convert speedup vs naive: <ratio>x` (processes against the naive reference).
 """
-import argparse, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, multiprocessing, os, shutil, subprocess, sys, tempfile, time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -25,7 +32,8 @@ import pydicom
 
 from lsdc.core import SAGITTAL
 from lsdc.data import load_rsna, series_table
-from lsdc.dicom import convert_dataset, png_info
+import lsdc.dicom
+from lsdc.dicom import ConvertOptions, _convert_job, _pydicom_header, convert_dataset, plan_conversion, png_info, read_header, run_jobs
 
 
 def naive_convert(folder: Path, dest: Path, size: int = 256):
@@ -41,6 +49,18 @@ def naive_convert(folder: Path, dest: Path, size: int = 256):
     dest.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(dest), img)
     return inst
+
+
+def former_pool_run(jobs, n_workers, parallel):
+    "The running step before fastcore.parallel: a concurrent.futures pool (fork) over chunks of jobs"
+    if n_workers <= 1 or len(jobs) < 4: return [_convert_job(j) for j in jobs]
+    chunk = max(1, min(8, len(jobs) // (4 * n_workers)))
+    ctx = multiprocessing.get_context('fork') if 'fork' in multiprocessing.get_all_start_methods() else None
+    ex = ThreadPoolExecutor(n_workers) if parallel == 'thread' else ProcessPoolExecutor(n_workers, mp_context=ctx)
+    try: return [r for batch in ex.map(_convert_batch, [jobs[i:i+chunk] for i in range(0, len(jobs), chunk)]) for r in batch]
+    finally: ex.shutdown(cancel_futures=True)
+
+def _convert_batch(jobs): return [_convert_job(j) for j in jobs]
 
 
 def timed(f):
@@ -96,6 +116,36 @@ def main():
         print(f'processes vs threads: processes are {best["thread"] / best["process"]:.2f}x as fast as threads')
         t_serial, _ = timed(lambda: convert_dataset(d, tmp/'serial', progress=False, n_workers=1, resume=False))
         print(f'convert_dataset, serial (1 worker):       {t_serial:6.2f} s  {n / t_serial:7.1f} series/s')
+
+        # (d) the running step alone, same planned jobs: fastcore.parallel (run_jobs) against the former pool
+        runners = {'fastcore.parallel': lambda jobs, p: run_jobs(jobs, n_workers=workers, parallel=p),
+                   'former pool': lambda jobs, p: former_pool_run(jobs, workers, p)}
+        run_times = {(k, p): [] for k in runners for p in ('process', 'thread')}
+        for i in range(args.repeats):
+            for (k, p) in run_times:
+                jobs = plan_conversion(table, tmp/f'run_{k}_{p}{i}'.replace(' ', '_'), opts=ConvertOptions(), resume=False).jobs
+                t, res = timed(lambda: runners[k](jobs, p))
+                assert len(res) == n and all(r.failure is None for r in res)
+                run_times[(k, p)].append(t)
+        for p in ('process', 'thread'):
+            a, b = min(run_times[('fastcore.parallel', p)]), min(run_times[('former pool', p)])
+            print(f'running step, {workers} {p} workers: fastcore.parallel {a:6.2f} s ({n / a:6.1f} series/s), '
+                  f'former pool {b:6.2f} s ({n / b:6.1f} series/s): fastcore.parallel is {b / a:.2f}x as fast')
+
+        # (e) header readers: the raw-byte reader (`read_header`) against pydicom with specific_tags, on the same files
+        assert all(read_header(f) == _pydicom_header(f) for f in files)
+        hdr = {'raw-byte read_header': [], 'pydicom specific_tags': []}
+        conv = {'raw-byte read_header': [], 'pydicom specific_tags': []}
+        for i in range(args.repeats):
+            for k, reader in (('raw-byte read_header', read_header), ('pydicom specific_tags', _pydicom_header)):
+                hdr[k].append(timed(lambda: [reader(f) for f in files])[0])
+                with mock.patch.object(lsdc.dicom, 'read_header', reader):
+                    conv[k].append(timed(lambda: convert_dataset(d, tmp/f'hdr{i}', progress=False, n_workers=1, resume=False))[0])
+        (fa, pa), (fc, pc) = [(min(x['raw-byte read_header']), min(x['pydicom specific_tags'])) for x in (hdr, conv)]
+        print(f'headers, {len(files)} files: raw-byte read_header {len(files) / fa:7.0f} headers/s, '
+              f'pydicom specific_tags {len(files) / pa:7.0f} headers/s: raw-byte is {pa / fa:.1f}x as fast')
+        print(f'serial conversion (1 worker) with each reader: raw-byte {n / fc:6.1f} series/s, pydicom specific_tags '
+              f'{n / pc:6.1f} series/s: raw-byte is {pc / fc:.2f}x as fast end to end')
 
         # (c) lower bound: decode the middle files only
         side = [png_info(tmp/'process0'/f'{r.study_id}/{r.series_id}.png') for r in table.itertuples()]

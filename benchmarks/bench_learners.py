@@ -18,8 +18,9 @@ import torch
 from fastai.vision.all import Callback
 
 from lsdc.core import LABEL_COLUMNS
-from lsdc.sampling import read_index, training_table
-from lsdc.learners import grade_dls, make_learner, find_lrs, fit_once, train_columns
+from lsdc.files import read_index
+from lsdc.sampling import training_table
+from lsdc.learners import Schedule, grade_dls, make_learner, find_lrs, fit_once, train_columns
 
 
 class Throughput(Callback):
@@ -53,20 +54,21 @@ def one_column(args, data, conv, device, mixed, channels_last):
     from lsdc.data import load_rsna
     labels = load_rsna(data, splits=('train',), check_images=False).train
     table, info = training_table(labels, read_index(conv), args.column)
-    dls = grade_dls(table, args.size, args.bs, device=device, num_workers=args.num_workers)
+    dls = grade_dls(table, size=args.size, bs=args.bs, device=device, num_workers=args.num_workers)
     work = Path(tempfile.mkdtemp()); atexit.register(shutil.rmtree, work, ignore_errors=True)
     # no download here: a local weights file of the architecture stands in for ImageNet weights, so the run takes the
     # method's pretrained path (one frozen epoch, then unfrozen ones) at the same cost
     import torchvision
     weights = work/'weights.pth'; torch.save(getattr(torchvision.models, args.arch)().state_dict(), weights)
     t0 = time.perf_counter()
-    finder = make_learner(dls, args.arch, False, weights, work, mixed, channels_last)
-    with finder.no_bar(): lrs = find_lrs(finder, args.lr_find_iters)
+    finder = make_learner(dls, arch=args.arch, pretrained=False, weights=weights, path=work, mixed_precision=mixed,
+                          channels_last=channels_last)
+    with finder.no_bar(): lrs = find_lrs(finder, num_it=args.lr_find_iters)
     if device.type == 'cuda': torch.cuda.synchronize()
     t_lr = time.perf_counter() - t0
     tp = Throughput()
     t1 = time.perf_counter()
-    r = fit_once(dls, args.epochs, lrs['lr'], args.arch, pretrained=False, weights=weights, path=work, progress=False,
+    r = fit_once(dls, args.epochs, lrs['lr'], arch=args.arch, pretrained=False, weights=weights, path=work, progress=False,
                  mixed_precision=mixed, channels_last=channels_last, cbs=[tp])
     t_fit = time.perf_counter() - t1
     return dict(info=info, lrs=lrs, t_lr=t_lr, t_fit=t_fit, epochs=tp.rows, accuracy=r['accuracy'], log_loss=r['log_loss'],
@@ -117,12 +119,11 @@ if __name__ == '__main__':
     data, conv = make_data(root, args.n_train, args.size, args.workers)
     if args.jobs_compare:
         import torchvision
-        first, short, long = (int(x) for x in args.full_epochs.split(','))
         weights = root/'weights.pth'   # a local weights file: the method's pretrained path (frozen epoch first), no download
         torch.save(getattr(torchvision.models, args.arch)().state_dict(), weights)
         cols = LABEL_COLUMNS[:args.jobs_compare]
         kw = dict(data=data, columns=cols, arch=args.arch, size=args.size, pretrained=False, weights=weights, bs=args.bs,
-                  aug=False, lr_find_iters=args.lr_find_iters, first_epochs=first, short_epochs=short, long_epochs=long,
+                  aug=False, lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs),
                   progress=False, resume=False)
         wall = {}
         for jobs in (1, 2):
@@ -134,11 +135,9 @@ if __name__ == '__main__':
         print(f"jobs=2 vs jobs=1: {wall[1] / wall[2]:.2f}x as fast (worker start-up included)")
         sys.exit(0)
     if args.all_columns:
-        first, short, long = (int(x) for x in args.full_epochs.split(','))
         t = time.perf_counter()
         df = train_columns(conv, root/'models', data=data, arch=args.arch, size=args.size, pretrained=False, bs=args.bs,
-                           lr_find_iters=args.lr_find_iters, first_epochs=first, short_epochs=short, long_epochs=long,
-                           device=device, num_workers=args.num_workers,
+                           lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs), num_workers=args.num_workers,
                            mixed_precision=args.mixed_precision if device.type == 'cuda' else False,
                            channels_last=args.channels_last, progress=True, resume=False)
         dt = time.perf_counter() - t

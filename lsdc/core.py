@@ -10,11 +10,12 @@ import os, re
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'LABEL_COLUMNS', 'CONDITION_NAMES', 'LEVEL_NAMES',
-           'CONDITION_GROUPS', 'SERIES_DESCRIPTIONS', 'SAGITTAL', 'DEFAULT_SERIES', 'KAGGLE_DATA', 'DATA_ENV',
-           'condition_key', 'level_key', 'label_column', 'split_column', 'condition_label', 'grade_index', 'grade_name',
-           'grade_weight', 'as_id', 'row_id', 'parse_row_id', 'study_row_ids', 'condition_group',
-           'series_for_condition', 'data_path', 'atomic_path', 'write_csv', 'write_text', 'torch_worker_init']
+__all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'SUBMISSION_COLUMNS', 'LABEL_COLUMNS',
+           'CONDITION_NAMES', 'LEVEL_NAMES', 'CONDITION_GROUPS', 'SERIES_DESCRIPTIONS', 'SAGITTAL', 'DEFAULT_SERIES',
+           'KAGGLE_DATA', 'DATA_ENV', 'condition_key', 'level_key', 'label_column', 'split_column', 'condition_label',
+           'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id', 'parse_row_id', 'study_row_ids',
+           'condition_group', 'series_for_condition', 'data_path', 'atomic_path', 'write_csv', 'write_text',
+           'torch_worker_init']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -23,6 +24,7 @@ LEVELS = ('l1_l2', 'l2_l3', 'l3_l4', 'l4_l5', 'l5_s1')
 GRADES = ('Normal/Mild', 'Moderate', 'Severe')
 GRADE_KEYS = ('normal_mild', 'moderate', 'severe')
 GRADE_WEIGHTS = (1.0, 2.0, 4.0)
+SUBMISSION_COLUMNS = ('row_id',) + GRADE_KEYS
 LABEL_COLUMNS = tuple(f'{c}_{l}' for c in CONDITIONS for l in LEVELS)
 CONDITION_NAMES = dict(zip(CONDITIONS, ('Spinal Canal Stenosis', 'Left Neural Foraminal Narrowing',
     'Right Neural Foraminal Narrowing', 'Left Subarticular Stenosis', 'Right Subarticular Stenosis')))

@@ -14,9 +14,9 @@ from fastcore.script import call_parse
 from .core import *
 
 # %% auto #0
-__all__ = ['CSV_FILES', 'SERIES_COLUMNS', 'COORD_COLUMNS', 'SUBMISSION_COLUMNS', 'EXPECTED_COLUMNS', 'DataError', 'DataWarning',
-           'read_table', 'read_train', 'read_series', 'read_coords', 'read_submission', 'series_dir', 'RSNAData',
-           'load_rsna', 'long_labels', 'pick_series', 'series_table', 'check_cli']
+__all__ = ['CSV_FILES', 'SERIES_COLUMNS', 'COORD_COLUMNS', 'EXPECTED_COLUMNS', 'DataError', 'DataWarning', 'read_table',
+           'read_train', 'read_series', 'read_coords', 'read_submission', 'series_dir', 'RSNAData', 'load_rsna',
+           'long_labels', 'pick_series', 'series_table', 'check_cli']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 class DataError(ValueError):
@@ -34,7 +34,6 @@ CSV_FILES = {
 }
 SERIES_COLUMNS = ('study_id', 'series_id', 'series_description')
 COORD_COLUMNS = ('study_id', 'series_id', 'instance_number', 'condition', 'level', 'x', 'y')
-SUBMISSION_COLUMNS = ('row_id',) + GRADE_KEYS
 EXPECTED_COLUMNS = {'train': ('study_id',) + LABEL_COLUMNS, 'train_series': SERIES_COLUMNS,
                     'test_series': SERIES_COLUMNS, 'coords': COORD_COLUMNS, 'sample_submission': SUBMISSION_COLUMNS}
 
@@ -168,14 +167,14 @@ def load_rsna(path=None,                      # data folder; default `$LSDC_DATA
     d = RSNAData(root)
     if 'train' in splits:
         d.train = read_train(root/CSV_FILES['train'], d.warnings)
-        d.train_series = read_series(root/CSV_FILES['train_series'], 'train_series', d.warnings)
+        d.train_series = read_series(root/CSV_FILES['train_series'], kind='train_series', issues=d.warnings)
         d.coords = read_coords(root/CSV_FILES['coords'], d.warnings)
         no_series = sorted(set(d.train.study_id) - set(d.train_series.study_id))
         if no_series: _warn(f"{root/CSV_FILES['train_series']}: no series listed for {len(no_series)} labelled studies: {_fmt(no_series)}", d.warnings)
         unlabelled = sorted(set(d.train_series.study_id) - set(d.train.study_id))
         if unlabelled: _warn(f"{root/CSV_FILES['train']}: {len(unlabelled)} studies with series have no labels: {_fmt(unlabelled)}", d.warnings)
     if 'test' in splits:
-        d.test_series = read_series(root/CSV_FILES['test_series'], 'test_series', d.warnings)
+        d.test_series = read_series(root/CSV_FILES['test_series'], kind='test_series', issues=d.warnings)
         ss = root/CSV_FILES['sample_submission']
         d.sample_submission = read_submission(ss, d.warnings) if ss.exists() else None
         if d.sample_submission is None: _warn(f"{ss}: not found; submissions will cover every test study", d.warnings)

@@ -6,90 +6,80 @@ Docs: https://lsdc-dev.github.io/lsdc/demo.html.md"""
 
 # %% ../nbs/10_demo.ipynb #bbdfe610
 from __future__ import annotations
-import json, os, sys, time, warnings
+import dataclasses, os, time, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
 from fastcore.script import call_parse
+from fastcore.meta import delegates
 from .core import *
+from .files import read_manifest, manifest_series, write_json
+from .data import load_rsna
+from .synth import make_synthetic
+from .dicom import convert_dataset
+from .learners import Schedule, pretrain_body, train_columns
+from .inference import predict, evaluate_models
+from .metrics import competition_score, baseline_score, format_scores
+from .report import write_reports, load_learners, submission_studies
 
 # %% auto #0
-__all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'demo', 'demo_cli']
+__all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo', 'demo_cli']
 
-# %% ../nbs/10_demo.ipynb #2f6c5304
-CPU = dict(n_train=128, n_test=40, image_size=128, size=48, arch='resnet18', pretrained=False, aug=False, bs=32,
-           lr_find_iters=30, epochs=(1, 2, 3), train_bn=False, pretrain_studies=300, pretrain_epochs=8, max_reports=20,
-           jobs=2)
-FULL = dict(n_train=2000, n_test=50, image_size=384, size=256, arch='resnet34', pretrained=True, aug=True, bs=64,
-            lr_find_iters=100, epochs=(4, 5, 10), train_bn=True, pretrain_studies=0, pretrain_epochs=0, max_reports=50,
-            jobs=1)
-
+# %% ../nbs/10_demo.ipynb #bde64df8
 def _step(msg:str, t0:float, progress:bool):
     if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-# %% ../nbs/10_demo.ipynb #bde64df8
+@delegates(train_columns, but=['converted', 'models', 'data', 'labels', 'columns', 'progress', 'index'])
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder
-                 settings:dict=CPU,      # `CPU`, `FULL` or your own (size, arch, pretrained, aug, bs, lr_find_iters, epochs, train_bn, jobs)
                  columns=None,           # label columns to train (default all 25; the others get the training prior)
                  test_labels=None,       # train.csv-style file or table of the test studies' true grades, to score
-                 weights=None,           # local weights file for the body (instead of downloading ImageNet weights)
                  n_workers:int|None=None,# conversion workers
                  max_reports:int|None=20,# reports for at most this many test studies
                  progress:bool=True,     # progress display
+                 **kwargs,               # `train_columns`'s options: size, arch, pretrained, weights, schedule, jobs, ...
                 ) -> dict:
     "Convert, train, evaluate, predict, score and report; a summary dict with the paths and figures"
-    from lsdc.data import load_rsna
-    from lsdc.dicom import convert_dataset
-    from lsdc.learners import train_columns
-    from lsdc.inference import predict, evaluate_models, read_manifest
-    from lsdc.metrics import competition_score, baseline_score, format_scores
-    from lsdc.report import write_reports, load_learners, submission_studies
-    t0, s = time.perf_counter(), settings
+    t0 = time.perf_counter()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     d = load_rsna(data)
     conv, models = out/'converted', out/'models'
+    size = kwargs.get('size', train_columns.__signature__.parameters['size'].default)
+    if 'jobs' in kwargs: kwargs['jobs'] = max(1, min(kwargs['jobs'], os.cpu_count() or 1))
     _step('convert the training studies', t0, progress)
-    convert_dataset(d, conv/'train', split='train', size=s['size'], n_workers=n_workers, progress=progress)
-    _step(f"train {len(columns) if columns else 25} per-column learners ({s['arch']}, {s['size']} px)", t0, progress)
-    first, short, long = s['epochs']
-    res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, arch=s['arch'],
-                        size=s['size'], pretrained=s['pretrained'], weights=weights, aug=s['aug'], bs=s['bs'],
-                        lr_find_iters=s['lr_find_iters'], first_epochs=first, short_epochs=short, long_epochs=long,
-                        jobs=max(1, min(s.get('jobs', 1), os.cpu_count() or 1)),
-                        **{k: s[k] for k in ('lr_find_range', 'train_bn') if k in s})   # optional: train_column's defaults
-    if not read_manifest(models).get('columns'): raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
+    convert_dataset(d, conv/'train', split='train', size=size, n_workers=n_workers, progress=progress)
+    _step(f"train {len(columns) if columns else 25} per-column learners ({kwargs.get('arch', 'resnet34')}, {size} px)", t0, progress)
+    res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, **kwargs)
+    series = manifest_series(read_manifest(models))
+    if not series: raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
     _step('evaluate on the validation studies', t0, progress)
     evaluation = evaluate_models(models, conv/'train', d.train, out=out)
     _step('predict the test studies', t0, progress)
     t1 = time.perf_counter()
     sub = predict(d, models, out/'submission.csv', converted=conv/'test', n_workers=n_workers, progress=progress)
     n_test = len(submission_studies(sub))
-    predict_s = time.perf_counter() - t1
     summary = dict(out=str(out), submission=str(out/'submission.csv'), models=str(models), reports=str(out/'reports'/'index.html'),
                    n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_test=n_test,
-                   predict_seconds_per_study=predict_s/max(n_test, 1))
+                   predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1))
     lab = None
     if test_labels is not None:
         lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
-        score, base = competition_score(lab, sub), baseline_score(d.train, lab)
-        summary.update(score=score, baseline=base)
-        write_csv(pd.DataFrame([score, base], index=['model', 'prior_baseline']).rename_axis('submission').reset_index(), out/'scores.csv')
+        summary.update(score=competition_score(lab, sub), baseline=baseline_score(d.train, lab))
+        write_csv(pd.DataFrame([summary['score'], summary['baseline']], index=['model', 'prior_baseline'])
+                  .rename_axis('submission').reset_index(), out/'scores.csv')
     _step('write the reports', t0, progress)
-    man = read_manifest(models)
-    series = {c: e['series'] for c, e in man['columns'].items() if e.get('series')}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         write_reports(sub, conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab, series=series,
                       coords=d.coords, progress=False)
     summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'),
                    mean_valid_accuracy=float(evaluation.accuracy.mean()))
-    write_text(json.dumps(summary, indent=1, default=str), out/'summary.json')
+    write_json(summary, out/'summary.json')
     return summary
 
 # %% ../nbs/10_demo.ipynb #043c15c0
 def format_summary(s:dict) -> str:
     "The end-of-run summary of `run_pipeline` as text"
-    from lsdc.metrics import format_scores
     out = Path(s['out'])
     lines = [f"lsdc finished in {s['seconds']:.0f} s: {s['n_trained']} learners trained, {s['n_failed']} failed; "
              f"{s['n_test']} test studies predicted ({s['predict_seconds_per_study']:.2f} s per study)", '',
@@ -104,44 +94,70 @@ def format_summary(s:dict) -> str:
                   f"(ratio {s['score']['score']/s['baseline']['score']:.3f})"]
     return '\n'.join(lines)
 
+# %% ../nbs/10_demo.ipynb #e686b899
+@dataclass(frozen=True)
+class DemoSettings:
+    "The demo's sizes, and the options of `train_columns` it trains with"
+    n_train:int                 # training studies synthesised
+    n_test:int                  # test studies synthesised
+    image_size:int              # side of the synthetic DICOM slices
+    train:dict = field(default_factory=dict) # keyword options of `train_columns` (size, arch, schedule, jobs, ...)
+    pretrain_studies:int = 0    # studies of a second synthetic set a body is pretrained on first (0: none)
+    pretrain_epochs:int = 0     # epochs of that pretraining
+    max_reports:int = 20        # reports for at most this many test studies
+
+    def __post_init__(self):
+        ok = train_columns.__signature__.parameters
+        bad = [k for k in self.train if k not in ok or k in ('converted', 'models', 'kwargs')]
+        if bad: raise TypeError(f"DemoSettings.train: {bad} are not options of train_columns")
+
+    def but(self, **changes) -> DemoSettings:
+        "A copy with `changes`: fields by name, anything else an option of `train_columns`"
+        names = {f.name for f in dataclasses.fields(self)} - {'train'}
+        own = {k: v for k, v in changes.items() if k in names}
+        return dataclasses.replace(self, **own, train={**self.train, **{k: v for k, v in changes.items() if k not in names}})
+
+CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=8, max_reports=20,
+                   train=dict(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
+                              schedule=Schedule(first=1, short=2, long=3), train_bn=False, jobs=2))
+FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
+                    train=dict(size=256, arch='resnet34', pretrained=True, aug=True, bs=64, lr_find_iters=100,
+                               schedule=Schedule(), train_bn=True, jobs=1))
+
 # %% ../nbs/10_demo.ipynb #2bbb48ef
+def _pretrained_body(out:Path, s:DemoSettings, seed:int, n_workers, progress:bool) -> Path:
+    "Pretrain the learners' body on a second synthetic data set (seed + 1000) once; the weights file"
+    pre, arch, size = out/'pretrain', s.train.get('arch', 'resnet34'), s.train.get('size', 256)
+    weights = pre/f"{arch}_body.pth"
+    if weights.exists(): return weights
+    if progress: print(f"\n== pretrain a {arch} body on {s.pretrain_studies} other synthetic studies (seed {seed + 1000})", flush=True)
+    if not (pre/'data'/'train.csv').exists():
+        make_synthetic(pre/'data', n_train=s.pretrain_studies, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers)
+    convert_dataset(pre/'data', pre/'converted', split='train', size=size, n_workers=n_workers, progress=False)
+    return pretrain_body(pre/'converted', load_rsna(pre/'data', splits=('train',)).train, weights, arch=arch, size=size,
+                         epochs=s.pretrain_epochs, bs=s.train.get('bs', 32), seed=seed, progress=progress)
+
 def demo(out='lsdc-demo',              # output folder (data, converted PNGs, models, submission, evaluation, reports)
          full:bool=False,              # `FULL` settings (GPU, ImageNet weights) instead of `CPU`
-         n_train:int|None=None,        # training studies (default from the settings)
-         n_test:int|None=None,         # test studies (default from the settings)
          seed:int=0,                   # seed of the synthetic data set
          columns=None,                 # train only these label columns (the others get the prior)
          n_workers:int|None=None,      # workers of synthesis and conversion
          progress:bool=True,           # progress display
-         **overrides,                  # any setting of `CPU` / `FULL` (size, arch, epochs, ...)
+         **changes,                    # changes to the settings (`DemoSettings.but`): n_train, n_test, size, arch, schedule, ...
         ) -> dict:
     "Synthesise a data set and run the whole method on it; the summary"
-    from lsdc.synth import make_synthetic
-    from lsdc.data import load_rsna
-    from lsdc.dicom import convert_dataset
-    from lsdc.learners import pretrain_body
-    s = {**(FULL if full else CPU), **overrides}
-    n_train, n_test = n_train or s['n_train'], n_test or s['n_test']
+    s = (FULL if full else CPU).but(**changes)
     out = Path(out); data = out/'data'
     t0 = time.perf_counter()
-    if progress: print(f"== synthesise {n_train} training and {n_test} test studies into {data}", flush=True)
+    if progress: print(f"== synthesise {s.n_train} training and {s.n_test} test studies into {data}", flush=True)
     if not (data/'test_labels.csv').exists():
-        make_synthetic(data, n_train=n_train, n_test=n_test, seed=seed, image_size=s['image_size'], n_workers=n_workers)
-    weights = None
-    if s.get('pretrain_studies'):
-        pre, weights = out/'pretrain', out/'pretrain'/f"{s['arch']}_body.pth"
-        if not weights.exists():
-            if progress: print(f"\n== pretrain a {s['arch']} body on {s['pretrain_studies']} other synthetic studies (seed {seed + 1000})", flush=True)
-            if not (pre/'data'/'train.csv').exists():
-                make_synthetic(pre/'data', n_train=s['pretrain_studies'], n_test=1, seed=seed + 1000, image_size=s['image_size'],
-                               n_workers=n_workers)
-            convert_dataset(pre/'data', pre/'converted', split='train', size=s['size'], n_workers=n_workers, progress=False)
-            pretrain_body(pre/'converted', load_rsna(pre/'data', splits=('train',)).train, weights, s['arch'], s['size'],
-                          s['pretrain_epochs'], bs=s['bs'], seed=seed, progress=progress)
-    summary = run_pipeline(data, out, s, columns=columns, test_labels=data/'test_labels.csv', weights=weights,
-                           n_workers=n_workers, max_reports=s.get('max_reports', 20), progress=progress)
+        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers)
+    train = dict(s.train)
+    if s.pretrain_studies: train['weights'] = _pretrained_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
+    summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
+                           max_reports=s.max_reports, progress=progress, **train)
     summary['seconds'] = time.perf_counter() - t0
-    write_text(json.dumps(summary, indent=1, default=str), out/'summary.json')
+    write_json(summary, out/'summary.json')
     if progress: print('\n' + format_summary(summary), flush=True)
     return summary
 
@@ -157,5 +173,6 @@ def demo_cli(out:str='lsdc-demo',   # output folder
              quiet:bool=False,      # no progress display
             ) -> int:
     "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners, submission, score, reports"
-    s = demo(out, full, n_train, n_test, seed, n_workers=workers, progress=not quiet, **({'jobs': jobs} if jobs else {}))
+    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs).items() if v}
+    s = demo(out, full=full, seed=seed, n_workers=workers, progress=not quiet, **changes)
     return int(s['n_failed'] > 0)

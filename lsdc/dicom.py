@@ -7,20 +7,22 @@ Docs: https://lsdc-dev.github.io/lsdc/dicom.html.md"""
 # %% ../nbs/03_dicom.ipynb #7821fd69
 from __future__ import annotations
 import os, sys, json, struct, time, warnings, zlib, multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd, cv2, pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
+from fastcore.parallel import parallel as fc_parallel
 from fastcore.script import call_parse
-from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv, write_text
+from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv
+from .files import INDEX_COLUMNS, FAILURE_COLUMNS
+from .data import DataError, load_rsna, series_table
 
 # %% auto #0
-__all__ = ['INDEX_COLUMNS', 'FAILURE_COLUMNS', 'DicomError', 'BlankSliceWarning', 'SliceInfo', 'read_header', 'slice_order',
-           'middle_index', 'pick_slices', 'series_files', 'series_slices', 'order_series', 'Pixels', 'read_pixels',
-           'modality_array', 'normalise', 'normalise_pixels', 'series_image', 'encode_png', 'write_png', 'png_text',
-           'png_complete', 'png_info', 'convert_series', 'convert_dataset', 'convert_cli']
+__all__ = ['DicomError', 'BlankSliceWarning', 'SliceInfo', 'read_header', 'slice_order', 'middle_index', 'pick_slices',
+           'series_files', 'Pixels', 'read_pixels', 'modality_array', 'normalise', 'normalise_pixels', 'series_image',
+           'encode_png', 'write_png', 'png_text', 'png_complete', 'png_info', 'convert_series', 'ConvertOptions',
+           'ConvertJob', 'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs', 'convert_dataset', 'convert_cli']
 
 # %% ../nbs/03_dicom.ipynb #1aa0b943
 class DicomError(ValueError):
@@ -84,6 +86,7 @@ def _skip_items(buf:bytes, pos:int, explicit:bool):
             if el is None: return None
             pos = el[3]
 
+# %% ../nbs/03_dicom.ipynb #dc1100b7
 def _strs(b:bytes) -> list[str]: return b.decode('ascii').strip(' \x00').split('\\')
 
 def _fast_header(buf:bytes) -> dict|None:
@@ -121,6 +124,9 @@ def _fast_header(buf:bytes) -> dict|None:
     return out
 
 # %% ../nbs/03_dicom.ipynb #96748e8d
+_HEADER_TAGS = ['InstanceNumber', 'ImagePositionPatient', 'ImageOrientationPatient', 'Rows', 'Columns', 'NumberOfFrames',
+                'SharedFunctionalGroupsSequence', 'PerFrameFunctionalGroupsSequence']
+
 def _num(v, typ=float):
     "`v` as a number (or tuple of numbers), None when absent or empty"
     if v is None or v == '': return None
@@ -144,7 +150,8 @@ def _frame_geometry(ds, n:int) -> list:
     return out
 
 def _pydicom_header(fn) -> list[SliceInfo]:
-    try: ds = pydicom.dcmread(fn, stop_before_pixels=True)
+    "The `SliceInfo`s of `fn` read by pydicom (any transfer syntax, multi-frame files)"
+    try: ds = pydicom.dcmread(fn, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except InvalidDicomError: raise DicomError(fn, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
     except FileNotFoundError: raise DicomError(fn, 'file not found') from None
     except Exception as e: raise DicomError(fn, f'unreadable DICOM header ({type(e).__name__}: {e})') from None
@@ -155,6 +162,7 @@ def _pydicom_header(fn) -> list[SliceInfo]:
         return [SliceInfo(position=_num(ds.get('ImagePositionPatient')), orientation=_num(ds.get('ImageOrientationPatient')), **base)]
     return [SliceInfo(frame=i, position=p, orientation=o, **base) for i, (p, o) in enumerate(_frame_geometry(ds, n))]
 
+# %% ../nbs/03_dicom.ipynb #a19aa996
 def read_header(fn, # DICOM file
                ) -> list[SliceInfo]:
     "The `SliceInfo` of each slice (frame) in `fn`, read from its header only"
@@ -222,14 +230,6 @@ def series_files(folder) -> list[Path]:
                    key=lambda p: (len(p.name), p.name))
     if not files: raise DicomError(folder, 'empty series folder: no files')
     return files
-
-def series_slices(folder) -> list[SliceInfo]:
-    "The `SliceInfo`s of every file (and frame) in a series folder"
-    return [s for f in series_files(folder) for s in read_header(f)]
-
-def order_series(folder) -> list[SliceInfo]:
-    "The slices of a series folder in spatial order"
-    return slice_order(series_slices(folder))
 
 # %% ../nbs/03_dicom.ipynb #ff3dad5b
 class Pixels(NamedTuple):
@@ -348,6 +348,12 @@ def normalise_pixels(px:Pixels,     # decoded slice
     return lut.take(idx).reshape(raw.shape)
 
 # %% ../nbs/03_dicom.ipynb #c0dd6634
+def _check_offsets(offsets) -> tuple:
+    "`offsets` as a tuple of 1 or 3 ints"
+    offsets = tuple(int(o) for o in offsets)
+    if len(offsets) not in (1, 3): raise ValueError(f'offsets must hold 1 or 3 values, not {offsets}')
+    return offsets
+
 def _resize(img:np.ndarray, size) -> np.ndarray:
     if size is None: return img
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -360,8 +366,7 @@ def series_image(folder,               # series folder of DICOM files
                  p_hi:float=99.,       # upper clipping percentile
                 ) -> tuple[np.ndarray, dict]:
     "The normalised middle slice (or slices at `offsets`) of a series as uint8, and a dict describing it"
-    offsets = tuple(int(o) for o in offsets)
-    if len(offsets) not in (1, 3): raise ValueError(f'offsets must hold 1 or 3 values, not {offsets}')
+    offsets = _check_offsets(offsets)
     files = series_files(folder)
     ordered = slice_order([s for f in files for s in read_header(f)])
     picked = pick_slices(ordered, offsets)
@@ -456,9 +461,38 @@ def convert_series(folder,                # series folder of DICOM files
     return info
 
 # %% ../nbs/03_dicom.ipynb #44dae08e
-INDEX_COLUMNS = ('study_id', 'series_id', 'series_description', 'png', 'n_slices', 'instance_number', 'rows', 'columns')
-FAILURE_COLUMNS = ('study_id', 'series_id', 'file', 'reason')
+class ConvertOptions(NamedTuple):
+    "How each series of a run is converted; every PNG records them as its `params`"
+    size: int|None = 256     # side of the square PNGs (None: keep each slice's shape)
+    offsets: tuple = (0,)    # slices around the middle: (0,) greyscale, or three offsets for RGB
+    p_lo: float = 1.         # lower clipping percentile
+    p_hi: float = 99.        # upper clipping percentile
+    compression: int = 1     # PNG deflate level 0-9
 
+class ConvertJob(NamedTuple):
+    "One series to convert"
+    study_id: int
+    series_id: int
+    series_description: str
+    folder: str              # series folder of DICOM files
+    png: str                 # PNG to write
+    rel: str                 # `png` relative to the output folder, as index.csv records it
+    opts: ConvertOptions     # how to convert it
+
+class JobResult(NamedTuple):
+    "What became of one series: the description stored in its PNG, or its failure row"
+    key: tuple               # (study_id, series_id)
+    info: dict|None = None   # the description `convert_series` stored in the PNG
+    failure: tuple|None = None # a row of failures.csv (`FAILURE_COLUMNS`)
+    warnings: tuple = ()     # `(is a BlankSliceWarning, message)` of each warning raised while converting
+    skipped: bool = False    # already converted, by an earlier run with the same options
+
+class ConvertPlan(NamedTuple):
+    "The series of a run already converted, and those to convert"
+    done: list               # `JobResult`s of the series already converted
+    jobs: list               # `ConvertJob`s of the others
+
+# %% ../nbs/03_dicom.ipynb #48b66667
 def _skippable(png:Path, folder:Path, params:dict):
     "The description of an already converted series, or None when it must be (re)converted"
     info = png_info(png)
@@ -467,22 +501,72 @@ def _skippable(png:Path, folder:Path, params:dict):
     except OSError: return None
     return info if n == info.get('n_files') else None
 
-def _convert_job(job:tuple) -> dict:
-    "Convert one series; never raises: returns its description or a failure row, and the warnings raised"
-    study_id, series_id, desc, folder, png, rel, kw = job
+def plan_conversion(table:pd.DataFrame,       # series (`lsdc.data.series_table`): study_id, series_id, series_description, folder
+                    dest,                     # output folder
+                    opts:ConvertOptions=ConvertOptions(), # how to convert them
+                    resume:bool=True,         # count series already converted with `opts` as done
+                   ) -> ConvertPlan:
+    "Which series of `table` are already converted with `opts`, and the jobs for the others"
+    dest, params = Path(dest), _params(**opts._asdict())
+    done, jobs = [], []
+    for r in table.itertuples():
+        sid, rid = int(r.study_id), int(r.series_id)
+        rel = f'{sid}/{rid}.png'
+        info = _skippable(dest/rel, Path(r.folder), params) if resume else None
+        if info is not None: done.append(JobResult((sid, rid), info=info, skipped=True))
+        else: jobs.append(ConvertJob(sid, rid, r.series_description, str(r.folder), str(dest/rel), rel, opts))
+    return ConvertPlan(done, jobs)
+
+# %% ../nbs/03_dicom.ipynb #d7301e91
+def _convert_job(job:ConvertJob) -> JobResult:
+    "Convert one series; never raises: its description or its failure row, and the warnings raised"
+    key = (job.study_id, job.series_id)
+    meta = dict(study_id=job.study_id, series_id=job.series_id, series_description=job.series_description, png=job.rel)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always', BlankSliceWarning)
-        try:
-            info = convert_series(folder, png, **kw, meta=dict(study_id=study_id, series_id=series_id, series_description=desc, png=rel))
-            res = dict(info=info)
-        except DicomError as e: res = dict(failure=(study_id, series_id, e.file, e.reason))
-        except Exception as e: res = dict(failure=(study_id, series_id, str(folder), f'unexpected error: {type(e).__name__}: {e}'))
-    res['key'] = (study_id, series_id)
-    res['warnings'] = [(issubclass(x.category, BlankSliceWarning), str(x.message)) for x in w]
-    return res
+        try: res = JobResult(key, info=convert_series(job.folder, job.png, **job.opts._asdict(), meta=meta))
+        except DicomError as e: res = JobResult(key, failure=(*key, e.file, e.reason))
+        except Exception as e: res = JobResult(key, failure=(*key, job.folder, f'unexpected error: {type(e).__name__}: {e}'))
+    return res._replace(warnings=tuple((issubclass(x.category, BlankSliceWarning), str(x.message)) for x in w))
 
-def _convert_jobs(jobs:list) -> list: return [_convert_job(j) for j in jobs]
+def _check_parallel(parallel:str):
+    if parallel not in ('process', 'thread'): raise ValueError(f"parallel must be 'process' or 'thread', not {parallel!r}")
 
+def run_jobs(jobs:list,              # `ConvertJob`s
+             n_workers:int=1,        # parallel workers (0 or 1: serial; fewer than 4 jobs run serially too)
+             parallel:str='process', # 'process' or 'thread'
+             progress:bool=False,    # show a progress bar
+            ) -> list:
+    "The `JobResult` of each job, converted in parallel, with the workers' warnings raised again here"
+    _check_parallel(parallel)
+    if not jobs: return []
+    n = 0 if n_workers <= 1 or len(jobs) < 4 else n_workers
+    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
+    res = fc_parallel(_convert_job, jobs, n_workers=n, threadpool=parallel == 'thread', method=method, progress=progress,
+                      chunksize=max(1, min(8, len(jobs) // (4 * max(n, 1)))))
+    for r in res:
+        for blank, m in r.warnings: warnings.warn(m, BlankSliceWarning if blank else UserWarning)
+    return list(res)
+
+# %% ../nbs/03_dicom.ipynb #4def4788
+def _write_index(table:pd.DataFrame, # the series of the run, in the order of the index
+                 results:dict,       # `JobResult` by `(study_id, series_id)`, for every series of `table`
+                 dest:Path,          # output folder
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Write and return `index.csv` and `failures.csv`"
+    rows, fails = [], []
+    for r in table.itertuples():
+        res = results[(int(r.study_id), int(r.series_id))]
+        if res.info is not None: rows.append({k: res.info[k] for k in INDEX_COLUMNS})
+        else: fails.append(res.failure)
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    index['instance_number'] = index.instance_number.astype('Int64')
+    failures = pd.DataFrame(fails, columns=list(FAILURE_COLUMNS))
+    write_csv(index, dest/'index.csv')
+    write_csv(failures, dest/'failures.csv')
+    return index, failures
+
+# %% ../nbs/03_dicom.ipynb #28a0eb0a
 def _clean_temp(dest:Path):
     "Remove the temporary files a killed run left in `dest`"
     for p in [*dest.glob('.*.tmp'), *dest.glob('*/.*.tmp')]:
@@ -493,14 +577,7 @@ def _cpus() -> int:
     "Cores this process may run on"
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
-def _pool(parallel:str, n:int):
-    if parallel == 'thread': return ThreadPoolExecutor(n)
-    if parallel != 'process': raise ValueError(f"parallel must be 'process' or 'thread', not {parallel!r}")
-    ctx = multiprocessing.get_context('fork') if 'fork' in multiprocessing.get_all_start_methods() else None
-    return ProcessPoolExecutor(n, mp_context=ctx)
-
 def _load(data, split:str):
-    from lsdc.data import load_rsna
     if hasattr(data, 'series') and hasattr(data, 'path'): return data
     return load_rsna(data, splits=(split,), check_images=False)
 
@@ -519,10 +596,8 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
                     progress:bool=True,        # show a progress bar
                    ) -> pd.DataFrame:
     "Convert the middle slice of each selected series to a PNG; write and return the index"
-    from lsdc.data import series_table
-    _check_percentiles(p_lo, p_hi)
-    offsets = tuple(int(o) for o in offsets)
-    if len(offsets) not in (1, 3): raise ValueError(f'offsets must hold 1 or 3 values, not {offsets}')
+    _check_percentiles(p_lo, p_hi); _check_parallel(parallel)
+    opts = ConvertOptions(size=size, offsets=_check_offsets(offsets), p_lo=p_lo, p_hi=p_hi, compression=compression)
     descriptions = (descriptions,) if isinstance(descriptions, str) else tuple(descriptions)
     unknown = [d for d in descriptions if d not in SERIES_DESCRIPTIONS]
     if unknown: warnings.warn(f'series descriptions {unknown} are not among {list(SERIES_DESCRIPTIONS)}')
@@ -530,45 +605,11 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     _clean_temp(dest)
     table = series_table(data, split, descriptions).drop_duplicates(['study_id', 'series_id'])
-    kw = dict(size=size, offsets=offsets, p_lo=p_lo, p_hi=p_hi, compression=compression)
-    params = _params(**kw)
-    results, jobs = {}, []
-    for r in table.itertuples():
-        sid, rid = int(r.study_id), int(r.series_id)
-        rel = f'{sid}/{rid}.png'
-        info = _skippable(dest/rel, Path(r.folder), params) if resume else None
-        if info is not None: results[(sid, rid)] = dict(info=info, skipped=True)
-        else: jobs.append((sid, rid, r.series_description, str(r.folder), str(dest/rel), rel, kw))
-    n_workers = min(_cpus(), 8) if n_workers is None else int(n_workers)
+    done, jobs = plan_conversion(table, dest, opts=opts, resume=resume)
     t0 = time.perf_counter()
-    if jobs:
-        if n_workers <= 1 or len(jobs) < 4:
-            it, ex = map(_convert_job, jobs), None
-        else:
-            chunk = max(1, min(8, len(jobs) // (4 * n_workers)))
-            ex = _pool(parallel, n_workers)
-            it = (res for batch in ex.map(_convert_jobs, [jobs[i:i+chunk] for i in range(0, len(jobs), chunk)]) for res in batch)
-        try:
-            if progress:
-                from fastprogress.fastprogress import progress_bar
-                it = progress_bar(it, total=len(jobs))
-            for res in it:
-                results[res['key']] = res
-                for blank, m in res['warnings']: warnings.warn(m, BlankSliceWarning if blank else UserWarning)
-        finally:
-            if ex is not None: ex.shutdown(cancel_futures=True)
-    rows, fails = [], []
-    for r in table.itertuples():
-        res = results[(int(r.study_id), int(r.series_id))]
-        if 'info' in res: rows.append({k: res['info'][k] for k in INDEX_COLUMNS})
-        else: fails.append(res['failure'])
-    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    index['instance_number'] = index.instance_number.astype('Int64')
-    failures = pd.DataFrame(fails, columns=list(FAILURE_COLUMNS))
-    write_csv(index, dest/'index.csv')
-    write_csv(failures, dest/'failures.csv')
-    n_skip = sum(1 for v in results.values() if v.get('skipped'))
-    index.attrs.update(converted=len(rows) - n_skip, skipped=n_skip, failed=len(fails), seconds=time.perf_counter() - t0)
+    ran = run_jobs(jobs, n_workers=min(_cpus(), 8) if n_workers is None else int(n_workers), parallel=parallel, progress=progress)
+    index, failures = _write_index(table, {r.key: r for r in done + ran}, dest)
+    index.attrs.update(converted=len(index) - len(done), skipped=len(done), failed=len(failures), seconds=time.perf_counter() - t0)
     return index
 
 # %% ../nbs/03_dicom.ipynb #2eaff8c9
@@ -590,18 +631,16 @@ def convert_cli(data:str,                  # RSNA data folder (Kaggle layout)
                 quiet:bool=False,          # no progress bar
                ):
     "Convert the middle slice of each selected series to an 8-bit PNG"
-    from lsdc.data import DataError
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', BlankSliceWarning)
-            idx = convert_dataset(data, dest, split, [d.strip() for d in descriptions.split(',') if d.strip()], size or None,
-                                  _ints(offsets), p_lo, p_hi, n_workers=workers, parallel='thread' if threads else 'process',
-                                  resume=not overwrite, progress=not quiet)
+            idx = convert_dataset(data, dest, split=split, descriptions=[d.strip() for d in descriptions.split(',') if d.strip()],
+                                  size=size or None, offsets=_ints(offsets), p_lo=p_lo, p_hi=p_hi, n_workers=workers,
+                                  parallel='thread' if threads else 'process', resume=not overwrite, progress=not quiet)
     except (DataError, ValueError, OSError) as e:
         print(f'lsdc convert: {e}', file=sys.stderr); return 2
     a = idx.attrs
-    if not quiet: print()  # end the progress bar's line
     print(f"converted {a['converted']}, skipped {a['skipped']}, failed {a['failed']} series in {time.perf_counter() - t0:.1f} s -> {dest}")
     if a['failed']:
         f = pd.read_csv(Path(dest)/'failures.csv')

@@ -6,29 +6,21 @@ Docs: https://lsdc-dev.github.io/lsdc/inference.html.md"""
 
 # %% ../nbs/06_inference.ipynb #bb48184b
 from __future__ import annotations
-import json, time, warnings
+import time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse
+from fastai.learner import load_learner
 from .core import *
-from .learners import file_sha256
+from .files import ModelIntegrityError, file_sha256, read_index, read_manifest, manifest_series, read_results
+from .sampling import pick_images
+from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
-__all__ = ['ModelIntegrityError', 'read_manifest', 'verified_pickle', 'load_column_learner', 'column_priors', 'predict_images',
-           'to_grade_order', 'predict_columns', 'to_submission', 'predict', 'predict_cli', 'validation_predictions',
-           'evaluate_models']
+__all__ = ['verified_pickle', 'load_column_learner', 'column_priors', 'predict_images', 'to_grade_order', 'predict_columns',
+           'to_submission', 'predict', 'predict_cli', 'validation_predictions', 'evaluate_models']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
-class ModelIntegrityError(ValueError):
-    "A model pickle that is not listed in the manifest or whose SHA-256 does not match it"
-
-def read_manifest(models) -> dict:
-    "The `manifest.json` of a models folder"
-    fn = Path(models)/'manifest.json'
-    if not fn.exists(): raise FileNotFoundError(f"{fn}: no manifest; train with `lsdc train` first")
-    try: return json.loads(fn.read_text())
-    except json.JSONDecodeError as e: raise ModelIntegrityError(f"{fn}: unreadable manifest ({e})") from e
-
 def verified_pickle(models, col:str, manifest:dict|None=None) -> Path:
     "The pickle of `col` after checking it against the manifest; `ModelIntegrityError` otherwise"
     models = Path(models)
@@ -45,15 +37,20 @@ def verified_pickle(models, col:str, manifest:dict|None=None) -> Path:
 
 def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=None):
     "Load the verified learner of `col` (on the CPU unless CUDA is available)"
-    from fastai.learner import load_learner
     fn = verified_pickle(models, col, manifest)
     cpu = not torch.cuda.is_available() if cpu is None else cpu
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
-        learn = load_learner(fn, cpu=cpu)
-    return learn
+        return load_learner(fn, cpu=cpu)
 
 # %% ../nbs/06_inference.ipynb #5fc49276
+def _counts_prior(counts:dict, floor:float) -> np.ndarray|None:
+    "Grade probabilities from a record's `train_counts` (keys as grades or grade keys), or None"
+    if not isinstance(counts, dict) or sum(counts.values()) <= 0: return None
+    v = np.array([float(counts.get(g, counts.get(k, 0))) for g, k in zip(GRADES, GRADE_KEYS)])
+    v = np.maximum(v/v.sum(), floor)
+    return v/v.sum()
+
 def column_priors(models=None,       # a models folder whose results/*.json hold `train_counts`
                   labels=None,       # or a train.csv-style label table
                   floor:float=1e-3,  # smallest probability of a grade
@@ -62,21 +59,13 @@ def column_priors(models=None,       # a models folder whose results/*.json hold
     pri = pd.DataFrame(1/3, index=pd.Index(LABEL_COLUMNS, name='column'), columns=list(GRADE_KEYS))
     have = set()
     if labels is not None:
-        from lsdc.metrics import grade_priors
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             pri = grade_priors(labels, floor).astype(float)
         have = {c for c in LABEL_COLUMNS if labels[c].notna().any()}
-    if models is not None:
-        for fn in sorted((Path(models)/'results').glob('*.json')):
-            try: r = json.loads(fn.read_text())
-            except (OSError, json.JSONDecodeError): continue
-            counts = r.get('train_counts')
-            if r.get('column') in LABEL_COLUMNS and isinstance(counts, dict) and sum(counts.values()) > 0:
-                v = np.array([float(counts.get(g, counts.get(k, 0))) for g, k in zip(GRADES, GRADE_KEYS)])
-                v = np.maximum(v/v.sum(), floor)
-                pri.loc[r['column']] = v/v.sum()
-                have.add(r['column'])
+    for col, r in (read_results(models) if models is not None else {}).items():
+        v = _counts_prior(r.get('train_counts'), floor)
+        if col in LABEL_COLUMNS and v is not None: pri.loc[col] = v; have.add(col)
     if len(have) < len(LABEL_COLUMNS) and (models is not None or labels is not None):
         lost = [c for c in LABEL_COLUMNS if c not in have]
         warnings.warn(f"no training grades for {len(lost)} columns (e.g. {lost[0]}): their prior is uniform")
@@ -86,19 +75,12 @@ def column_priors(models=None,       # a models folder whose results/*.json hold
 def predict_images(learn,              # a fastai vision learner
                    images:list,        # image paths
                    bs:int=64,          # batch size
-                   tta:bool=False,     # average with the horizontally flipped image
                   ) -> np.ndarray:
     "Class probabilities (n, 3) in the learner's vocabulary order"
     if len(images) == 0: return np.zeros((0, len(learn.dls.vocab)), np.float32)
     dl = learn.dls.test_dl([str(p) for p in images], bs=bs, num_workers=0)
-    model = learn.model.eval()
-    out = []
-    with torch.inference_mode():
-        for (xb,) in dl:
-            p = torch.softmax(model(xb).float(), dim=-1)
-            if tta: p = (p + torch.softmax(model(torch.flip(xb, dims=[-1])).float(), dim=-1))/2
-            out.append(p.cpu())
-    return torch.cat(out).numpy()
+    with learn.no_bar(): probs, _ = learn.get_preds(dl=dl)
+    return probs.float().numpy()
 
 def to_grade_order(probs:np.ndarray, vocab) -> np.ndarray:
     "Reorder probability columns from a learner's vocabulary to `GRADES` order"
@@ -109,41 +91,35 @@ def to_grade_order(probs:np.ndarray, vocab) -> np.ndarray:
 
 # %% ../nbs/06_inference.ipynb #b910f67e
 def predict_columns(models,               # models folder (manifest.json, one pickle per column)
-                    index:pd.DataFrame,   # conversion index with absolute `image` paths (`lsdc.sampling.read_index`)
+                    index:pd.DataFrame,   # conversion index with absolute `image` paths (`lsdc.files.read_index`)
                     study_ids,            # the studies to predict
                     columns=None,         # label columns (default all 25)
                     priors:pd.DataFrame|None=None, # fallback probabilities (default `column_priors(models)`)
                     bs:int=64,            # batch size
-                    tta:bool=False,       # flip test-time augmentation
                     progress:bool=True,   # print a line per column
                    ) -> pd.DataFrame:
     "Long predictions: study_id, column, normal_mild, moderate, severe, source ('model' or 'prior: why')"
-    from lsdc.sampling import pick_images
     manifest = read_manifest(models)
+    series = manifest_series(manifest)
     priors = column_priors(models) if priors is None else priors
     sids = [as_id(s, 'study_id') for s in study_ids]
-    cols = list(LABEL_COLUMNS) if columns is None else list(columns)
     out = []
-    for k, col in enumerate(cols, 1):
+    for k, col in enumerate(cols := list(LABEL_COLUMNS) if columns is None else list(columns), 1):
         t0 = time.perf_counter()
         probs = np.tile(priors.loc[col].to_numpy(float), (len(sids), 1))
         source = np.array(['prior: no trained model'] * len(sids), dtype=object)
-        entry = manifest.get('columns', {}).get(col)
-        if entry is None:
-            warnings.warn(f"{col}: no trained model in {models}; every study gets the column's prior")
+        if col not in series: warnings.warn(f"{col}: no trained model in {models}; every study gets the column's prior")
         else:
-            desc = entry.get('series') or series_for_condition(col)
-            imgs = pick_images(index, desc).set_index('study_id').image
+            imgs = pick_images(index, series[col]).set_index('study_id').image
             have = [i for i, s in enumerate(sids) if s in imgs.index]
             lost = [s for s in sids if s not in imgs.index]
-            if lost: warnings.warn(f"{col}: no converted {desc} image for {len(lost)} studies ({', '.join(map(str, lost[:5]))}"
+            if lost: warnings.warn(f"{col}: no converted {series[col]} image for {len(lost)} studies ({', '.join(map(str, lost[:5]))}"
                                    f"{'...' if len(lost) > 5 else ''}); they get the column's prior")
-            source[:] = f'prior: no {desc} image'
+            source[:] = f'prior: no {series[col]} image'
             if have:
                 learn = load_column_learner(models, col, manifest)
-                p = to_grade_order(predict_images(learn, [imgs[sids[i]] for i in have], bs, tta), learn.dls.vocab)
-                probs[have] = p; source[have] = 'model'
-                del learn
+                probs[have] = to_grade_order(predict_images(learn, [imgs[sids[i]] for i in have], bs=bs), learn.dls.vocab)
+                source[have] = 'model'
         probs = probs/probs.sum(1, keepdims=True)
         out.append(pd.DataFrame({'study_id': sids, 'column': col, **dict(zip(GRADE_KEYS, probs.T)), 'source': source}))
         if progress: print(f"[{k}/{len(cols)}] {col}: {int((source == 'model').sum())} studies by model, "
@@ -170,48 +146,49 @@ def to_submission(preds:pd.DataFrame,   # long predictions (`predict_columns`)
     return pd.DataFrame({'row_id': row_ids, **dict(zip(GRADE_KEYS, v.T))})
 
 # %% ../nbs/06_inference.ipynb #fe500e9d
+def _prior_labels(d):
+    "The training labels whose grade frequencies are the prior of untrained columns: the data's train.csv when there is one"
+    from lsdc.data import read_train
+    if (d.train is None or d.train.empty) and (Path(d.path)/'train.csv').exists(): return read_train(Path(d.path)/'train.csv')
+    return d.train
+
+def _submission_rows(d, split:str) -> tuple[list, list]:
+    "The studies and row ids to predict: sample_submission's, in its order, for the test split; else every study"
+    if split == 'test' and d.sample_submission is not None:
+        row_ids = d.sample_submission.row_id.tolist()
+        return list(dict.fromkeys(parse_row_id(r)[0] for r in row_ids)), row_ids
+    sids = sorted(d.series(split).study_id.unique())
+    return sids, [r for s in sids for r in study_row_ids(s)]
+
+# %% ../nbs/06_inference.ipynb #cf14cad3
 def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNAData`
             models,               # models folder
             out,                  # submission CSV to write
             converted=None,       # folder for the converted test PNGs (default: next to `out`)
             split:str='test',     # which split's studies to predict
             bs:int=64,            # batch size
-            tta:bool=False,       # flip test-time augmentation
             n_workers:int|None=None, # conversion workers
             progress:bool=True,   # progress lines
            ) -> pd.DataFrame:
     "Convert the test studies, predict every study and column, and write the submission"
     from lsdc.data import load_rsna
     from lsdc.dicom import convert_dataset
-    from lsdc.sampling import read_index
     t0 = time.perf_counter()
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
     out = Path(out)
     converted = Path(converted) if converted is not None else out.parent/f'{out.stem}_png'
-    manifest = read_manifest(models)
-    descs = sorted({e.get('series') or series_for_condition(c) for c, e in manifest.get('columns', {}).items()}) or list(SAGITTAL)
+    descs = sorted(set(manifest_series(read_manifest(models)).values())) or list(SAGITTAL)
     convert_dataset(d, converted, split=split, descriptions=descs, n_workers=n_workers, progress=progress)
-    index = read_index(converted)
-    ss = d.sample_submission if split == 'test' else None
-    if ss is not None:
-        row_ids = ss.row_id.tolist()
-        sids = list(dict.fromkeys(parse_row_id(r)[0] for r in row_ids))
-    else:
-        sids = sorted(d.series(split).study_id.unique())
-        row_ids = [r for s in sids for r in study_row_ids(s)]
-    train = d.train
-    if (train is None or train.empty) and (Path(d.path)/'train.csv').exists():   # the training labels give the prior of untrained columns
-        from lsdc.data import read_train
-        train = read_train(Path(d.path)/'train.csv')
-    priors = column_priors(models, labels=train)
-    preds = predict_columns(models, index, sids, priors=priors, bs=bs, tta=tta, progress=progress)
-    sub = to_submission(preds, row_ids, priors)
+    sids, row_ids = _submission_rows(d, split)
+    priors = column_priors(models, labels=_prior_labels(d))
+    preds = predict_columns(models, read_index(converted), sids, priors=priors, bs=bs, progress=progress)
+    sub = to_submission(preds, row_ids, priors=priors)
     write_csv(sub, out, float_format='%.6f')
     write_csv(preds, out.parent/f'{out.stem}_sources.csv', float_format='%.6f')
     if progress:
-        n_prior = int((preds.source != 'model').sum())
+        n_prior, s = int((preds.source != 'model').sum()), time.perf_counter() - t0
         print(f"wrote {out}: {len(sub)} rows for {len(sids)} studies ({n_prior} study-columns from the prior) "
-              f"in {time.perf_counter() - t0:.1f} s ({(time.perf_counter() - t0)/max(len(sids), 1):.2f} s per study)")
+              f"in {s:.1f} s ({s/max(len(sids), 1):.2f} s per study)")
     return sub
 
 # %% ../nbs/06_inference.ipynb #276999a9
@@ -222,11 +199,10 @@ def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
                 converted:str=None,  # folder for the converted test PNGs (default: next to OUT)
                 split:str='test',    # which split to predict
                 bs:int=64,           # batch size
-                tta:bool=False,      # flip test-time augmentation
                 workers:int=None,    # conversion workers
                ):
     "Write a Kaggle submission from trained per-column learners"
-    try: predict(data, models, out, converted, split, bs, tta, workers)
+    try: predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers)
     except (ModelIntegrityError, FileNotFoundError) as e:
         print(f'lsdc predict: {e}'); return 1
     return 0
@@ -239,25 +215,23 @@ def validation_predictions(models,              # models folder (manifest.json, 
                            bs:int=64,           # batch size
                           ) -> pd.DataFrame:
     "Long predictions of every column's validation studies with their true grade: study_id, column, grade, normal_mild, moderate, severe"
-    from lsdc.sampling import read_index, pick_images
     models = Path(models)
     manifest = read_manifest(models)
+    series = manifest_series(manifest)
     fn = models/'split.csv'
     if not fn.exists(): raise FileNotFoundError(f"{fn}: no split file; it is written by `lsdc train`")
-    split = pd.read_csv(fn)
-    index = read_index(converted)
+    split, index = pd.read_csv(fn), read_index(converted)
     lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
-    cols = [c for c in (columns or LABEL_COLUMNS) if c in manifest.get('columns', {})]
     out = []
-    for col in cols:
+    for col in [c for c in (columns or LABEL_COLUMNS) if c in series]:
         ids = split[(split.column == col) & (split.split == 'valid')].study_id.map(as_id).tolist()
-        imgs = pick_images(index, manifest['columns'][col].get('series') or series_for_condition(col)).set_index('study_id').image
+        imgs = pick_images(index, series[col]).set_index('study_id').image
         lost = [s for s in ids if s not in imgs.index or s not in lab.index]
         if lost: warnings.warn(f"{col}: {len(lost)} validation studies have no image or label here ({lost[:5]}); not evaluated")
         ids = [s for s in ids if s not in lost]
         if not ids: continue
         learn = load_column_learner(models, col, manifest)
-        p = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs), learn.dls.vocab)
+        p = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs=bs), learn.dls.vocab)
         out.append(pd.DataFrame({'study_id': ids, 'column': col, 'grade': lab.loc[ids, col].to_numpy(),
                                  **dict(zip(GRADE_KEYS, p.T))}))
     if not out: raise ValueError(f"{models}: no validation study could be predicted")
@@ -270,7 +244,6 @@ def evaluate_models(models,              # models folder
                     bs:int=64,           # batch size
                    ) -> pd.DataFrame:
     "Evaluate every trained column on its validation studies; the metrics table (one row per column), also written to `out`"
-    from lsdc.metrics import evaluate, plot_confusion_grid
     out = Path(models if out is None else out)
     preds = validation_predictions(models, converted, labels, bs=bs)
     ev = evaluate(preds)

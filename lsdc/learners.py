@@ -6,31 +6,33 @@ Docs: https://lsdc-dev.github.io/lsdc/learners.html.md"""
 
 # %% ../nbs/05_learners.ipynb #c628e9a3
 from __future__ import annotations
-import argparse, contextlib, hashlib, io, json, logging, math, os, shutil, sys, tempfile, time, traceback
-from datetime import datetime, timezone
+import argparse, contextlib, inspect, io, logging, math, os, shutil, sys, tempfile, time, traceback
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated, Callable, NamedTuple
 import numpy as np, pandas as pd, torch, torchvision
 import torch.nn.functional as F
 from fastcore.script import call_parse
+from fastcore.meta import delegates
 from fastcore.imports import IN_NOTEBOOK
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize, aug_transforms,
-                               Normalize, imagenet_stats, vision_learner, create_body, model_meta, accuracy, AccumMetric,
-                               Callback, EarlyStoppingCallback, SaveModelCallback, set_seed,
-                               minimum, steep, valley, slide)
+from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, ColReader, ColSplitter, IndexSplitter,
+                               Resize, ResizeMethod, aug_transforms, Normalize, imagenet_stats, Learner, vision_learner,
+                               create_body, model_meta, accuracy, AccumMetric, Callback, EarlyStoppingCallback,
+                               SaveModelCallback, set_seed, minimum, steep, valley, slide)
 from fastai.metrics import ActivationType
 from . import __version__
-from .metrics import weighted_log_loss
-from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv, write_text,
+from .metrics import weighted_log_loss, short_name, plot_training_curves
+from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
                        torch_worker_init)
-from .sampling import read_index, training_table, split_frame, write_splits
+from .files import (read_index, file_sha256, now, write_json, result_file, write_result, read_results)
+from .sampling import pick_images, training_table, split_frame, write_splits
 
 # %% auto #0
 __all__ = ['log', 'SUGGEST_FUNCS', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss',
-           'grade_dls', 'resolve_arch', 'arch_name', 'load_body_weights', 'make_learner', 'pretrain_body', 'find_lrs',
-           'EpochLog', 'fit_once', 'epoch_threshold_train', 'file_sha256', 'train_column', 'result_file',
-           'write_result', 'read_results', 'column_done', 'results_table', 'manifest', 'plot_results',
-           'collect_results', 'parse_columns', 'shard_columns', 'train_columns', 'train_cli']
+           'grade_dls', 'resolve_arch', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets',
+           'masked_grade_loss', 'pretrain_body', 'find_lrs', 'EpochLog', 'fit_once', 'Schedule',
+           'epoch_threshold_train', 'export_learner', 'train_column', 'column_done', 'results_table', 'manifest',
+           'plot_results', 'collect_results', 'parse_columns', 'shard_columns', 'ColumnJob', 'train_columns',
+           'train_cli']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -54,11 +56,10 @@ def WeightedLogLoss() -> AccumMetric:
 def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `label`, `is_valid`
               size:int=256,             # images are resized to `size` x `size`
               bs:int=64,                # batch size (capped by the training size)
-              flip:bool=False,          # random horizontal flips (see above)
               num_workers:int|None=None,# data loader workers (default: 0 on CPU, up to 8 on CUDA)
               device=None,              # torch device (default: CUDA when present)
               seed:int=42,              # seed of the shuffling
-              aug:bool=True,            # `aug_transforms` (rotation, zoom, warp, lighting) on training batches
+              aug:bool=True,            # `aug_transforms` (rotation, zoom, warp, lighting; no flips) on training batches
              ):
     "fastai `DataLoaders` for one label column"
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -67,7 +68,7 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
     if n_train < 2: raise ValueError(f"need at least 2 training images, got {n_train}")
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(GRADES), sort=False)),
                        get_x=ColReader('image'), get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
-                       item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=flip) if aug else None)
+                       item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
     return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
 
 # %% ../nbs/05_learners.ipynb #2e7bd023
@@ -138,7 +139,7 @@ def make_learner(dls,                        # from `grade_dls`
     kw = dict(metrics=[accuracy, WeightedLogLoss()], path=path, model_dir='.', train_bn=train_bn)
     if weights is not None:
         learn = vision_learner(dls, a, pretrained=False, **kw)
-        n = load_body_weights(learn, a, weights)
+        n = load_body_weights(learn, arch=a, weights=weights)
         log.info("loaded %d tensors of %s into the body", n, weights)
         if not dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize)):
             dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
@@ -155,18 +156,39 @@ def make_learner(dls,                        # from `grade_dls`
     elif (cuda if mixed_precision is None else mixed_precision): learn.to_fp16()
     return learn
 
+# %% ../nbs/05_learners.ipynb #c174f8ce
+def grade_targets(index:pd.DataFrame,   # conversion index with `image` (`lsdc.files.read_index`)
+                  labels:pd.DataFrame,  # train.csv-style labels
+                  series=None,          # series mapping (None: `DEFAULT_SERIES`)
+                 ) -> pd.DataFrame:
+    "One row per labelled image: `image` and `targets`, the grade index of every label column read from its series (-1: none)"
+    lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
+    rows = []
+    for desc in sorted({series_for_condition(c, series) for c in LABEL_COLUMNS}):
+        cols = [i for i, c in enumerate(LABEL_COLUMNS) if series_for_condition(c, series) == desc and c in lab.columns]
+        if not cols: continue
+        for r in pick_images(index, desc).itertuples():
+            if r.study_id not in lab.index: continue
+            y = np.full(len(LABEL_COLUMNS), -1)
+            for i in cols:
+                g = lab.at[r.study_id, LABEL_COLUMNS[i]]
+                if isinstance(g, str) and g in GRADES: y[i] = GRADES.index(g)
+            rows.append((r.image, y))
+    return pd.DataFrame(rows, columns=['image', 'targets'])
+
+def masked_grade_loss(out, targ):
+    "Cross-entropy of every label column at once, weighted 1/2/4 by true grade; targets of -1 are left out"
+    return F.cross_entropy(out.view(-1, len(GRADES)), targ.view(-1), weight=out.new_tensor(GRADE_WEIGHTS), ignore_index=-1)
+
 # %% ../nbs/05_learners.ipynb #4ebb8e05
-def _image_tensor(fns:list, size:int) -> torch.Tensor:
-    "Images as a normalised (n, 3, size, size) float tensor (ImageNet statistics, like the learners' inputs)"
-    import cv2
-    ims = []
-    for fn in fns:
-        im = cv2.imread(str(fn), cv2.IMREAD_COLOR)
-        if im is None: raise ValueError(f"{fn}: not a readable image")
-        ims.append(cv2.resize(im[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA))
-    x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float().div_(255)
-    m, sd = torch.tensor(imagenet_stats[0])[:, None, None], torch.tensor(imagenet_stats[1])[:, None, None]
-    return (x - m)/sd
+class _EpochLine(Callback):
+    "Print one line per epoch (where fastai's bar does not render)"
+    order = 60
+    def __init__(self, tag:str): self.tag = tag
+    def before_epoch(self): self._t0 = time.perf_counter()
+    def after_epoch(self):
+        print(f"{self.tag} epoch {self.epoch + 1}/{self.n_epoch}: loss {float(self.recorder.values[-1][0]):.3f}, "
+              f"{time.perf_counter() - self._t0:.1f} s", flush=True)
 
 def pretrain_body(converted,               # conversion folder of the pretraining studies (index.csv)
                   labels:pd.DataFrame,     # their train.csv-style labels
@@ -181,38 +203,17 @@ def pretrain_body(converted,               # conversion folder of the pretrainin
                   progress:bool=True,      # a line per epoch
                  ) -> Path:
     "Pretrain `arch` on every label column at once and save its body (no classifier) as a torchvision state dict"
-    from lsdc.sampling import read_index, pick_images
-    torch.manual_seed(seed)
-    index = read_index(converted)
-    lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
-    fns, ys = [], []
-    for desc in sorted({series_for_condition(c, series) for c in LABEL_COLUMNS}):
-        cols = [i for i, c in enumerate(LABEL_COLUMNS) if series_for_condition(c, series) == desc and c in lab.columns]
-        if not cols: continue
-        for r in pick_images(index, desc).itertuples():
-            if r.study_id not in lab.index: continue
-            y = np.full(len(LABEL_COLUMNS), -1)
-            for i in cols:
-                g = lab.at[r.study_id, LABEL_COLUMNS[i]]
-                if isinstance(g, str) and g in GRADES: y[i] = GRADES.index(g)
-            fns.append(r.image); ys.append(y)
-    if len(fns) < bs: raise ValueError(f"{converted}: {len(fns)} labelled images, too few to pretrain on")
-    x, y = _image_tensor(fns, size), torch.from_numpy(np.stack(ys))
-    model = resolve_arch(arch)(weights=None, num_classes=3*len(LABEL_COLUMNS))
-    opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-2)
-    n_batches = (len(x) + bs - 1)//bs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs*n_batches)
-    w = torch.tensor(GRADE_WEIGHTS, dtype=torch.float)
-    model.train()
-    for ep in range(epochs):
-        t0, perm, tot = time.perf_counter(), torch.randperm(len(x)), 0.
-        for i in range(0, len(x), bs):
-            b = perm[i:i + bs]
-            out = model(x[b]).view(len(b) * len(LABEL_COLUMNS), 3)
-            loss = F.cross_entropy(out, y[b].reshape(-1), weight=w, ignore_index=-1)
-            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += loss.item()*len(b)
-        if progress: print(f"pretrain {arch} epoch {ep + 1}/{epochs}: loss {tot/len(x):.3f}, {time.perf_counter() - t0:.1f} s", flush=True)
-    sd = {k: v for k, v in model.state_dict().items() if not k.startswith(('fc.', 'classifier.'))}
+    set_seed(seed, reproducible=True)
+    items = grade_targets(read_index(converted), labels, series=series)
+    if len(items) < bs: raise ValueError(f"{converted}: {len(items)} labelled images, too few to pretrain on")
+    dblock = DataBlock(blocks=(ImageBlock, TransformBlock()), get_x=ColReader('image'), get_y=ColReader('targets'),
+                       splitter=IndexSplitter([]), item_tfms=Resize(size, method=ResizeMethod.Squish),
+                       batch_tfms=Normalize.from_stats(*imagenet_stats))
+    dls = dblock.dataloaders(items, bs=bs, num_workers=0, seed=seed)
+    learn = Learner(dls, resolve_arch(arch)(weights=None, num_classes=len(GRADES)*len(LABEL_COLUMNS)), loss_func=masked_grade_loss)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, lr, cbs=[_EpochLine(f'pretrain {arch}')] if progress else [])
+    sd = {k: v.cpu() for k, v in learn.model.state_dict().items() if not k.startswith(('fc.', 'classifier.'))}
     with atomic_path(dest) as tmp: torch.save(sd, tmp)
     return Path(dest)
 
@@ -259,41 +260,37 @@ class EpochLog(Callback):
         self.rows.append({'epoch': len(self.rows), 'frozen': self.learn.opt.frozen_idx > 0 if self.learn.opt else False,
                           **{n: float(v) for n, v in zip(names, vals)}, 'seconds': time.perf_counter() - self._t0})
 
+# %% ../nbs/05_learners.ipynb #54c02154
+@delegates(make_learner, but=['dls', 'path'])
 def fit_once(dls,                       # from `grade_dls`
              epochs:int,                # unfrozen epochs of `fine_tune`
              lr:float,                  # base learning rate (valley)
-             arch='resnet34',           # architecture
-             pretrained:bool=True,      # ImageNet weights
-             weights=None,              # local weights file
-             path=None,                 # working folder for checkpoints
+             path=None,                 # working folder for checkpoints (None: a scratch folder, removed after)
              freeze_epochs:int=1,       # frozen (head-only) epochs first
              patience:int=3,            # early stopping patience on valid_loss
              seed:int=42,               # seed of the initialisation and shuffling
              progress:bool=True,        # show fastai's progress bars
-             mixed_precision:bool|None=None, # fp16 on CUDA
-             channels_last:bool=False,  # channels-last (GPU)
              cbs:list|None=None,        # more callbacks for this run (e.g. timing)
-             train_bn:bool=True,        # BatchNorm layers train in the frozen epoch
+             **kwargs,                  # `make_learner`'s options: arch, pretrained, weights, train_bn, ...
             ) -> dict:
     "Train a fresh learner; the learner (best epoch loaded), its validation accuracy/loss and the epoch log"
     set_seed(seed, reproducible=True)
     scratch_dir = None
     if path is None: path = scratch_dir = tempfile.mkdtemp(prefix='lsdc-fit-')   # the best-epoch checkpoint never lands in the cwd
-    learn = make_learner(dls, arch, pretrained, weights, path, mixed_precision, channels_last, train_bn)
+    learn = make_learner(dls, path=path, **kwargs)
     elog = EpochLog()
     cbs = [EarlyStoppingCallback(monitor='valid_loss', patience=patience),
            SaveModelCallback(monitor='valid_loss', fname='best', reset_on_fit=False), elog, *(cbs or [])]
     t0 = time.perf_counter()
-    scratch = not pretrained and weights is None
+    scratch = not kwargs.get('pretrained', True) and kwargs.get('weights') is None
     def fit():
         if scratch: learn.fit_one_cycle(epochs, lr, cbs=cbs)
         else: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
+        return learn.validate()[:3]
     try:
-        if progress:
-            fit(); valid_loss, acc, wll = learn.validate()[:3]
+        if progress: valid_loss, acc, wll = fit()
         else:  # no bars, no tables, no 'Better model found' / 'early stopping' lines
-            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):
-                fit(); valid_loss, acc, wll = learn.validate()[:3]
+            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): valid_loss, acc, wll = fit()
     finally:
         if scratch_dir:   # the best epoch is loaded; its checkpoint folder goes, and the learner's path is the cwd as usual
             shutil.rmtree(scratch_dir, ignore_errors=True); learn.path = Path('.')
@@ -301,93 +298,49 @@ def fit_once(dls,                       # from `grade_dls`
                 history=elog.rows, epochs_run=len(elog.rows), seconds=time.perf_counter() - t0)
 
 # %% ../nbs/05_learners.ipynb #f2bbcbb3
-def epoch_threshold_train(trainer:Callable,      # `trainer(epochs) -> dict` with an `accuracy` key
-                          first_epochs:int=4,    # epochs of the first model
-                          keep_above:float=0.95, # keep the first model when its accuracy is above this
-                          retrain_above:float=0.91, # else retrain `short_epochs` when accuracy >= this ...
-                          short_epochs:int=5,    # ... epochs
-                          long_epochs:int=10,    # ... else this many epochs
-                          keep:str='last',       # 'last': the retrained model (the method); 'best': higher accuracy
+class Schedule(NamedTuple):
+    "The epoch-threshold retraining rule of the method"
+    first:int=4               # epochs of the first model
+    keep_above:float=0.95     # keep the first model when its validation accuracy is above this
+    retrain_above:float=0.91  # else retrain `short` epochs when its accuracy is at least this ...
+    short:int=5               # ... epochs
+    long:int=10               # ... else `long` epochs
+    keep:str='last'           # 'last': the retrained model (the method); 'best': the attempt of higher accuracy
+
+    @classmethod
+    def parse(cls, epochs:str='4,5,10', thresholds:str='0.95,0.91', keep:str='last'):
+        "A schedule from the command line's `first,short,long` epochs and `keep,retrain` thresholds"
+        e, t = str(epochs).replace(',', ' ').split(), str(thresholds).replace(',', ' ').split()
+        if len(e) != 3: raise ValueError(f"--epochs needs 3 comma-separated values (first, short, long), got {epochs!r}")
+        if len(t) != 2: raise ValueError(f"--thresholds needs 2 comma-separated values (keep, retrain), got {thresholds!r}")
+        return cls(first=int(e[0]), short=int(e[1]), long=int(e[2]), keep_above=float(t[0]), retrain_above=float(t[1]), keep=keep)
+
+def epoch_threshold_train(trainer:Callable,              # `trainer(epochs) -> dict` with an `accuracy` key
+                          schedule:Schedule=Schedule(),  # the rule
                          ) -> tuple[dict, list, str]:
     "The kept training result, all attempts, and the convergence class (fast/moderate/slow)"
-    if keep not in ('last', 'best'): raise ValueError(f"keep must be 'last' or 'best', got {keep!r}")
-    first = trainer(first_epochs)
-    if first['accuracy'] > keep_above: return first, [first], 'fast'
-    short = first['accuracy'] >= retrain_above
-    second = trainer(short_epochs if short else long_epochs)
-    kept = second if keep == 'last' or second['accuracy'] >= first['accuracy'] else first
+    s = schedule
+    if s.keep not in ('last', 'best'): raise ValueError(f"keep must be 'last' or 'best', got {s.keep!r}")
+    first = trainer(s.first)
+    if first['accuracy'] > s.keep_above: return first, [first], 'fast'
+    short = first['accuracy'] >= s.retrain_above
+    second = trainer(s.short if short else s.long)
+    kept = second if s.keep == 'last' or second['accuracy'] >= first['accuracy'] else first
     return kept, [first, second], 'moderate' if short else 'slow'
 
 # %% ../nbs/05_learners.ipynb #58d5a240
-def file_sha256(fn) -> str:
-    "SHA-256 hex digest of a file"
-    h = hashlib.sha256()
-    with open(fn, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()
+_LEARNER_OPTIONS = {k: p.default for k, p in inspect.signature(make_learner).parameters.items() if k not in ('dls', 'path')}
 
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
-
-def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, label, is_valid (upsampled training part)
-                 info:dict,                 # the summary `training_table` returned with it
-                 models,                    # models folder
-                 arch='resnet34',           # architecture (name or torchvision builder)
-                 size:int=256,              # image size
-                 pretrained:bool=True,      # ImageNet weights
-                 weights=None,              # local weights file for the body
-                 bs:int=64,                 # batch size
-                 lr_find_iters:int=100,     # lr_find iterations
-                 lr_find_range:tuple=(1e-7, 10), # lr_find's first and last learning rates (fewer iterations: a narrower range)
-                 first_epochs:int=4,        # epoch-threshold retraining: first model's epochs
-                 keep_above:float=0.95,     # ... keep it when validation accuracy is above this
-                 retrain_above:float=0.91,  # ... else retrain `short_epochs` when accuracy >= this
-                 short_epochs:int=5,        # ... epochs
-                 long_epochs:int=10,        # ... else `long_epochs`
-                 keep:str='last',           # 'last' (the method) or 'best' of the attempts
-                 freeze_epochs:int=1,       # frozen epochs of `fine_tune`
-                 patience:int=3,            # early stopping patience (valid_loss)
-                 seed:int=42,               # seed of shuffling and initialisation
-                 flip:bool=False,           # horizontal flips in augmentation
-                 aug:bool=True,             # augmentation (`aug_transforms`) of training batches
-                 num_workers:int|None=None, # data loader workers
-                 device=None,               # torch device (default: CUDA when present)
-                 mixed_precision:bool|None=None, # fp16 (default: on CUDA)
-                 channels_last:bool=False,  # channels-last (GPU)
-                 train_bn:bool=True,        # BatchNorm layers train while the body is frozen (lr_find, frozen epochs)
-                 progress:bool=True,        # fastai progress bars
-                ) -> dict:
-    "Train one column's learner, export its pickle and return its record"
-    col, models = info['column'], Path(models)
-    work = models/'_work'/col
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    try:
-        dls = grade_dls(table, size, bs, flip, num_workers, device, seed, aug)
-        set_seed(seed, reproducible=True)
-        finder = make_learner(dls, arch, pretrained, weights, work, mixed_precision, channels_last, train_bn)
-        with contextlib.nullcontext() if progress else finder.no_bar():
-            lrs = find_lrs(finder, lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
-        del finder
-        def trainer(epochs):
-            return fit_once(dls, epochs, lrs['lr'], arch, pretrained, weights, work, freeze_epochs, patience, seed,
-                            progress, mixed_precision, channels_last, train_bn=train_bn)
-        kept, attempts, convergence = epoch_threshold_train(trainer, first_epochs, keep_above, retrain_above,
-                                                            short_epochs, long_epochs, keep)
-        learn = kept['learn']
-        if hasattr(learn, 'channels_last'): learn.to_contiguous(to_fp32=True)
-        elif hasattr(learn, 'mixed_precision'): learn.to_fp32()
-        learn.path = models
-        pkl = models/f'{col}.pkl'
-        with atomic_path(pkl) as tmp: learn.export(tmp)
-    finally: shutil.rmtree(work, ignore_errors=True)
+def _column_record(info:dict, kept:dict, attempts:list, convergence:str, lrs:dict, settings:dict) -> dict:
+    "The record of a trained column: its settings, sizes, learning rates, attempts and validation figures"
     history = [{'attempt': i, 'epochs': a['epochs'], **h} for i, a in enumerate(attempts) for h in a['history']]
-    kh = kept['history']
-    return dict(column=col, status='ok', architecture=arch_name(arch), image_size=size, classes=list(GRADES),
-                pretrained=bool(pretrained and weights is None), augmentation=bool(aug), weights=str(weights) if weights else None,
-                train_bn=bool(train_bn),
+    kh, s = kept['history'], settings
+    return dict(column=info['column'], status='ok', architecture=arch_name(s['arch']), image_size=s['size'],
+                classes=list(GRADES), pretrained=bool(s['pretrained'] and s['weights'] is None),
+                augmentation=bool(s['aug']), weights=str(s['weights']) if s['weights'] else None, train_bn=bool(s['train_bn']),
                 **{k: info[k] for k in ('series', 'n_studies', 'n_missing_series', 'missing_series', 'split', 'n_train',
                                         'n_train_upsampled', 'n_valid', 'train_counts', 'train_counts_upsampled', 'valid_counts')},
-                lr_minimum=lrs['minimum'], lr_steep=lrs['steep'], lr_valley=lrs['valley'], lr_slide=lrs['slide'], lr=lrs['lr'],
+                **{f'lr_{k}': lrs[k] for k in ('minimum', 'steep', 'valley', 'slide')}, lr=lrs['lr'],
                 attempts=[{'epochs': a['epochs'], 'epochs_run': a['epochs_run'], 'accuracy': a['accuracy']} for a in attempts],
                 convergence=convergence, kept_attempt=next(i for i, a in enumerate(attempts) if a is kept),
                 epochs_run=kept['epochs_run'], epochs_total=len(history),
@@ -395,8 +348,50 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                 latest_valid_accuracy=kh[-1]['accuracy'] if kh else float('nan'),
                 best_valid_accuracy=max(h['accuracy'] for h in kh) if kh else float('nan'),
                 avg_epoch_seconds=float(np.mean([h['seconds'] for h in history])) if history else float('nan'),
-                seconds=time.perf_counter() - t0, pickle=pkl.name, sha256=file_sha256(pkl), history=history,
-                lsdc_version=__version__, finished=_now())
+                history=history, lsdc_version=__version__, finished=now())
+
+def export_learner(learn, dest) -> Path:
+    "Export `learn` (float32, contiguous, so it loads on a CPU) to the pickle `dest`, atomically"
+    if hasattr(learn, 'channels_last'): learn.to_contiguous(to_fp32=True)
+    elif hasattr(learn, 'mixed_precision'): learn.to_fp32()
+    learn.path = Path(dest).parent
+    with atomic_path(dest) as tmp: learn.export(tmp)
+    return Path(dest)
+
+# %% ../nbs/05_learners.ipynb #da2b0c75
+@delegates(fit_once, but=['dls', 'epochs', 'lr', 'path', 'seed', 'progress', 'cbs'])
+def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, label, is_valid (upsampled training part)
+                 info:dict,                 # the summary `training_table` returned with it
+                 models,                    # models folder
+                 schedule:Schedule=Schedule(), # the epoch-threshold retraining rule
+                 size:int=256,              # image size
+                 bs:int=64,                 # batch size
+                 aug:bool=True,             # augmentation (`aug_transforms`) of training batches
+                 num_workers:int|None=None, # data loader workers
+                 lr_find_iters:int=100,     # lr_find iterations
+                 lr_find_range:tuple=(1e-7, 10), # lr_find's first and last learning rates (fewer iterations: a narrower range)
+                 seed:int=42,               # seed of shuffling and initialisation
+                 progress:bool=True,        # fastai progress bars
+                 **kwargs,                  # `fit_once`'s and `make_learner`'s options: arch, pretrained, weights, train_bn, ...
+                ) -> dict:
+    "Train one column's learner, export its pickle and return its record"
+    col, models = info['column'], Path(models)
+    work = models/'_work'/col
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        dls = grade_dls(table, size=size, bs=bs, num_workers=num_workers, seed=seed, aug=aug)
+        set_seed(seed, reproducible=True)
+        finder = make_learner(dls, path=work, **{k: v for k, v in kwargs.items() if k in _LEARNER_OPTIONS})
+        with contextlib.nullcontext() if progress else finder.no_bar():
+            lrs = find_lrs(finder, num_it=lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
+        del finder
+        trainer = lambda epochs: fit_once(dls, epochs, lrs['lr'], path=work, seed=seed, progress=progress, **kwargs)
+        kept, attempts, convergence = epoch_threshold_train(trainer, schedule)
+        pkl = export_learner(kept['learn'], models/f'{col}.pkl')
+    finally: shutil.rmtree(work, ignore_errors=True)
+    rec = _column_record(info, kept, attempts, convergence, lrs, settings={**_LEARNER_OPTIONS, **kwargs, 'size': size, 'aug': aug})
+    return {**rec, 'seconds': time.perf_counter() - t0, 'pickle': pkl.name, 'sha256': file_sha256(pkl)}
 
 # %% ../nbs/05_learners.ipynb #571ff635
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
@@ -406,38 +401,13 @@ MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'pretrained'
                  'n_missing_series', 'lr_minimum', 'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence',
                  'valid_accuracy', 'valid_log_loss', 'pickle', 'sha256', 'finished')
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (np.floating,)): return float(o)
-    if isinstance(o, (np.bool_,)): return bool(o)
-    if isinstance(o, Path): return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-def result_file(models, col:str) -> Path: return Path(models)/'results'/f'{col}.json'
-
-def write_result(models, record:dict) -> Path:
-    "Write a column's record to `results/{column}.json` atomically"
-    return write_text(json.dumps(record, indent=1, default=_json_default), result_file(models, record['column']))
-
-def read_results(models) -> dict:
-    "All column records of a models folder, keyed by column, in `LABEL_COLUMNS` order"
-    recs = {}
-    for fn in sorted((Path(models)/'results').glob('*.json')):
-        try: r = json.loads(fn.read_text())
-        except (OSError, json.JSONDecodeError) as e: log.warning("%s: unreadable (%s)", fn, e); continue
-        recs[r['column']] = r
-    order = {c: i for i, c in enumerate(LABEL_COLUMNS)}
-    return dict(sorted(recs.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-
 def column_done(models, col:str) -> bool:
     "True when `col` has a pickle whose SHA-256 matches its successful record"
-    pkl, fn = Path(models)/f'{col}.pkl', result_file(models, col)
-    if not (pkl.exists() and fn.exists()): return False
-    try: r = json.loads(fn.read_text())
-    except (OSError, json.JSONDecodeError): return False
+    pkl = Path(models)/f'{col}.pkl'
+    if not (pkl.exists() and result_file(models, col).exists()): return False
+    r = read_results(models).get(col, {})
     return r.get('status') == 'ok' and r.get('sha256') == file_sha256(pkl)
 
-# %% ../nbs/05_learners.ipynb #a86b8371
 def results_table(records:dict) -> pd.DataFrame:
     "One row per column: accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
     rows = [{k: r.get(k) for k in RESULT_COLUMNS} for r in records.values()]
@@ -446,16 +416,16 @@ def results_table(records:dict) -> pd.DataFrame:
 def manifest(records:dict) -> dict:
     "The manifest of a models folder: per trained column its settings, sizes, lrs, scores and pickle hash"
     ok = {c: r for c, r in records.items() if r.get('status') == 'ok'}
-    return {'lsdc_version': __version__, 'updated': _now(), 'classes': list(GRADES),
+    return {'lsdc_version': __version__, 'updated': now(), 'classes': list(GRADES),
             'columns': {c: {k: r.get(k) for k in MANIFEST_KEYS} for c, r in ok.items()},
             'failed': {c: r.get('error') for c, r in records.items() if r.get('status') != 'ok'}}
 
+# %% ../nbs/05_learners.ipynb #a86b8371
 def plot_results(df:pd.DataFrame, # `results_table`
                  fname,           # PNG to write
                 ) -> Path:
     "Bar charts of validation accuracy and weighted log loss per column"
     from matplotlib.figure import Figure
-    from lsdc.metrics import short_name
     d = df[df.status == 'ok']
     fig = Figure(figsize=(11, 1.2 + 0.28 * max(len(d), 1)), layout='constrained')
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
@@ -470,11 +440,10 @@ def plot_results(df:pd.DataFrame, # `results_table`
 
 def collect_results(models, plots:bool=True) -> pd.DataFrame:
     "Rebuild `manifest.json`, `results.csv`, `split.csv` and (with `plots`) `results.png`, `training_curves.png` from the per-column files"
-    from lsdc.metrics import plot_training_curves
     models = Path(models)
     recs = read_results(models)
     df = results_table(recs)
-    write_text(json.dumps(manifest(recs), indent=1, default=_json_default), models/'manifest.json')
+    write_json(manifest(recs), models/'manifest.json')
     write_csv(df, models/'results.csv')
     if plots and (df.status == 'ok').any():
         plot_results(df, models/'results.png')
@@ -506,22 +475,31 @@ def shard_columns(columns:list,  # the columns to share out
     return list(columns)[i::n]
 
 # %% ../nbs/05_learners.ipynb #1f82bb2c
-def _say(msg:str, progress:bool):
-    if progress: print(msg, flush=True)
-    else: log.info(msg)
+class ColumnJob(NamedTuple):
+    "What training one column needs: the data, where to write, and the options of `train_column`"
+    column: str
+    labels: pd.DataFrame
+    index: pd.DataFrame
+    models: Path
+    series: dict|str|None
+    valid_pct: float
+    seed: int
+    bars: bool           # fastai's progress bars (only where they render)
+    options: dict        # keyword options of `train_column`
 
-def _train_one(col:str, labels, index, models, series, valid_pct, seed, bars, say, kwargs) -> dict:
+def _train_one(job:ColumnJob, say:Callable=log.info) -> dict:
     "Train, export and record one column; a failure is recorded, never raised"
+    col, models = job.column, Path(job.models)
     try:
-        table, info = training_table(labels, index, col, series, valid_pct, seed)
+        table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed)
         if info['n_missing_series']:
             say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
-        write_csv(split_frame(table, col), Path(models)/'splits'/f'{col}.csv')
-        rec = train_column(table, info, models, seed=seed, progress=bars, **kwargs)
+        write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
+        rec = train_column(table, info, models, seed=job.seed, progress=job.bars, **job.options)
     except Exception as e:
         log.exception("%s failed", col)
         rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
-                   finished=_now())
+                   finished=now())
     write_result(models, rec)
     return rec
 
@@ -530,43 +508,53 @@ def _ended(tag:str, rec:dict) -> str:
     return (f"{tag}: valid accuracy {rec['valid_accuracy']:.3f}, weighted log loss {rec['valid_log_loss']:.3f}, "
             f"{rec['convergence']}, {rec['epochs_run']} epochs, {rec['seconds']:.0f} s")
 
-def _train_parallel(todo:list, jobs:int, models, say, args:tuple) -> None:
-    "Train the `(tag, column)` pairs of `todo` in `jobs` worker processes; a line per finished column"
-    from concurrent.futures import as_completed
-    from concurrent.futures.process import BrokenProcessPool
+def _failed(models, col:str, error:str) -> dict:
+    "Record a column whose worker process could not return its record"
+    rec = dict(column=col, status='failed', error=error, finished=now())
+    write_result(models, rec)
+    return rec
+
+# %% ../nbs/05_learners.ipynb #a5583e9b
+def _pool(n:int, threads:int):
+    "A loky pool of `n` fresh worker processes with `threads` torch threads each"
     from loky import ProcessPoolExecutor
-    threads = max(1, torch.get_num_threads() // jobs)
     # loky restarts a worker whose memory grew by 300 MB, as a leak guard; a column's training grows a worker by about
     # that much (allocator caches), and each restart costs a fresh import of torch and fastai: the guard is set to 8 GB
     env = {'LOKY_MAX_MEMORY_LEAK_SIZE': os.environ.get('LOKY_MAX_MEMORY_LEAK_SIZE', str(8 << 30))}
-    pool = lambda n, t: ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(t,), env=env)
-    n, done = len(todo), 0
+    return ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(threads,), env=env)
+
+def _train_parallel(jobs:list, n:int, say:Callable) -> None:
+    "Train the `ColumnJob`s in `n` worker processes; a line per finished column"
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    threads = max(1, torch.get_num_threads() // n)
+    done, models = 0, jobs[0].models
     def ended(col, rec):
         nonlocal done
-        done += 1; say(_ended(f"[{done}/{n}] {col}", rec)); collect_results(models, plots=False)
-    def failed(col, error):
-        rec = dict(column=col, status='failed', error=error, finished=_now()); write_result(models, rec); return rec
-    say(f"training {n} columns in {jobs} worker processes of {threads} thread{'s' * (threads > 1)} each")
+        done += 1; say(_ended(f"[{done}/{len(jobs)}] {col}", rec)); collect_results(models, plots=False)
+    say(f"training {len(jobs)} columns in {n} worker processes of {threads} thread{'s' * (threads > 1)} each")
     retry = []
-    with pool(jobs, threads) as ex:
-        futs = {ex.submit(_train_one, col, *args): col for _, col in todo}
+    with _pool(n, threads) as ex:
+        futs = {ex.submit(_train_one, job): job for job in jobs}
         for f in as_completed(futs):
-            col = futs[f]
-            try: ended(col, f.result())
-            except BrokenProcessPool: retry.append(col)
-            except Exception as e: ended(col, failed(col, f"{type(e).__name__} in the worker process: {e}"))
+            job = futs[f]
+            try: ended(job.column, f.result())
+            except BrokenProcessPool: retry.append(job)
+            except Exception as e: ended(job.column, _failed(models, job.column, f"{type(e).__name__} in the worker process: {e}"))
     if not retry: return
     # a worker died (killed, out of memory, a crash in native code) and took the pool down with every column not yet
     # finished: each of those gets one more try alone in a fresh process, so only the column that kills it fails
     say(f"a worker process died; {len(retry)} unfinished columns are retried one at a time")
-    for col in [c for _, c in todo if c in retry]:
+    for job in [j for j in jobs if j in retry]:
         try:
-            with pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, col, *args).result()
+            with _pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job).result()
         except BrokenProcessPool:
-            rec = failed(col, "its worker process died while training it (killed, out of memory, or a crash in native code)")
-        except Exception as e: rec = failed(col, f"{type(e).__name__} in the worker process: {e}")
-        ended(col, rec)
+            rec = _failed(models, job.column, "its worker process died while training it (killed, out of memory, or a crash in native code)")
+        except Exception as e: rec = _failed(models, job.column, f"{type(e).__name__} in the worker process: {e}")
+        ended(job.column, rec)
 
+# %% ../nbs/05_learners.ipynb #c153194c
+@delegates(train_column, but=['table', 'info', 'models', 'seed', 'progress'])
 def train_columns(converted,               # conversion folder (holds index.csv, from `lsdc convert`)
                   models,                  # models folder to write
                   data=None,               # RSNA data folder for the labels (default `$LSDC_DATA` / Kaggle)
@@ -580,7 +568,7 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   progress:bool=True,      # print a line per column and show fastai's bars
                   index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
                   jobs:int=1,              # columns trained at once, in worker processes (CPU; see above)
-                  **kwargs,                # passed to `train_column` (arch, size, pretrained, weights, bs, epochs, ...)
+                  **kwargs,                # `train_column`'s options (schedule, size, bs, arch, pretrained, weights, ...)
                  ) -> pd.DataFrame:
     "Train one learner per label column into `models`; the merged results table"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
@@ -590,21 +578,21 @@ def train_columns(converted,               # conversion folder (holds index.csv,
     if labels is None:
         from lsdc.data import load_rsna
         labels = load_rsna(data, splits=('train',), check_images=False).train
-    say = lambda msg: _say(msg, progress)
+    say = (lambda msg: print(msg, flush=True)) if progress else log.info
     todo = []
     for k, col in enumerate(cols, 1):
-        tag = f"[{k}/{len(cols)}] {col}"
-        if resume and column_done(models, col): say(f"{tag}: already trained, skipped")
-        else: todo.append((tag, col))
-    t0 = time.perf_counter()
-    jobs = min(jobs, len(todo))
-    if jobs > 1: _train_parallel(todo, jobs, models, say, (labels, index, models, series, valid_pct, seed, False, log.info, kwargs))
+        if resume and column_done(models, col): say(f"[{k}/{len(cols)}] {col}: already trained, skipped")
+        else: todo.append((f"[{k}/{len(cols)}] {col}", col))
+    t0, jobs = time.perf_counter(), min(jobs, len(todo))
+    # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
+    bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
+    work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
+                      seed=seed, bars=bars, options=kwargs) for _, col in todo]
+    if jobs > 1: _train_parallel(work, jobs, say)
     else:
-        # fastai's bars only where they render (a terminal or a notebook); elsewhere one line per column
-        bars = progress and (sys.stdout.isatty() or IN_NOTEBOOK)
-        for tag, col in todo:
+        for (tag, _), job in zip(todo, work):
             say(f"{tag}: training")
-            rec = _train_one(col, labels, index, models, series, valid_pct, seed, bars, lambda m: say(f"{tag.split()[0]} {m}"), kwargs)
+            rec = _train_one(job, say=lambda m: say(f"{tag.split()[0]} {m}"))
             say(_ended(tag, rec))
             collect_results(models, plots=False)
     df = collect_results(models)
@@ -615,10 +603,10 @@ def train_columns(converted,               # conversion folder (holds index.csv,
 # %% ../nbs/05_learners.ipynb #6e011c4c
 SERIES_MAPS = {'default': None, 'sagittal_t1': 'Sagittal T1', 'sagittal_t2': 'Sagittal T2/STIR'}
 
-def _floats(s, n:int, what:str) -> list:
-    v = [x for x in str(s).replace(',', ' ').split()]
-    if len(v) != n: raise ValueError(f"{what} needs {n} comma-separated values, got {s!r}")
-    return v
+def _pair(s, what:str) -> tuple:
+    v = str(s).replace(',', ' ').split()
+    if len(v) != 2: raise ValueError(f"{what} needs 2 comma-separated values, got {s!r}")
+    return float(v[0]), float(v[1])
 
 @call_parse
 def train_cli(converted:str,                 # conversion folder (holds index.csv)
@@ -647,13 +635,10 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
-    first, short, long = (int(x) for x in _floats(epochs, 3, '--epochs'))
-    keep_above, retrain_above = (float(x) for x in _floats(thresholds, 2, '--thresholds'))
-    series = SERIES_MAPS[series_map] if series_map in SERIES_MAPS else series_map
-    df = train_columns(converted, models, data=data, columns=columns, shard=shard, series=series, valid_pct=valid_pct,
-                       seed=seed, resume=not no_resume, progress=not quiet, jobs=jobs, arch=arch, size=size, pretrained=pretrained,
-                       weights=weights, bs=bs, aug=aug, lr_find_iters=lr_find_iters,
-                       lr_find_range=tuple(float(x) for x in _floats(lr_find_range, 2, '--lr-find-range')), first_epochs=first, keep_above=keep_above,
-                       retrain_above=retrain_above, short_epochs=short, long_epochs=long, keep=keep, train_bn=train_bn)
+    df = train_columns(converted, models, data=data, columns=columns, shard=shard,
+                       series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
+                       resume=not no_resume, progress=not quiet, jobs=jobs, schedule=Schedule.parse(epochs, thresholds, keep),
+                       size=size, bs=bs, aug=aug, lr_find_iters=lr_find_iters, lr_find_range=_pair(lr_find_range, '--lr-find-range'),
+                       arch=arch, pretrained=pretrained, weights=weights, train_bn=train_bn)
     cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())

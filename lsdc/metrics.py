@@ -10,13 +10,17 @@ import sys, math, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.script import call_parse
-from .core import (CONDITIONS, LEVELS, LEVEL_NAMES, GRADES, GRADE_KEYS, GRADE_WEIGHTS, LABEL_COLUMNS,
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, average_precision_score
+from matplotlib.figure import Figure
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.ticker import MaxNLocator
+from .core import (CONDITIONS, LEVELS, LEVEL_NAMES, GRADES, GRADE_KEYS, GRADE_WEIGHTS, LABEL_COLUMNS, SUBMISSION_COLUMNS,
                        CONDITION_GROUPS, condition_group, grade_index, split_column, as_id, atomic_path)
 
 # %% auto #0
-__all__ = ['EPS', 'SCORE_TERMS', 'SUBMISSION_COLUMNS', 'PRED_COLUMNS', 'weighted_log_loss', 'empty_labels', 'competition_score',
-           'grade_priors', 'prior_submission', 'baseline_score', 'evaluate_column', 'evaluate', 'predictions_table',
-           'short_name', 'plot_confusion_grid', 'plot_training_curves', 'format_scores', 'score_cli']
+__all__ = ['EPS', 'SCORE_TERMS', 'PRED_COLUMNS', 'weighted_log_loss', 'empty_labels', 'competition_score', 'grade_priors',
+           'prior_submission', 'baseline_score', 'evaluate_column', 'evaluate', 'predictions_table', 'short_name',
+           'plot_confusion_grid', 'plot_training_curves', 'format_scores', 'score_cli']
 
 # %% ../nbs/07_metrics.ipynb #83717f31
 EPS = float(np.finfo(np.float64).eps)
@@ -39,7 +43,6 @@ def weighted_log_loss(y,             # true class index of each row
 
 # %% ../nbs/07_metrics.ipynb #679f479f
 SCORE_TERMS = ('spinal', 'foraminal', 'subarticular', 'any_severe_spinal')
-SUBMISSION_COLUMNS = ('row_id',) + GRADE_KEYS
 _GRADE_CODE = {**{g: i for i, g in enumerate(GRADES)}, **{k: i for i, k in enumerate(GRADE_KEYS)}, 0: 0, 1: 1, 2: 2}
 _GROUP = {c: condition_group(c) for c in LABEL_COLUMNS}
 
@@ -116,9 +119,9 @@ def competition_score(labels:pd.DataFrame,     # train.csv-style: study_id + 25 
     res = {}
     for g in CONDITION_GROUPS:
         m = t['group'].to_numpy() == g
-        res[g] = weighted_log_loss(t['grade'].to_numpy()[m], p[m], t['weight'].to_numpy()[m], eps) if m.any() else float('nan')
+        res[g] = weighted_log_loss(t['grade'].to_numpy()[m], p[m], weights=t['weight'].to_numpy()[m], eps=eps) if m.any() else float('nan')
     a = _any_severe(t, p[:, 2])
-    res['any_severe_spinal'] = weighted_log_loss(a['label'], a['pred'], a['weight'], eps) if len(a) else float('nan')
+    res['any_severe_spinal'] = weighted_log_loss(a['label'], a['pred'], weights=a['weight'], eps=eps) if len(a) else float('nan')
     empty = [k for k in SCORE_TERMS if np.isnan(res[k])]
     if empty: warnings.warn(f"no graded rows for {empty}: those terms and the score are NaN")
     res['score'] = float(np.mean([res[k] for k in SCORE_TERMS]))
@@ -147,7 +150,7 @@ def prior_submission(train_labels:pd.DataFrame, # train.csv-style training label
                      floor:float=1e-3,          # smallest probability of any grade, before renormalising
                     ) -> pd.DataFrame:
     "A submission (row_id, normal_mild, moderate, severe) where every row predicts its column's training frequencies"
-    pri = grade_priors(train_labels, floor)
+    pri = grade_priors(train_labels, floor=floor)
     sids = [as_id(s, 'study_id') for s in study_ids]
     out = pd.DataFrame(np.tile(pri.to_numpy(), (len(sids), 1)), columns=list(GRADE_KEYS))
     out.insert(0, 'row_id', [f'{s}_{c}' for s in sids for c in LABEL_COLUMNS])
@@ -158,11 +161,9 @@ def baseline_score(train_labels:pd.DataFrame, # train.csv-style labels the frequ
                    floor:float=1e-3,          # smallest probability of any grade, before renormalising
                   ) -> dict:
     "`competition_score` of the prior-only submission built from `train_labels`, on the studies of `labels`"
-    return competition_score(labels, prior_submission(train_labels, labels['study_id'], floor))
+    return competition_score(labels, prior_submission(train_labels, labels['study_id'], floor=floor))
 
 # %% ../nbs/07_metrics.ipynb #ebca56b3
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, average_precision_score
-
 def _grade_codes(y) -> np.ndarray:
     "Grade indices of `y` (strings, keys or indices); -1 where missing"
     out = []
@@ -174,6 +175,7 @@ def _grade_codes(y) -> np.ndarray:
 
 def _cm_key(i:int, j:int) -> str: return f'cm_{GRADE_KEYS[i]}_as_{GRADE_KEYS[j]}'
 
+# %% ../nbs/07_metrics.ipynb #2c088d84
 def evaluate_column(y_true,             # true grades (strings, keys or indices; NaN/None = not graded)
                     probs,              # (n, 3) predicted probabilities, columns normal_mild, moderate, severe
                     column:str|None=None, # label column name, stored in the result
@@ -200,7 +202,7 @@ def evaluate_column(y_true,             # true grades (strings, keys or indices;
     def _mean(a): return float(np.nanmean(a)) if np.isfinite(a).any() else float('nan')
     res = dict(column=column, group=_GROUP.get(column), n=int(len(y)),
                **{f'n_{key}': int(sup[k]) for k, key in enumerate(GRADE_KEYS)},
-               accuracy=float((pred == y).mean()), log_loss=weighted_log_loss(y, p, np.asarray(GRADE_WEIGHTS)[y]),
+               accuracy=float((pred == y).mean()), log_loss=weighted_log_loss(y, p, weights=np.asarray(GRADE_WEIGHTS)[y]),
                precision_macro=_mean(prec), recall_macro=_mean(rec), f1_macro=_mean(f1),
                roc_auc_macro=_mean(roc), pr_auc_macro=_mean(pr))
     for k, key in enumerate(GRADE_KEYS):
@@ -230,7 +232,7 @@ def evaluate(preds_df:pd.DataFrame, # study_id, column, grade (true; string or i
     for c in LABEL_COLUMNS:
         d = preds_df[preds_df['column'] == c]
         if not len(d) or (_grade_codes(d['grade']) < 0).all(): continue
-        rows.append(evaluate_column(d['grade'], d[list(GRADE_KEYS)].to_numpy(dtype=float), c))
+        rows.append(evaluate_column(d['grade'], d[list(GRADE_KEYS)].to_numpy(dtype=float), column=c))
     if not rows: raise ValueError("predictions hold no graded row")
     return pd.DataFrame(rows)
 
@@ -245,10 +247,6 @@ def predictions_table(labels:pd.DataFrame,     # train.csv-style true grades
     return out
 
 # %% ../nbs/07_metrics.ipynb #3986c5b9
-from matplotlib.figure import Figure
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.ticker import MaxNLocator
-
 _SHORT_COND = dict(zip(CONDITIONS, ('Spinal canal', 'L foraminal', 'R foraminal', 'L subarticular', 'R subarticular')))
 _SHORT_GRADE = ('N/M', 'Mod', 'Sev')
 
@@ -258,6 +256,7 @@ def short_name(col:str) -> str:
     c, l = split_column(col)
     return f'{_SHORT_COND[c]} {LEVEL_NAMES[l]}'
 
+# %% ../nbs/07_metrics.ipynb #abba17fa
 def _save(fig:Figure, fname) -> Path:
     "Write `fig` as PNG to `fname` atomically"
     FigureCanvasAgg(fig)
@@ -339,6 +338,7 @@ def format_scores(score:dict,         # a `competition_score` breakdown
         lines.append(line)
     return '\n'.join(lines)
 
+# %% ../nbs/07_metrics.ipynb #e807a072
 @call_parse
 def score_cli(labels:str,             # train.csv-style file of the true grades (study_id + 25 label columns)
               submission:str,         # submission CSV: row_id, normal_mild, moderate, severe

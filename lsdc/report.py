@@ -6,26 +6,50 @@ Docs: https://lsdc-dev.github.io/lsdc/report.html.md"""
 
 # %% ../nbs/08_report.ipynb #c0b2b131
 from __future__ import annotations
-import base64, html, json, logging, re, warnings
-from dataclasses import dataclass, field
+import base64, html, logging, re, shutil, subprocess, sys, tempfile, warnings
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 import cv2, numpy as np, pandas as pd, torch
+import torch.nn.functional as F
 from PIL import Image
 from fastcore.script import call_parse
-from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES,
-                       as_id, label_column, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
+from fastai.callback.hook import hook_output
+from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id,
+                       label_column, level_key, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
+from .files import read_index, read_manifest, manifest_series
+from .inference import load_column_learner
 
 # %% auto #0
-__all__ = ['log', 'FINDING_COLUMNS', 'DISCLAIMER', 'ReportWarning', 'gradcam', 'heatmap_peak', 'study_findings',
-           'read_conversion_index', 'study_images', 'read_gray', 'overlay_heatmap', 'draw_levels', 'png_data_uri',
-           'coordinate_marks', 'StudyReport', 'study_report', 'render_study_html', 'render_study_markdown',
-           'submission_studies', 'write_reports', 'load_learners', 'find_chromium', 'screenshot', 'report_cli']
+__all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'ReportWarning', 'ProblemKind', 'Problem', 'gradcam',
+           'heatmap_peak', 'study_findings', 'StudyImage', 'study_images', 'read_gray', 'png_data_uri', 'draw_levels',
+           'overlay_heatmap', 'coordinate_marks', 'Cam', 'StudyReport', 'study_report', 'Cell', 'Table', 'html_table',
+           'md_table', 'render_study_html', 'render_study_markdown', 'IndexRow', 'submission_studies', 'write_reports',
+           'load_learners', 'find_chromium', 'screenshot', 'report_cli']
 
 # %% ../nbs/08_report.ipynb #76f7e810
 log = logging.getLogger(__name__)
 
 class ReportWarning(UserWarning):
     "A study's report was written, but something in it is missing (an image, a learner, ...)"
+
+# %% ../nbs/08_report.ipynb #7e79d558
+class ProblemKind(Enum):
+    "Why part of a study's report cannot be shown"
+    no_series = 'no converted series'
+    image_missing = 'image missing'
+    no_learner = 'no learner given'
+    gradcam_failed = 'Grad-CAM failed'
+
+WARN_KINDS = frozenset({ProblemKind.image_missing, ProblemKind.gradcam_failed})  # those that raise a `ReportWarning`
+
+class Problem(NamedTuple):
+    "Something a study's report cannot show"
+    kind: ProblemKind  # why
+    subject: str       # the series description or label column concerned
+    text: str          # what is missing, in plain words
+    def __str__(self) -> str: return f'{self.subject}: {self.text}'
 
 # %% ../nbs/08_report.ipynb #160fb071
 def _class_index(learn, class_idx) -> int:
@@ -38,43 +62,34 @@ def _class_index(learn, class_idx) -> int:
     if vocab and not 0 <= i < len(vocab): raise ValueError(f"class index {i} out of range for vocabulary {vocab}")
     return i
 
-def gradcam(learn,             # a fastai vision learner (`learn.model` is `Sequential(body, head)`)
-            img,               # image: a path, a PIL image or a uint8 array
-            class_idx=None,    # output index or class name to explain (None: the predicted class)
-            layer=None,        # module whose output is explained (default: the last block of the body)
-            with_probs:bool=False, # also return the softmax probabilities
+def gradcam(learn,          # a fastai vision learner (`learn.model` is `Sequential(body, head)`)
+            img,            # image: a path, a PIL image or a uint8 array
+            class_idx=None, # output index or class name to explain (None: the predicted class)
            ) -> np.ndarray:
     "Grad-CAM heatmap (H, W) in [0, 1] at the model's input size, for one image and one class"
-    model = learn.model
-    layer = layer if layer is not None else model[0][-1]
+    model, was_training = learn.model, learn.model.training
+    layer = model[0][-1]                                     # the last block of the body
     if isinstance(img, np.ndarray) and img.ndim == 2: img = np.stack([img] * 3, -1)   # fastai opens files as RGB
     elif isinstance(img, Image.Image): img = img.convert('RGB')
-    dl = learn.dls.test_dl([img], num_workers=0)
-    xb = dl.one_batch()[0]
     dev = next(model.parameters()).device
-    xb = torch.as_tensor(xb).to(dev).float().requires_grad_(True)
-    acts, was_training = [], model.training
-    h = layer.register_forward_hook(lambda m, i, o: acts.append(o))
+    xb = torch.as_tensor(learn.dls.test_dl([img], num_workers=0).one_batch()[0]).to(dev).float().requires_grad_(True)
     try:
         model.eval()
-        with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+        with hook_output(layer) as acts, hook_output(layer, grad=True) as grads, warnings.catch_warnings(), \
+             torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+            warnings.filterwarnings('ignore', message='Using a non-full backward hook')
             out = model(xb)
-            probs = torch.softmax(out.float(), dim=1)[0].detach().cpu().numpy()
-            k = int(probs.argmax()) if class_idx is None else _class_index(learn, class_idx)
+            k = int(out[0].argmax()) if class_idx is None else _class_index(learn, class_idx)
             if not 0 <= k < out.shape[1]: raise ValueError(f"class index {k} out of range for {out.shape[1]} outputs")
-            a = acts[-1]
-            g, = torch.autograd.grad(out[0, k], a)
-        w = g.mean(dim=(2, 3), keepdim=True)
-        cam = torch.relu((w * a).sum(1, keepdim=True)).detach().float()
-        cam = torch.nn.functional.interpolate(cam, size=xb.shape[-2:], mode='bilinear', align_corners=False)[0, 0]
-        cam = cam.cpu().numpy().astype(np.float32)
-    finally:
-        h.remove()
-        model.train(was_training)
+            torch.autograd.grad(out[0, k], xb)               # runs the backward pass that fills `grads`
+    finally: model.train(was_training)
+    w = grads.stored[0].mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((w * acts.stored).sum(1, keepdim=True)).float()
+    cam = F.interpolate(cam, size=xb.shape[-2:], mode='bilinear', align_corners=False)[0, 0].cpu().numpy()
     lo, hi = float(cam.min()), float(cam.max())
-    cam = (cam - lo) / (hi - lo) if np.isfinite(hi - lo) and hi - lo > 1e-12 else np.zeros_like(cam)
-    return (cam, probs) if with_probs else cam
+    return (cam - lo) / (hi - lo) if np.isfinite(hi - lo) and hi - lo > 1e-12 else np.zeros_like(cam)
 
+# %% ../nbs/08_report.ipynb #42e83a68
 def heatmap_peak(cam:np.ndarray, # a heatmap (H, W)
                 ) -> tuple[float, float] | None:
     "`(x, y)` of the maximum of a heatmap as fractions of its width and height (None when it is flat)"
@@ -125,15 +140,17 @@ def study_findings(preds:pd.DataFrame,    # predicted rows: `row_id` (or `column
     return df
 
 # %% ../nbs/08_report.ipynb #63d322ff
-def read_conversion_index(converted, # conversion folder: `index.csv`, or `train/` and `test/` sub-folders holding one
-                         ) -> pd.DataFrame:
-    "The conversion index with absolute `image` paths; `train/` and `test/` indexes are joined"
-    from lsdc.sampling import with_images
-    converted = Path(converted)
-    fns = [converted/'index.csv'] if (converted/'index.csv').exists() else \
-          [converted/s/'index.csv' for s in ('train', 'test') if (converted/s/'index.csv').exists()]
-    if not fns: raise FileNotFoundError(f"{converted}: no index.csv (nor train/index.csv, test/index.csv); run `lsdc convert` first")
-    return pd.concat([with_images(pd.read_csv(fn), fn.parent) for fn in fns], ignore_index=True)
+@dataclass
+class StudyImage:
+    "The middle slice of one series of a study, as its report shows it"
+    png: str|None = None           # the PNG (None: the study has no such series converted)
+    series_id: int|None = None     # its series
+    rows: float|None = None        # DICOM slice height, to scale label coordinates (None: the PNG's)
+    columns: float|None = None     # DICOM slice width
+    gray: np.ndarray|None = field(default=None, repr=False) # the slice, 2-D uint8, once read
+    marks: dict = field(default_factory=dict) # {level: (x, y)} as fractions of width and height
+    mark_source: str|None = None   # where the marks come from: 'label coordinates', 'Grad-CAM peaks' or None
+    problem: Problem|None = None   # why it cannot be shown
 
 def _series_of(col:str, series=None) -> str:
     "The series description of a column: `series` maps columns or conditions to descriptions, or is one description"
@@ -141,27 +158,25 @@ def _series_of(col:str, series=None) -> str:
     if isinstance(series, dict): series = {k: v for k, v in series.items() if k not in LABEL_COLUMNS} or None
     return series_for_condition(col, series)
 
-def study_images(index:pd.DataFrame, # conversion index with `image` (see `read_conversion_index`)
+def _size(r:pd.Series, k:str) -> float|None: return float(r[k]) if k in r.index and pd.notna(r[k]) else None
+
+def study_images(index:pd.DataFrame, # conversion index with `image` (see `lsdc.files.read_index`)
                  study_id,           # the study
                  series=None,        # series mapping (see `lsdc.core.series_for_condition`); None: the defaults
                 ) -> dict:
-    "`{description: {png, series_id, rows, columns}}` for each series description the study's findings use"
+    "`{description: StudyImage}` for each series description the study's findings use"
     sid = as_id(study_id, 'study_id')
-    need = list(dict.fromkeys(_series_of(c, series) for c in LABEL_COLUMNS))
     d = index[index.study_id.map(as_id) == sid].sort_values('series_id')
     out = {}
-    for desc in need:
+    for desc in dict.fromkeys(_series_of(c, series) for c in LABEL_COLUMNS):
         r = d[d.series_description == desc]
-        if not len(r): out[desc] = dict(png=None, series_id=None, rows=None, columns=None); continue
+        if not len(r): out[desc] = StudyImage(); continue
         r = r.iloc[0]
-        out[desc] = dict(png=str(r['image'] if 'image' in r.index else r['png']), series_id=int(r.series_id),
-                         rows=float(r['rows']) if 'rows' in r.index and pd.notna(r['rows']) else None,
-                         columns=float(r['columns']) if 'columns' in r.index and pd.notna(r['columns']) else None)
+        out[desc] = StudyImage(png=str(r['image'] if 'image' in r.index else r['png']), series_id=int(r.series_id),
+                               rows=_size(r, 'rows'), columns=_size(r, 'columns'))
     return out
 
 # %% ../nbs/08_report.ipynb #c790acd3
-_LEVEL_COLOURS = ((66, 135, 245), (52, 199, 89), (255, 204, 0), (255, 149, 0), (255, 59, 48))  # RGB, one per level
-
 def read_gray(fn) -> np.ndarray:
     "A PNG as a 2-D uint8 array (FileNotFoundError/ValueError naming the file)"
     fn = Path(fn)
@@ -175,22 +190,16 @@ def _upscale(gray:np.ndarray, px:int) -> np.ndarray:
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     return cv2.resize(rgb, (round(gray.shape[1]*s), round(gray.shape[0]*s)), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
 
-def overlay_heatmap(gray:np.ndarray,    # the slice, 2-D uint8
-                    cam:np.ndarray,     # heatmap in [0, 1], any size (resized to the slice)
-                    px:int=384,         # output size (longer side)
-                    alpha:float=.45,    # heatmap opacity
-                    peak:bool=True,     # mark the maximum with a circle
-                   ) -> np.ndarray:
-    "RGB uint8 image: the slice with the heatmap blended over it"
-    base = _upscale(gray, px)
-    h, w = base.shape[:2]
-    c = cv2.resize(np.clip(cam, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    jet = cv2.cvtColor(cv2.applyColorMap((c * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    a = (alpha * np.sqrt(c))[..., None]                          # faint where the map is low
-    out = (base * (1 - a) + jet * a).clip(0, 255).astype(np.uint8)
-    pk = heatmap_peak(cam) if peak else None
-    if pk: cv2.circle(out, (int(pk[0]*w), int(pk[1]*h)), max(6, w // 40), (255, 255, 255), 2, cv2.LINE_AA)
-    return out
+def png_data_uri(img:np.ndarray, # RGB or greyscale uint8
+                ) -> str:
+    "A `data:image/png;base64,...` URI of an image"
+    a = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    ok, buf = cv2.imencode('.png', a, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok: raise ValueError('PNG encoding failed')
+    return 'data:image/png;base64,' + base64.b64encode(buf.tobytes()).decode('ascii')
+
+# %% ../nbs/08_report.ipynb #79742c34
+_LEVEL_COLOURS = ((66, 135, 245), (52, 199, 89), (255, 204, 0), (255, 149, 0), (255, 59, 48))  # RGB, one per level
 
 def draw_levels(gray:np.ndarray, # the slice, 2-D uint8
                 marks:dict,      # {level: (x, y)} as fractions of width and height
@@ -213,41 +222,57 @@ def draw_levels(gray:np.ndarray, # the slice, 2-D uint8
         cv2.putText(out, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, fs, col, 1, cv2.LINE_AA)
     return out
 
-def png_data_uri(img:np.ndarray, # RGB or greyscale uint8
-                ) -> str:
-    "A `data:image/png;base64,...` URI of an image"
-    a = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    ok, buf = cv2.imencode('.png', a, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok: raise ValueError('PNG encoding failed')
-    return 'data:image/png;base64,' + base64.b64encode(buf.tobytes()).decode('ascii')
+# %% ../nbs/08_report.ipynb #8fed4a2c
+def overlay_heatmap(gray:np.ndarray,    # the slice, 2-D uint8
+                    cam:np.ndarray,     # heatmap in [0, 1], any size (resized to the slice)
+                    px:int=384,         # output size (longer side)
+                    alpha:float=.45,    # heatmap opacity
+                    peak:bool=True,     # mark the maximum with a circle
+                   ) -> np.ndarray:
+    "RGB uint8 image: the slice with the heatmap blended over it"
+    base = _upscale(gray, px)
+    h, w = base.shape[:2]
+    c = cv2.resize(np.clip(cam, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    jet = cv2.cvtColor(cv2.applyColorMap((c * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    a = (alpha * np.sqrt(c))[..., None]                          # faint where the map is low
+    out = (base * (1 - a) + jet * a).clip(0, 255).astype(np.uint8)
+    pk = heatmap_peak(cam) if peak else None
+    if pk: cv2.circle(out, (int(pk[0]*w), int(pk[1]*h)), max(6, w // 40), (255, 255, 255), 2, cv2.LINE_AA)
+    return out
 
 # %% ../nbs/08_report.ipynb #3f48cf98
 def coordinate_marks(coords:pd.DataFrame|None, # train_label_coordinates-style: study_id, series_id, condition, level, x, y
                      study_id,                 # the study
-                     image:dict,               # one entry of `study_images`: png, series_id, rows, columns
+                     image:StudyImage,         # one image of `study_images`
                     ) -> dict:
     "`{level: (x, y)}` as fractions of the image, from the coordinates given on this series"
-    if coords is None or image.get('series_id') is None or not len(coords): return {}
-    c = coords[(coords.study_id.map(as_id) == as_id(study_id)) & (coords.series_id.map(as_id) == image['series_id'])]
+    if coords is None or image.series_id is None or not len(coords): return {}
+    c = coords[(coords.study_id.map(as_id) == as_id(study_id)) & (coords.series_id.map(as_id) == image.series_id)]
     if not len(c): return {}
-    from lsdc.core import level_key
-    w, h = image.get('columns'), image.get('rows')
+    w, h = image.columns, image.rows
     if not (w and h):
-        g = read_gray(image['png']); h, w = g.shape
+        g = read_gray(image.png); h, w = g.shape
     out = {}
     for lvl, d in c.groupby(c.level.map(level_key)):
         out[lvl] = (float(np.clip(d.x.mean() / w, 0, 1)), float(np.clip(d.y.mean() / h, 0, 1)))
     return {l: out[l] for l in LEVELS if l in out}
 
 # %% ../nbs/08_report.ipynb #93159950
+class Cam(NamedTuple):
+    "The Grad-CAM heatmap of one finding, or why there is none"
+    description: str              # the series description it is computed on
+    grade: str                    # the grade it explains: the predicted one
+    cam: np.ndarray|None = None   # heatmap (H, W) in [0, 1]
+    problem: Problem|None = None  # why there is none
+
 @dataclass
 class StudyReport:
     "What one study's report shows"
     study_id: int
     findings: pd.DataFrame                        # `study_findings`
-    images: dict                                  # {description: {png, series_id, rows, columns, gray, marks, mark_source, problem}}
-    cams: dict = field(default_factory=dict)      # {column: {description, class, cam (H, W) or None, problem}}
-    problems: list = field(default_factory=list)  # plain-language notes of what is missing
+    images: dict                                  # {description: StudyImage}
+    cams: dict = field(default_factory=dict)      # {column: Cam}
+    problems: list = field(default_factory=list)  # the `Problem`s printed on the page
     gradcam_used: bool = False                    # learners were given and Grad-CAM was computed
 
     @property
@@ -257,11 +282,60 @@ class StudyReport:
         s = f"{int(n.get('Severe', 0))} severe, {int(n.get('Moderate', 0))} moderate of 25 findings"
         return s + (f" ({len(self.problems)} note{'s' if len(self.problems) > 1 else ''})" if self.problems else '')
 
+# %% ../nbs/08_report.ipynb #4e52a416
+def _read_image(desc:str, im:StudyImage) -> StudyImage:
+    "A copy of `im` with its slice read, or with the problem that prevents it"
+    im = StudyImage(png=im.png, series_id=im.series_id, rows=im.rows, columns=im.columns)
+    if im.png is None: return replace(im, problem=Problem(ProblemKind.no_series, desc, f"no converted {desc} series for this study"))
+    try: return replace(im, gray=read_gray(im.png))
+    except (FileNotFoundError, ValueError) as e: return replace(im, problem=Problem(ProblemKind.image_missing, desc, f"image missing: {e}"))
+
+def _read_images(images:dict|pd.DataFrame, sid:int, series=None) -> dict:
+    "`{description: StudyImage}` read, for the descriptions given and those the findings use"
+    if isinstance(images, pd.DataFrame): images = study_images(images, sid, series)
+    ims = {d: v if isinstance(v, StudyImage) else StudyImage(png=None if v is None else str(v)) for d, v in images.items()}
+    for d in dict.fromkeys(_series_of(c, series) for c in LABEL_COLUMNS): ims.setdefault(d, StudyImage())
+    return {d: _read_image(d, im) for d, im in ims.items()}
+
+# %% ../nbs/08_report.ipynb #61405dfe
 def _learner_class(learn, grade:str):
     "The class to explain for a grade: its name in the learner's vocabulary, else its index"
     vocab = [str(v) for v in getattr(learn.dls, 'vocab', [])]
     return grade if grade in vocab else GRADES.index(grade)
 
+def _finding_cam(learn, im:StudyImage, col:str, desc:str, grade:str) -> Cam:
+    "The Grad-CAM of one finding (column `col`, read on `desc`), or the problem that prevents it"
+    if learn is None: return Cam(desc, grade, problem=Problem(ProblemKind.no_learner, col, 'no learner given'))
+    if im.gray is None: return Cam(desc, grade, problem=im.problem)
+    try: return Cam(desc, grade, cam=gradcam(learn, im.gray, _learner_class(learn, grade)))
+    except Exception as e:
+        return Cam(desc, grade, problem=Problem(ProblemKind.gradcam_failed, col, f"Grad-CAM failed ({type(e).__name__}: {e})"))
+
+def _study_cams(findings:pd.DataFrame, images:dict, learners:dict, series=None) -> dict:
+    "`{column: Cam}` of every finding of a study"
+    cams = {}
+    for r in findings.itertuples():
+        d = _series_of(r.column, series)
+        cams[r.column] = _finding_cam(learners.get(r.column), images[d], col=r.column, desc=d, grade=r.grade)
+    return cams
+
+# %% ../nbs/08_report.ipynb #9bcafe1e
+def _mark_levels(images:dict, cams:dict, coords:pd.DataFrame|None, sid:int) -> dict:
+    "The images with their level marks: from the label coordinates, else from the Grad-CAM peaks"
+    out = {}
+    for d, im in images.items():
+        if im.gray is None: out[d] = im; continue
+        marks = coordinate_marks(coords, sid, im)
+        if marks: out[d] = replace(im, marks=marks, mark_source='label coordinates'); continue
+        for lvl in LEVELS:
+            cam = next((c.cam for c in (cams.get(label_column(k, lvl)) for k in CONDITIONS)
+                        if c is not None and c.description == d and c.cam is not None), None)
+            pk = heatmap_peak(cam)
+            if pk is not None: marks[lvl] = pk
+        out[d] = replace(im, marks=marks, mark_source='Grad-CAM peaks') if marks else im
+    return out
+
+# %% ../nbs/08_report.ipynb #5bfbc31b
 def study_report(study_id,                   # the study
                  preds:pd.DataFrame,         # its predicted rows (or a whole submission): row_id or column + probabilities
                  images:dict|pd.DataFrame,   # `study_images(...)` result, `{description: png path}`, or a conversion index
@@ -273,51 +347,12 @@ def study_report(study_id,                   # the study
     "Collect the findings, marked images and Grad-CAM heatmaps of one study"
     sid = as_id(study_id, 'study_id')
     findings = study_findings(preds, sid, labels)
-    if isinstance(images, pd.DataFrame): images = study_images(images, sid, series)
-    imgs = {d: (dict(v) if isinstance(v, dict) else dict(png=None if v is None else str(v), series_id=None, rows=None, columns=None))
-            for d, v in images.items()}
-    problems = []
-    for d in dict.fromkeys(_series_of(c, series) for c in LABEL_COLUMNS):
-        imgs.setdefault(d, dict(png=None, series_id=None, rows=None, columns=None))
-    for d, im in imgs.items():
-        im.update(gray=None, marks={}, mark_source=None, problem=None)
-        if im['png'] is None: im['problem'] = f"no converted {d} series for this study"
-        else:
-            try: im['gray'] = read_gray(im['png'])
-            except (FileNotFoundError, ValueError) as e: im['problem'] = f"image missing: {e}"
-        if im['problem']: problems.append(f"{d}: {im['problem']}")
-    learners = learners or {}
-    cams = {}
-    for r in findings.itertuples():
-        d = _series_of(r.column, series)
-        im = imgs[d]
-        if r.column not in learners:
-            cams[r.column] = dict(description=d, grade=r.grade, cam=None, problem='no learner given')
-            continue
-        if im['gray'] is None:
-            cams[r.column] = dict(description=d, grade=r.grade, cam=None, problem=im['problem'])
-            continue
-        try:
-            learn = learners[r.column]
-            cam = gradcam(learn, im['gray'], _learner_class(learn, r.grade))
-            cams[r.column] = dict(description=d, grade=r.grade, cam=cam, problem=None)
-        except Exception as e:
-            log.warning("study %s %s: Grad-CAM failed: %s", sid, r.column, e)
-            cams[r.column] = dict(description=d, grade=r.grade, cam=None, problem=f"Grad-CAM failed ({type(e).__name__}: {e})")
-            problems.append(f"{r.column}: Grad-CAM failed ({type(e).__name__}: {e})")
-    for d, im in imgs.items():
-        if im['gray'] is None: continue
-        im['marks'] = coordinate_marks(coords, sid, im)
-        if im['marks']: im['mark_source'] = 'label coordinates'; continue
-        marks = {}
-        for lvl in LEVELS:
-            for cond in CONDITIONS:
-                c = cams.get(label_column(cond, lvl), {})
-                if c.get('description') == d and c.get('cam') is not None:
-                    marks[lvl] = heatmap_peak(c['cam']); break
-        if any(v is not None for v in marks.values()):
-            im['marks'], im['mark_source'] = {k: v for k, v in marks.items() if v is not None}, 'Grad-CAM peaks'
-    return StudyReport(sid, findings, imgs, cams, problems, gradcam_used=bool(learners))
+    ims = _read_images(images, sid, series)
+    cams = _study_cams(findings, ims, learners or {}, series)
+    failed = [c.problem for c in cams.values() if c.problem and c.problem.kind is ProblemKind.gradcam_failed]
+    for p in failed: log.warning("study %s %s", sid, p)
+    problems = [im.problem for im in ims.values() if im.problem] + failed
+    return StudyReport(sid, findings, _mark_levels(ims, cams, coords, sid), cams, problems, gradcam_used=bool(learners))
 
 # %% ../nbs/08_report.ipynb #cdba7149
 DISCLAIMER = ("This report comes from a research model. It is not a diagnosis and must not be used to make decisions "
@@ -352,6 +387,7 @@ footer{margin-top:30px;color:#5b6475;font-size:12px}
 a{color:#1a56db}
 """
 
+# %% ../nbs/08_report.ipynb #1b3400eb
 def _esc(s) -> str: return html.escape(str(s), quote=True)
 
 def _cond_name(c:str) -> str: return CONDITION_NAMES[c]
@@ -369,54 +405,104 @@ def _page(title:str, body:str) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n')
 
-def _grid_html(rep:StudyReport) -> str:
-    f = rep.findings.set_index('column')
-    head = ''.join(f'<th>{LEVEL_NAMES[l]}</th>' for l in LEVELS)
-    rows = []
+# %% ../nbs/08_report.ipynb #22fa452e
+class Cell(NamedTuple):
+    "One table cell, as both formats show it"
+    text: str                 # the value, plain text
+    bold: bool = False        # shown bold
+    code: bool = False        # shown as code
+    links: dict|None = None   # {format: href}: the text links to the page of the format written
+    lines: tuple = ()         # (class, text) of smaller lines under the value
+    cls: str = ''             # HTML class
+    data: dict|None = None    # HTML `data-*` attributes
+    head: bool = False        # a row header (HTML `<th>`)
+
+class Table(NamedTuple):
+    "A table built once and written as HTML (`html_table`) or Markdown (`md_table`)"
+    header: tuple             # the column titles
+    rows: list                # tuples of `Cell`s
+    row_data: list|None = None # each row's HTML `data-*` attributes
+    cls: str = ''             # HTML class of the table
+
+# %% ../nbs/08_report.ipynb #6f8d3728
+def _attrs(cls:str='', data:dict|None=None) -> str:
+    return (f' class="{cls}"' if cls else '') + ''.join(f' data-{k}="{_esc(v)}"' for k, v in (data or {}).items())
+
+def _html_cell(c:Cell) -> str:
+    s = f'<code>{_esc(c.text)}</code>' if c.code else _esc(c.text)
+    if c.links: s = f'<a href="{_esc(c.links["html"])}">{s}</a>' + ''.join(
+        f' (<a href="{_esc(h)}">{_esc(k)}</a>)' for k, h in c.links.items() if k != 'html')
+    if c.bold: s = f'<b>{s}</b>'
+    s += ''.join(f'<span class="{k}">{_esc(v)}</span>' for k, v in c.lines)
+    t = 'th' if c.head else 'td'
+    return f'<{t}{_attrs(c.cls, c.data)}>{s}</{t}>'
+
+def html_table(t:Table, skip=()) -> str:
+    "The table as HTML, without the columns titled in `skip`"
+    keep = [i for i, h in enumerate(t.header) if h not in skip]
+    head = ''.join(f'<th>{_esc(t.header[i])}</th>' for i in keep)
+    body = ''.join(f'<tr{_attrs(data=d)}>' + ''.join(_html_cell(r[i]) for i in keep) + '</tr>'
+                   for r, d in zip(t.rows, t.row_data or [None] * len(t.rows)))
+    return f'<table{_attrs(t.cls)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+# %% ../nbs/08_report.ipynb #4530ab0e
+def _md_text(s:str) -> str: return ' '.join(str(s).split()).replace('|', '\\|')
+
+def _md_cell(c:Cell) -> str:
+    s = f'`{_md_text(c.text)}`' if c.code else _md_text(c.text)
+    if c.links and 'md' in c.links: s = f'[{s}]({c.links["md"]})'
+    if c.bold: s = f'**{s}**'
+    return ' '.join([s, *(_md_text(v) for _, v in c.lines)])
+
+def md_table(t:Table, skip=()) -> str:
+    "The table as Markdown, without the columns titled in `skip`"
+    keep = [i for i, h in enumerate(t.header) if h not in skip]
+    out = ['| ' + ' | '.join(_md_text(t.header[i]) for i in keep) + ' |', '|' + '---|' * len(keep)]
+    return '\n'.join(out + ['| ' + ' | '.join(_md_cell(r[i]) for i in keep) + ' |' for r in t.rows])
+
+# %% ../nbs/08_report.ipynb #73310e37
+def _grid_table(rep:StudyReport) -> Table:
+    "Conditions by levels: the most probable grade of each finding, its probability and the true grade when known"
+    f, rows = rep.findings.set_index('column'), []
     for c in CONDITIONS:
-        cells = []
+        cells = [Cell(_cond_name(c), head=True)]
         for l in LEVELS:
             r = f.loc[label_column(c, l)]
-            t = r.true_grade
-            true = f'<span class="true">true: {_esc(t)}</span>' if isinstance(t, str) else ''
-            cells.append(f'<td class="{_grade_cls(r.grade)}" data-row-id="{_esc(r.row_id)}" data-grade="{_esc(r.grade)}">'
-                         f'<b>{_esc(r.grade)}</b><span class="p">p = {_fmt_p(r.probability)}</span>{true}</td>')
-        rows.append(f'<tr><th>{_esc(_cond_name(c))}</th>{"".join(cells)}</tr>')
-    return f'<table class="grid"><thead><tr><th>Condition \\ level</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            true = (('true', f'true: {r.true_grade}'),) if isinstance(r.true_grade, str) else ()
+            cells.append(Cell(r.grade, bold=True, lines=(('p', f'p = {_fmt_p(r.probability)}'),) + true,
+                              cls=_grade_cls(r.grade), data={'row-id': r.row_id, 'grade': r.grade}))
+        rows.append(tuple(cells))
+    return Table(('Condition \\ level', *(LEVEL_NAMES[l] for l in LEVELS)), rows, cls='grid')
 
-def _detail_html(rep:StudyReport) -> str:
-    f, out = rep.findings, []
+def _detail_table(rep:StudyReport, condition:str) -> Table:
+    "The findings of one condition: level, most probable grade, all probabilities, true grade (when known), row_id"
+    f = rep.findings
     known = f.true_grade.notna().any()
-    for c in CONDITIONS:
-        d = f[f.condition == c]
-        hdr = '<th>Level</th><th>Most probable grade</th><th>Probability</th>' + ''.join(f'<th>P({g})</th>' for g in GRADES)
-        hdr += '<th>True grade</th>' if known else ''
-        rows = []
-        for r in d.itertuples():
-            cells = (f'<td>{LEVEL_NAMES[r.level]}</td><td class="{_grade_cls(r.grade)}"><b>{_esc(r.grade)}</b></td>'
-                     f'<td>{_fmt_p(r.probability)}</td>' + ''.join(f'<td>{_fmt_p(getattr(r, k))}</td>' for k in GRADE_KEYS))
-            if known: cells += f'<td>{_esc(r.true_grade) if isinstance(r.true_grade, str) else "not graded"}</td>'
-            rows.append(f'<tr data-column="{_esc(r.column)}">{cells}</tr>')
-        desc = rep.cams.get(label_column(c, LEVELS[0]), {}).get('description')
-        out.append(f'<h3>{_esc(_cond_name(c))}' + (f' <small class="sub">(read on {_esc(desc)})</small>' if desc else '') + '</h3>')
-        out.append(f'<table class="detail"><thead><tr>{hdr}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
-    return '\n'.join(out)
+    d = f[f.condition == condition]
+    rows = [(Cell(LEVEL_NAMES[r.level]), Cell(r.grade, bold=r.grade != GRADES[0], cls=_grade_cls(r.grade)),
+             Cell(_fmt_p(r.probability)), *(Cell(_fmt_p(getattr(r, k))) for k in GRADE_KEYS),
+             *([Cell(r.true_grade if isinstance(r.true_grade, str) else 'not graded')] if known else []),
+             Cell(r.row_id, code=True)) for r in d.itertuples()]
+    header = ('Level', 'Most probable grade', 'Probability', *(f'P({g})' for g in GRADES),
+              *(('True grade',) if known else ()), 'row_id')
+    return Table(header, rows, row_data=[{'column': c} for c in d.column], cls='detail')
 
+# %% ../nbs/08_report.ipynb #fced67a7
 def _missing_box(text:str) -> str: return f'<div class="imgmissing">{_esc(text)}</div>'
 
 def _images_html(rep:StudyReport, px:int) -> str:
     figs = []
     for d, im in rep.images.items():
-        if im['gray'] is None:
-            figs.append(f'<figure>{_missing_box(im["problem"])}<figcaption><b>{_esc(d)}</b>: {_esc(im["problem"])}</figcaption></figure>')
+        if im.gray is None:
+            figs.append(f'<figure>{_missing_box(im.problem.text)}<figcaption><b>{_esc(d)}</b>: {_esc(im.problem.text)}</figcaption></figure>')
             continue
-        img = draw_levels(im['gray'], im['marks'], px)
-        if im['mark_source'] == 'label coordinates': how = 'levels marked at the label coordinates'
-        elif im['mark_source'] == 'Grad-CAM peaks': how = ('levels marked at the Grad-CAM peak of each level\'s learner '
-                                                          '(where the model looked, not a located disc)')
+        img = draw_levels(im.gray, im.marks, px)
+        if im.mark_source == 'label coordinates': how = 'levels marked at the label coordinates'
+        elif im.mark_source == 'Grad-CAM peaks': how = ('levels marked at the Grad-CAM peak of each level\'s learner '
+                                                        '(where the model looked, not a located disc)')
         else: how = 'levels not marked: no coordinates' + (' on this series' if rep.gradcam_used else ' and no learners were given')
         figs.append(f'<figure><img alt="{_esc(d)} middle slice" src="{png_data_uri(img)}">'
-                    f'<figcaption><b>{_esc(d)}</b>, middle slice (series {_esc(im["series_id"] or "?")}); {_esc(how)}.</figcaption></figure>')
+                    f'<figcaption><b>{_esc(d)}</b>, middle slice (series {_esc(im.series_id or "?")}); {_esc(how)}.</figcaption></figure>')
     return f'<div class="figs">{"".join(figs)}</div>'
 
 def _cams_html(rep:StudyReport, px:int) -> str:
@@ -429,16 +515,25 @@ def _cams_html(rep:StudyReport, px:int) -> str:
     for r in above.itertuples():
         c = rep.cams[r.column]
         cap = (f'<b>{_esc(_finding_name(r.column))}</b>: <b>{_esc(r.grade)}</b> (p = {_fmt_p(r.probability)}). '
-               f'Grad-CAM of the column\'s learner for &ldquo;{_esc(r.grade)}&rdquo; on {_esc(c["description"])}')
-        if c['cam'] is None:
-            figs.append(f'<figure>{_missing_box("no heatmap: " + str(c["problem"]))}<figcaption>{cap}: '
-                        f'not available ({_esc(c["problem"])}).</figcaption></figure>')
+               f'Grad-CAM of the column\'s learner for &ldquo;{_esc(r.grade)}&rdquo; on {_esc(c.description)}')
+        if c.cam is None:
+            figs.append(f'<figure>{_missing_box("no heatmap: " + c.problem.text)}<figcaption>{cap}: '
+                        f'not available ({_esc(c.problem.text)}).</figcaption></figure>')
         else:
-            img = overlay_heatmap(rep.images[c['description']]['gray'], c['cam'], px)
+            img = overlay_heatmap(rep.images[c.description].gray, c.cam, px)
             figs.append(f'<figure data-column="{_esc(r.column)}"><img alt="Grad-CAM {_esc(r.column)}" src="{png_data_uri(img)}">'
                         f'<figcaption>{cap}; circle: the peak.</figcaption></figure>')
     legend = '<div class="legend">low <span class="bar"></span> high: influence on the predicted grade</div>'
     return legend + f'<div class="figs">{"".join(figs)}</div>'
+
+# %% ../nbs/08_report.ipynb #d5f0b275
+def _detail_html(rep:StudyReport) -> str:
+    out = []
+    for c in CONDITIONS:
+        cam = rep.cams.get(label_column(c, LEVELS[0]))
+        out.append(f'<h3>{_esc(_cond_name(c))}' + (f' <small class="sub">(read on {_esc(cam.description)})</small>' if cam else '') + '</h3>')
+        out.append(html_table(_detail_table(rep, c), skip=('row_id',)))   # the page has the row ids in the overview
+    return '\n'.join(out)
 
 def render_study_html(rep:StudyReport,     # from `study_report`
                       px:int=384,          # image size (longer side)
@@ -453,7 +548,7 @@ def render_study_html(rep:StudyReport,     # from `study_report`
 {notes}
 <h2>Findings by condition and level</h2>
 <p>Each cell: the most probable grade and the model's probability for it.</p>
-{_grid_html(rep)}
+{html_table(_grid_table(rep))}
 <h2>Middle slices</h2>
 {_images_html(rep, px)}
 <h2>Grad-CAM: where the model looked for findings above Normal/Mild</h2>
@@ -463,63 +558,74 @@ def render_study_html(rep:StudyReport,     # from `study_report`
 <footer>{_esc(DISCLAIMER)} Generated by lsdc (research software).</footer>"""
     return _page(f'Study {rep.study_id}: research model report', body)
 
+# %% ../nbs/08_report.ipynb #95c1f63f
+def _images_md(rep:StudyReport) -> list[str]:
+    "One line per image and one for the heatmaps: what the HTML page shows"
+    out = []
+    for d, im in rep.images.items():
+        if im.gray is None: out.append(f'- {d}: {im.problem.text}')
+        else: out.append(f'- {d}, middle slice of series {im.series_id or "?"}: '
+                         + (f'levels marked at the {im.mark_source}' if im.mark_source else 'levels not marked (no coordinates and no Grad-CAM)'))
+    above = rep.findings[rep.findings.grade != GRADES[0]]
+    if len(above):
+        out.append('- Grad-CAM heatmaps for the findings above Normal/Mild: ' + (
+            ', '.join(f'{_finding_name(c)} ({"shown" if rep.cams[c].cam is not None else rep.cams[c].problem.text})' for c in above.column)
+            if rep.gradcam_used else 'not computed (no learners given)'))
+    return out
+
 def render_study_markdown(rep:StudyReport,          # from `study_report`
                           html_name:str|None=None,   # the study's HTML page, linked for the images
                          ) -> str:
     "A Markdown report of one study: the disclaimer, the findings tables, and what the images show"
-    f = rep.findings
-    known = f.true_grade.notna().any()
     out = [f'# Lumbar spine MRI: study {rep.study_id}', '', f'**{DISCLAIMER}**', '', rep.summary, '']
     out += [f'> Note: {p}' for p in rep.problems] + ([''] if rep.problems else [])
     out += ['## Findings by condition and level', '']
-    for c in CONDITIONS:
-        out += [f'### {_cond_name(c)}', '',
-                '| Level | Most probable grade | Probability | ' + ' | '.join(f'P({g})' for g in GRADES) + (' | True grade' if known else '') + ' | row_id |',
-                '|---|---|---|---|---|---|' + ('---|' if known else '') + '---|']
-        for r in f[f.condition == c].itertuples():
-            g = f'**{r.grade}**' if r.grade != GRADES[0] else r.grade
-            t = (f' | {r.true_grade if isinstance(r.true_grade, str) else "not graded"}') if known else ''
-            out.append(f'| {LEVEL_NAMES[r.level]} | {g} | {_fmt_p(r.probability)} | '
-                       + ' | '.join(_fmt_p(getattr(r, k)) for k in GRADE_KEYS) + f'{t} | `{r.row_id}` |')
-        out.append('')
-    out += ['## Images', '']
-    for d, im in rep.images.items():
-        if im['gray'] is None: out.append(f'- {d}: {im["problem"]}')
-        else: out.append(f'- {d}, middle slice of series {im["series_id"] or "?"}: '
-                         + (f'levels marked at the {im["mark_source"]}' if im['mark_source'] else 'levels not marked (no coordinates and no Grad-CAM)'))
-    above = f[f.grade != GRADES[0]]
-    if len(above):
-        out.append('- Grad-CAM heatmaps for the findings above Normal/Mild: ' + (
-            ', '.join(f'{_finding_name(c)} ({"shown" if rep.cams[c]["cam"] is not None else rep.cams[c]["problem"]})' for c in above.column)
-            if rep.gradcam_used else 'not computed (no learners given)'))
+    for c in CONDITIONS: out += [f'### {_cond_name(c)}', '', md_table(_detail_table(rep, c)), '']
+    out += ['## Images', '', *_images_md(rep)]
     if html_name: out += ['', f'The images are in [{html_name}]({html_name}).']
     out += ['', f'_{DISCLAIMER}_', '']
     return '\n'.join(out)
 
-# %% ../nbs/08_report.ipynb #8f8c3cbb
+# %% ../nbs/08_report.ipynb #80c53383
+class IndexRow(NamedTuple):
+    "One study's line of the index"
+    study_id: int              # the study
+    summary: str               # `StudyReport.summary`, or 'report failed'
+    notes: tuple = ()          # what its report lacks, or why it failed, in words
+    pages: dict|None = None    # {format: file name} of its pages (None: not written)
+
+def _index_table(rows:list) -> Table:
+    "Each study linked to its pages, with its summary and notes"
+    return Table(('Study', 'Findings', 'Notes'),
+                 [(Cell(str(r.study_id), links=r.pages), Cell(r.summary), Cell('; '.join(r.notes) or '–')) for r in rows],
+                 row_data=[{'study-id': r.study_id} for r in rows])
+
 def _index_html(rows:list) -> str:
-    trs = []
-    for r in rows:
-        link = f'<a href="{_esc(r["html"])}">{r["study_id"]}</a> (<a href="{_esc(r["md"])}">md</a>)' if r.get('html') else str(r['study_id'])
-        trs.append(f'<tr data-study-id="{r["study_id"]}"><td>{link}</td><td>{_esc(r["summary"])}</td>'
-                   f'<td>{_esc("; ".join(r["problems"])) or "&ndash;"}</td></tr>')
     body = (f'<h1>Lumbar spine MRI reports</h1><p class="sub">{len(rows)} stud{"y" if len(rows) == 1 else "ies"}</p>'
-            f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>'
-            f'<table><thead><tr><th>Study</th><th>Findings</th><th>Notes</th></tr></thead><tbody>{"".join(trs)}</tbody></table>'
+            f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>{html_table(_index_table(rows))}'
             f'<footer>Generated by lsdc (research software).</footer>')
     return _page('Lumbar spine MRI reports (research model)', body)
 
 def _index_md(rows:list) -> str:
-    out = ['# Lumbar spine MRI reports', '', f'**{DISCLAIMER}**', '', '| Study | Findings | Notes |', '|---|---|---|']
-    for r in rows:
-        link = f'[{r["study_id"]}]({r["md"]})' if r.get('md') else str(r['study_id'])
-        out.append(f'| {link} | {r["summary"]} | {"; ".join(r["problems"]) or "-"} |')
-    return '\n'.join(out) + '\n'
+    return '\n'.join(['# Lumbar spine MRI reports', '', f'**{DISCLAIMER}**', '', md_table(_index_table(rows))]) + '\n'
 
+# %% ../nbs/08_report.ipynb #c822d7f7
 def submission_studies(submission:pd.DataFrame) -> list[int]:
     "The study ids of a submission, in order of first appearance"
     return list(dict.fromkeys(parse_row_id(r)[0] for r in submission.row_id))
 
+def _write_study(sid:int, sub:pd.DataFrame, index:pd.DataFrame, out:Path, learners=None, coords=None, labels=None,
+                 series=None, px:int=384) -> IndexRow:
+    "Write the HTML and Markdown pages of one study into `out`; its line of the index"
+    rep = study_report(sid, sub, study_images(index, sid, series), learners=learners, coords=coords, labels=labels, series=series)
+    pages = {'html': f'study_{sid}.html', 'md': f'study_{sid}.md'}
+    write_text(render_study_html(rep, px), out/pages['html'])
+    write_text(render_study_markdown(rep, pages['html']), out/pages['md'])
+    for p in rep.problems:
+        if p.kind in WARN_KINDS: warnings.warn(f"study {sid}: {p}", ReportWarning)
+    return IndexRow(sid, rep.summary, tuple(map(str, rep.problems)), pages)
+
+# %% ../nbs/08_report.ipynb #c32fc5bb
 def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal_mild, moderate, severe) or its CSV
                   converted,                        # conversion folder, or a conversion index with `image`
                   out,                              # folder to write the reports into
@@ -534,27 +640,21 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
                  ) -> list[Path]:
     "Write one HTML and one Markdown report per study and an index; the paths written (index.html last)"
     sub = pd.read_csv(submission) if isinstance(submission, (str, Path)) else submission
-    index = converted if isinstance(converted, pd.DataFrame) else read_conversion_index(converted)
+    index = converted if isinstance(converted, pd.DataFrame) else read_index(converted)
     ids = submission_studies(sub) if studies is None else [as_id(s, 'study_id') for s in studies]
     if max_studies is not None: ids = ids[:int(max_studies)]
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     paths, rows = [], []
     for k, sid in enumerate(ids, 1):
-        row = dict(study_id=sid, html=None, md=None, summary='', problems=[])
         try:
-            rep = study_report(sid, sub, study_images(index, sid, series), learners, coords, labels, series)
-            h, m = f'study_{sid}.html', f'study_{sid}.md'
-            paths.append(write_text(render_study_html(rep, px), out/h))
-            paths.append(write_text(render_study_markdown(rep, h), out/m))
-            row.update(html=h, md=m, summary=rep.summary, problems=rep.problems)
-            for p in rep.problems:
-                if 'image missing' in p or 'Grad-CAM failed' in p: warnings.warn(f"study {sid}: {p}", ReportWarning)
+            row = _write_study(sid, sub, index, out, learners=learners, coords=coords, labels=labels, series=series, px=px)
+            paths += [out/p for p in row.pages.values()]
         except Exception as e:
             log.exception("study %s: report failed", sid)
-            row.update(summary='report failed', problems=[f"{type(e).__name__}: {e}"])
+            row = IndexRow(sid, 'report failed', (f"{type(e).__name__}: {e}",))
             warnings.warn(f"study {sid}: report not written: {type(e).__name__}: {e}", ReportWarning)
         rows.append(row)
-        if progress: print(f"[{k}/{len(ids)}] study {sid}: {row['summary']}", flush=True)
+        if progress: print(f"[{k}/{len(ids)}] study {sid}: {row.summary}", flush=True)
     paths.append(write_text(_index_md(rows), out/'index.md'))
     paths.append(write_text(_index_html(rows), out/'index.html'))
     return paths
@@ -565,7 +665,6 @@ def load_learners(models,              # models folder: {column}.pkl files and m
                   cpu:bool|None=None,  # load on the CPU (default: unless CUDA is present)
                  ) -> dict:
     "`{column: Learner}` of the verified pickles of a models folder (see `lsdc.inference.load_column_learner`)"
-    from lsdc.inference import read_manifest, load_column_learner
     models = Path(models)
     if not models.is_dir(): raise FileNotFoundError(f"models folder {models} does not exist")
     man = read_manifest(models)
@@ -573,13 +672,12 @@ def load_learners(models,              # models folder: {column}.pkl files and m
     for col in (LABEL_COLUMNS if columns is None else columns):
         if col not in man.get('columns', {}):
             log.warning("%s: not listed in %s; no Grad-CAM for this column", col, models/'manifest.json'); continue
-        out[col] = load_column_learner(models, col, man, cpu)
+        out[col] = load_column_learner(models, col, manifest=man, cpu=cpu)
     return out
 
 # %% ../nbs/08_report.ipynb #709f2599
 def find_chromium() -> str|None:
     "Path of a Chromium or Chrome executable, if one is installed"
-    import shutil
     for n in ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable', 'chrome'):
         p = shutil.which(n)
         if p: return p
@@ -592,7 +690,6 @@ def screenshot(page,                 # an HTML file
                timeout:float=120,    # seconds
               ) -> Path|None:
     "Render `page` with headless Chromium into `png`; None when Chromium is absent"
-    import subprocess, tempfile
     exe = find_chromium()
     if exe is None: return None
     page, png = Path(page).resolve(), Path(png).resolve()
@@ -620,26 +717,23 @@ def report_cli(submission:str,         # submission CSV (row_id, normal_mild, mo
                quiet:bool=False,       # no progress output
               ) -> int:
     "Write per-study HTML and Markdown reports (and an index) for a submission"
-    import sys
     try:
         sub = pd.read_csv(submission)
         ids = None if not studies else [as_id(s, 'study id') for s in re.split(r'[,\s]+', studies.strip()) if s]
         learners, series = None, None
         if models and not no_gradcam:
-            man = Path(models)/'manifest.json'
-            if man.exists():
-                cols = json.loads(man.read_text()).get('columns', {})
-                series = {c: e['series'] for c, e in cols.items() if c in LABEL_COLUMNS and e.get('series')} or None
             learners = load_learners(models)
+            series = manifest_series(read_manifest(models)) or None
             if not quiet: print(f"loaded {len(learners)} learners from {models}", flush=True)
         lab = pd.read_csv(labels) if labels else None
         co = pd.read_csv(coords) if coords else None
-        index = read_conversion_index(converted)
+        index = read_index(converted)
     except Exception as e:
         print(f"lsdc report: {type(e).__name__}: {e}", file=sys.stderr); return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', ReportWarning)
-        paths = write_reports(sub, index, out, learners, ids, max_studies, co, lab, series, px, progress=not quiet)
+        paths = write_reports(sub, index, out, learners, studies=ids, max_studies=max_studies, coords=co, labels=lab,
+                              series=series, px=px, progress=not quiet)
     bad = [w for w in caught if issubclass(w.category, ReportWarning)]
     for w in bad: print(f"lsdc report: {w.message}", file=sys.stderr)
     if not quiet: print(f"{len(paths) - 2} study files and the index written: {Path(out)/'index.html'}")

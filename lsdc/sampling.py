@@ -13,39 +13,14 @@ import numpy as np, pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.utils import resample
 from .core import GRADES, LABEL_COLUMNS, as_id, series_for_condition, write_csv
+from .files import read_index
 
 # %% auto #0
-__all__ = ['log', 'INDEX_COLUMNS', 'index_file', 'with_images', 'read_index', 'pick_images', 'ColumnTable', 'column_table',
-           'split_studies', 'upsample', 'grade_counts', 'training_table', 'split_frame', 'write_splits']
+__all__ = ['log', 'pick_images', 'ColumnTable', 'column_table', 'split_studies', 'upsample', 'grade_counts', 'training_table',
+           'split_frame', 'write_splits']
 
 # %% ../nbs/04_sampling.ipynb #3d0681ca
 log = logging.getLogger(__name__)
-
-# %% ../nbs/04_sampling.ipynb #5ca7391a
-INDEX_COLUMNS = ('study_id', 'series_id', 'series_description', 'png')
-
-def index_file(converted) -> Path:
-    "The `index.csv` of a conversion folder (`converted/index.csv`, else `converted/train/index.csv`)"
-    converted = Path(converted)
-    for fn in (converted/'index.csv', converted/'train'/'index.csv'):
-        if fn.exists(): return fn
-    raise FileNotFoundError(f"{converted}: no index.csv (nor train/index.csv); run `lsdc convert` first")
-
-def with_images(index:pd.DataFrame, # a conversion index
-                root,               # the folder its `png` paths are relative to
-               ) -> pd.DataFrame:
-    "`index` with an `image` column: the absolute path of each PNG"
-    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
-    if missing: raise ValueError(f"conversion index lacks columns {missing}")
-    root = Path(root).resolve()
-    return index.assign(study_id=index.study_id.map(as_id).astype('int64'),
-                        series_id=index.series_id.map(as_id).astype('int64'),
-                        image=[str(root/p) for p in index.png])
-
-def read_index(converted) -> pd.DataFrame:
-    "Read a conversion folder's `index.csv`, with absolute `image` paths"
-    fn = index_file(converted)
-    return with_images(pd.read_csv(fn), fn.parent)
 
 # %% ../nbs/04_sampling.ipynb #95d95d1b
 def pick_images(index:pd.DataFrame, # a conversion index with `image` (see `read_index`)

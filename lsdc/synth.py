@@ -6,9 +6,10 @@ Docs: https://lsdc-dev.github.io/lsdc/synth.html.md"""
 
 # %% ../nbs/02_synth.ipynb #f6c0ac95
 from __future__ import annotations
-import os, time, shutil, warnings
+import os, time, shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 import numpy as np, pandas as pd
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -18,8 +19,9 @@ from .core import *
 
 # %% auto #0
 __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL_V', 'AXIAL_POINTS', 'SAG_ORIENT', 'AX_ORIENT',
-           'sample_grades', 'missing_mask', 'level_points', 'sagittal_layers', 'sagittal_slice', 'sagittal_image',
-           'axial_image', 'dicom_slice', 'restamp', 'make_synthetic', 'synth_cli']
+           'SERIES_KINDS', 'sample_grades', 'missing_mask', 'Layout', 'level_points', 'Canvas', 'sagittal_canvas',
+           'sagittal_layers', 'sagittal_slice', 'sagittal_image', 'axial_image', 'dicom_slice', 'restamp', 'Contrast',
+           'StudyJob', 'Phantom', 'SeriesSpec', 'make_synthetic', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #3634081b
 GRADE_PROBS = {'spinal': (0.878, 0.075, 0.047), 'foraminal': (0.78, 0.18, 0.04), 'subarticular': (0.714, 0.19, 0.096)}
@@ -51,63 +53,99 @@ def _add_blob(img:np.ndarray, cu, cv, ru, rv, amp) -> np.ndarray:
     img[r0:r1, c0:c1] += amp*np.exp(-r2*r2)
     return img
 
-def _layout(rng:np.random.Generator) -> dict:
-    "Per-study geometry jitter: global shift and scale, per-level offsets, lordosis"
-    return dict(du=rng.uniform(-0.03, 0.03), dv=rng.uniform(-0.03, 0.03), scale=rng.uniform(0.95, 1.05),
-                lv=rng.uniform(-0.008, 0.008, 5), curve=rng.uniform(0.0, 0.04))
+class Layout(NamedTuple):
+    "Per-study geometry jitter of the phantom"
+    du:float       # shift across
+    dv:float       # shift down
+    scale:float    # global scale
+    lv:np.ndarray  # vertical offset of each level
+    curve:float    # lordosis: how far the middle levels lie anterior
 
-def level_points(lay:dict) -> dict:
+def _layout(rng:np.random.Generator) -> Layout:
+    "Draw a study's `Layout`"
+    return Layout(du=rng.uniform(-0.03, 0.03), dv=rng.uniform(-0.03, 0.03), scale=rng.uniform(0.95, 1.05),
+                  lv=rng.uniform(-0.008, 0.008, 5), curve=rng.uniform(0.0, 0.04))
+
+def level_points(lay:Layout) -> dict:
     "Normalised positions of the marks of each level: disc centre, canal, left and right marks"
     pts = {}
     for i, lvl in enumerate(LEVELS):
-        v = 0.5 + (LEVEL_V[i] - 0.5)*lay['scale'] + lay['dv'] + lay['lv'][i]
-        ub = 0.40 + lay['du'] + lay['curve']*np.sin(np.pi*LEVEL_V[i])
-        uc = ub + 0.17*lay['scale']
-        pts[lvl] = dict(v=v, body=ub, canal=uc, left=uc + 0.085*lay['scale'], right=uc + 0.155*lay['scale'])
+        v = 0.5 + (LEVEL_V[i] - 0.5)*lay.scale + lay.dv + lay.lv[i]
+        ub = 0.40 + lay.du + lay.curve*np.sin(np.pi*LEVEL_V[i])
+        uc = ub + 0.17*lay.scale
+        pts[lvl] = dict(v=v, body=ub, canal=uc, left=uc + 0.085*lay.scale, right=uc + 0.155*lay.scale)
     return pts
+
+# %% ../nbs/02_synth.ipynb #648cdd0d
+class Canvas(NamedTuple):
+    "The pixel grid of a sagittal series and where its marks go"
+    ax:np.ndarray  # normalised pixel centres along one side
+    U:np.ndarray   # normalised column of each pixel
+    V:np.ndarray   # normalised row of each pixel
+    pts:dict       # `level_points` of the study
+    scale:float    # the study's scale
+    t1:bool        # T1 (else T2/STIR)
+
+def sagittal_canvas(size:int, kind:str, lay:Layout) -> Canvas:
+    "The `Canvas` of a `kind` ('T1' or 'T2') sagittal series of `size` pixels"
+    ax = (np.arange(size, dtype=np.float32) + 0.5)/size
+    U, V = np.meshgrid(ax, ax)
+    return Canvas(ax=ax, U=U, V=V, pts=level_points(lay), scale=lay.scale, t1=kind == 'T1')
+
+def _sagittal_anatomy(cn:Canvas) -> np.ndarray:
+    "Vertebral bodies between the levels and a disc at each level (bright on T2)"
+    anat = np.zeros_like(cn.U)
+    vs = [cn.pts[l]['v'] for l in LEVELS]
+    gap = vs[1] - vs[0]
+    bodies = [vs[0] - gap/2] + [(a + b)/2 for a, b in zip(vs[:-1], vs[1:])] + [vs[-1] + gap/2]
+    ubs = [cn.pts[l]['body'] for l in LEVELS]; ubs = ubs + [ubs[-1]]
+    for vb, ub in zip(bodies, ubs):
+        _add_blob(anat, cu=ub, cv=vb, ru=0.11*cn.scale, rv=0.052*cn.scale, amp=0.50 if cn.t1 else 0.38)
+    for l in LEVELS:
+        _add_blob(anat, cu=cn.pts[l]['body'], cv=cn.pts[l]['v'], ru=0.10*cn.scale, rv=0.018*cn.scale, amp=0.22 if cn.t1 else 0.55)
+    return anat
+
+# %% ../nbs/02_synth.ipynb #9cd3fe2a
+def _canal_layer(cn:Canvas, grades:dict, jit:dict, w:float) -> np.ndarray:
+    "The canal of a sagittal series, pinched at each level by its canal stenosis grade on T2, at mark strength `w`"
+    pinch = np.zeros((len(cn.ax), 1), np.float32)
+    if not cn.t1:
+        for l in LEVELS:
+            c = f'spinal_canal_stenosis_{l}'
+            pinch = pinch + CANAL_PINCH[grades[c]]*(w + 0.75*jit[c]*w)*np.exp(-((cn.ax[:, None] - cn.pts[l]['v'])/0.028)**2)
+    width = 0.032*cn.scale*(1 - 0.7*pinch)
+    uc = np.interp(cn.ax, [cn.pts[l]['v'] for l in LEVELS], [cn.pts[l]['canal'] for l in LEVELS])[:, None]
+    return (np.exp(-(((cn.U - uc)/np.maximum(width, 1e-3))**4))*(1 - 0.8*pinch)*(0.12 if cn.t1 else 0.75)).astype(np.float32)
+
+# %% ../nbs/02_synth.ipynb #218e38fc
+def _marks_layer(cn:Canvas, grades:dict, jit:dict, w:float) -> np.ndarray:
+    "The left and right marks of every level, dimmer and smaller with their grade, at mark strength `w`"
+    m = np.zeros_like(cn.U)
+    for l in LEVELS:
+        for side in ('left', 'right'):
+            if cn.t1: c, ru, rv, dv = f'{side}_neural_foraminal_narrowing_{l}', 0.024, 0.034, 0.03
+            else:     c, ru, rv, dv = f'{side}_subarticular_stenosis_{l}', 0.026, 0.026, 0.0
+            g = grades[c]
+            s = w*(MARK_STRENGTH[g] + jit[c]) + (1 - w)*0.35
+            shrink = 1 - 0.25*g*w
+            _add_blob(m, cu=cn.pts[l][side], cv=cn.pts[l]['v'] + dv, ru=ru*shrink*cn.scale, rv=rv*shrink*cn.scale, amp=0.8*s)
+    return m
 
 # %% ../nbs/02_synth.ipynb #e4b0b78e
 def sagittal_layers(size:int,            # image side in pixels
                     kind:str,            # 'T1' or 'T2'
-                    lay:dict,            # study layout from `_layout`
+                    lay:Layout,          # study layout from `_layout`
                     grades:dict,         # grade index per label column
                     rng:np.random.Generator,
                    ) -> dict:
     "The layers of one sagittal series of the phantom"
-    ax = (np.arange(size, dtype=np.float32) + 0.5)/size
-    U, V = np.meshgrid(ax, ax)
-    t1 = kind == 'T1'
-    pts = level_points(lay)
-    base = 0.10 + 0.06*V + 0.02*np.sin(7*U + 3*V)
-    anat = np.zeros_like(U)
-    vs = [pts[l]['v'] for l in LEVELS]
-    gap = vs[1] - vs[0]
-    bodies = [vs[0] - gap/2] + [(a + b)/2 for a, b in zip(vs[:-1], vs[1:])] + [vs[-1] + gap/2]
-    ubs = [pts[l]['body'] for l in LEVELS]; ubs = ubs + [ubs[-1]]
-    for vb, ub in zip(bodies, ubs): _add_blob(anat, ub, vb, 0.11*lay['scale'], 0.052*lay['scale'], 0.50 if t1 else 0.38)
-    for l in LEVELS: _add_blob(anat, pts[l]['body'], pts[l]['v'], 0.10*lay['scale'], 0.018*lay['scale'], 0.22 if t1 else 0.55)
-    uc = np.interp(ax, vs, [pts[l]['canal'] for l in LEVELS])[:, None]
+    cn = sagittal_canvas(size, kind=kind, lay=lay)
+    anat = _sagittal_anatomy(cn)
     jit = {c: rng.uniform(-0.08, 0.08) for c in LABEL_COLUMNS}
-    canal, marks = {}, {}
-    for w in (1.0, 0.5, 0.0):
-        pinch = np.zeros((size, 1), np.float32)
-        if not t1:
-            for l in LEVELS:
-                c = f'spinal_canal_stenosis_{l}'
-                pinch = pinch + CANAL_PINCH[grades[c]]*(w + 0.75*jit[c]*w)*np.exp(-((ax[:, None] - pts[l]['v'])/0.028)**2)
-        width = 0.032*lay['scale']*(1 - 0.7*pinch)
-        canal[w] = (np.exp(-(((U - uc)/np.maximum(width, 1e-3))**4))*(1 - 0.8*pinch)*(0.12 if t1 else 0.75)).astype(np.float32)
-        m = np.zeros_like(U)
-        for l in LEVELS:
-            for side in ('left', 'right'):
-                if t1: c, ru, rv, dv = f'{side}_neural_foraminal_narrowing_{l}', 0.024, 0.034, 0.03
-                else:  c, ru, rv, dv = f'{side}_subarticular_stenosis_{l}', 0.026, 0.026, 0.0
-                g = grades[c]
-                s = w*(MARK_STRENGTH[g] + jit[c]) + (1 - w)*0.35
-                shrink = 1 - 0.25*g*w
-                _add_blob(m, pts[l][side], pts[l]['v'] + dv, ru*shrink*lay['scale'], rv*shrink*lay['scale'], 0.8*s)
-        marks[w] = m
-    return dict(base=base, anat=anat, canal=canal, marks=marks)
+    ws = (1.0, 0.5, 0.0)
+    return dict(base=0.10 + 0.06*cn.V + 0.02*np.sin(7*cn.U + 3*cn.V), anat=anat,
+                canal={w: _canal_layer(cn, grades=grades, jit=jit, w=w) for w in ws},
+                marks={w: _marks_layer(cn, grades=grades, jit=jit, w=w) for w in ws})
 
 def sagittal_slice(layers:dict, weight:float, lateral:float) -> np.ndarray:
     "Mix the layers for a slice `lateral` slices from the middle; `weight` is the strength of the grade marks (1, 0.5 or 0)"
@@ -117,21 +155,22 @@ def sagittal_slice(layers:dict, weight:float, lateral:float) -> np.ndarray:
 
 def sagittal_image(size, kind, lay, grades, weight, lateral, rng) -> np.ndarray:
     "One sagittal slice of the phantom, float32 in about [0, 1]"
-    return sagittal_slice(sagittal_layers(size, kind, lay, grades, rng), weight, lateral)
+    return sagittal_slice(sagittal_layers(size, kind=kind, lay=lay, grades=grades, rng=rng), weight=weight, lateral=lateral)
 
-def axial_image(size:int, lay:dict, grades:dict, level:str, weight:float, rng:np.random.Generator) -> np.ndarray:
+# %% ../nbs/02_synth.ipynb #4f5d2bdf
+def axial_image(size:int, lay:Layout, grades:dict, level:str, weight:float, rng:np.random.Generator) -> np.ndarray:
     "One axial T2 slice at `level` of the phantom, float32 in about [0, 1]"
     ax = (np.arange(size, dtype=np.float32) + 0.5)/size
-    du, dv = lay['du'], lay['dv']
+    du, dv = lay.du, lay.dv
     img = np.broadcast_to(0.10 + 0.05*ax[:, None], (size, size)).copy()
-    _add_blob(img, 0.5 + du, 0.36 + dv, 0.20, 0.13, 0.40)
-    for fx in (0.36, 0.64): _add_blob(img, fx + du, 0.78 + dv, 0.06, 0.05, 0.35)
+    _add_blob(img, cu=0.5 + du, cv=0.36 + dv, ru=0.20, rv=0.13, amp=0.40)
+    for fx in (0.36, 0.64): _add_blob(img, cu=fx + du, cv=0.78 + dv, ru=0.06, rv=0.05, amp=0.35)
     r = 0.07*(1 - CANAL_PINCH[grades[f'spinal_canal_stenosis_{level}']]*0.6*weight)
-    _add_blob(img, 0.5 + du, 0.60 + dv, r, r, 0.75)
+    _add_blob(img, cu=0.5 + du, cv=0.60 + dv, ru=r, rv=r, amp=0.75)
     for side, x in (('left', 0.61), ('right', 0.39)):
         g = grades[f'{side}_subarticular_stenosis_{level}']
         s = weight*(MARK_STRENGTH[g] + rng.uniform(-0.08, 0.08)) + (1 - weight)*0.35
-        _add_blob(img, x + du, 0.62 + dv, 0.03*(1 - 0.25*g*weight), 0.025, 0.8*s)
+        _add_blob(img, cu=x + du, cv=0.62 + dv, ru=0.03*(1 - 0.25*g*weight), rv=0.025, amp=0.8*s)
     return img
 
 AXIAL_POINTS = {'left': (0.61, 0.62), 'right': (0.39, 0.62)}
@@ -140,9 +179,18 @@ AXIAL_POINTS = {'left': (0.61, 0.62), 'right': (0.39, 0.62)}
 def _uid(*parts) -> str: return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
-                study_id:int, series_id:int, instance:int, description:str,
-                position, orientation, spacing:float, thickness:float, seed:int,
-                slope:float|None=None, intercept:float|None=None, nslices:int=1,
+                study_id:int,        # also the patient id
+                series_id:int,
+                instance:int,        # instance number
+                description:str,     # series description
+                position,            # ImagePositionPatient (mm)
+                orientation,         # ImageOrientationPatient
+                spacing:float,       # pixel spacing (mm)
+                thickness:float,     # slice thickness (mm)
+                seed:int,            # the data set's seed, for the UIDs
+                slope:float|None=None,     # RescaleSlope, when the series stores rescaled values
+                intercept:float|None=None, # RescaleIntercept, with `slope`
+                nslices:int=1,       # ImagesInAcquisition
                ) -> Dataset:
     "A complete MR DICOM dataset for one slice"
     meta = FileMetaDataset()
@@ -167,6 +215,7 @@ def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
     ds.PixelData = np.ascontiguousarray(pixels, dtype='<u2').tobytes()
     return ds
 
+# %% ../nbs/02_synth.ipynb #59cc133a
 def restamp(ds:Dataset, pixels:np.ndarray, instance:int, position, seed:int) -> Dataset:
     "Turn the slice `ds` into another slice of its series (new instance, position and pixels), in place"
     uid = _uid(seed, ds.PatientID, ds.SeriesNumber, ds.SeriesInstanceUID, instance)
@@ -187,19 +236,31 @@ def _instance_order(n:int, rng) -> np.ndarray:
     if r < 0.8: return np.arange(n, 0, -1)
     return rng.permutation(n) + 1
 
-def _series_contrast(rng, size:int) -> dict:
-    "Per-series contrast (gain, gamma), noise level and rescale, and a bank of noise to cut slices' noise from"
-    pad = max(8, size//8)
-    return dict(gain=rng.uniform(1200, 3200), gamma=rng.uniform(0.8, 1.25), noise=rng.uniform(0.03, 0.06),
-                rescale=rng.random() < 0.2, slope=float(rng.choice([0.5, 2.0])), intercept=float(rng.choice([0., -1024.])),
-                bank=rng.standard_normal((size + pad, size + pad), dtype=np.float32), pad=pad)
+# %% ../nbs/02_synth.ipynb #6a87c9ea
+class Contrast(NamedTuple):
+    "How one series stores its values: contrast, noise and rescale"
+    gain:float          # stored value of brightness 1
+    gamma:float         # tissue contrast: a gamma on every layer
+    noise:float         # standard deviation of the noise, in brightness
+    rescale:bool        # store through RescaleSlope / RescaleIntercept
+    slope:float         # RescaleSlope when `rescale`
+    intercept:float     # RescaleIntercept when `rescale`
+    bank:np.ndarray     # noise to cut each slice's noise from
+    pad:int             # how much larger than a slice `bank` is
 
-def _store(img, con, rng):
+def _series_contrast(rng, size:int) -> Contrast:
+    "Draw the `Contrast` of a series of `size` pixels"
+    pad = max(8, size//8)
+    return Contrast(gain=rng.uniform(1200, 3200), gamma=rng.uniform(0.8, 1.25), noise=rng.uniform(0.03, 0.06),
+                    rescale=rng.random() < 0.2, slope=float(rng.choice([0.5, 2.0])), intercept=float(rng.choice([0., -1024.])),
+                    bank=rng.standard_normal((size + pad, size + pad), dtype=np.float32), pad=pad)
+
+def _store(img, con:Contrast, rng):
     "Apply gain and noise (a window of the series' noise bank at a random offset); return uint16 stored pixels"
-    n, p = img.shape[0], con['pad']
+    n, p = img.shape[0], con.pad
     dy, dx = rng.integers(0, p, 2)
-    val = np.clip(img + con['noise']*con['bank'][dy:dy + n, dx:dx + n], 0, None)*con['gain']
-    if con['rescale']: val = (val - con['intercept'])/con['slope']
+    val = np.clip(img + con.noise*con.bank[dy:dy + n, dx:dx + n], 0, None)*con.gain
+    if con.rescale: val = (val - con.intercept)/con.slope
     return np.clip(np.rint(val), 0, 65535).astype(np.uint16)
 
 def _gamma(layers:dict, g:float) -> dict:
@@ -209,76 +270,148 @@ def _gamma(layers:dict, g:float) -> dict:
                 marks={k: f(v) for k, v in layers['marks'].items()})
 
 # %% ../nbs/02_synth.ipynb #17dd1806
-def _write_study(args) -> dict:
+class StudyJob(NamedTuple):
+    "The job of writing one study"
+    root:str          # data folder
+    split:str         # 'train' or 'test'
+    index:int         # the study's position in the data set: seeds its generator
+    study_id:int
+    series_ids:list   # ids of its Sagittal T1, Sagittal T2/STIR and Axial T2 series
+    seed:int          # the data set's seed
+    image_size:int    # rows and columns of every image
+
+class Phantom(NamedTuple):
+    "The draws of one study"
+    grades:dict       # grade index per label column
+    missing:dict      # which labels are left empty
+    lay:Layout        # geometry
+    fov:float         # sagittal field of view (mm)
+
+class SeriesSpec(NamedTuple):
+    "One series being written: where, its ids, and what all its slices share"
+    folder:Path
+    study_id:int
+    series_id:int
+    description:str
+    seed:int
+    size:int              # rows and columns
+    contrast:Contrast
+    orientation:tuple=()  # ImageOrientationPatient
+    spacing:float=1.0     # pixel spacing (mm)
+    thickness:float=1.0   # slice thickness (mm)
+    nslices:int=1         # slices in the series
+
+def _save_slice(ds:Dataset|None, img:np.ndarray, spec:SeriesSpec, instance:int, position, rng) -> Dataset:
+    "Store `img` as a slice of `spec`'s series and write its file; restamp `ds`, the series' last slice, when given"
+    con = spec.contrast
+    px = _store(img, con=con, rng=rng)
+    if ds is not None: restamp(ds, px, instance=instance, position=position, seed=spec.seed)
+    else:
+        rescale = dict(slope=con.slope, intercept=con.intercept) if con.rescale else {}
+        ds = dicom_slice(px, study_id=spec.study_id, series_id=spec.series_id, instance=instance, description=spec.description,
+                         position=position, orientation=spec.orientation, spacing=spec.spacing, thickness=spec.thickness,
+                         seed=spec.seed, nslices=spec.nslices, **rescale)
+    ds.save_as(spec.folder/f'{instance}.dcm', enforce_file_format=True)
+    return ds
+
+# %% ../nbs/02_synth.ipynb #cb114403
+def _write_sagittal(spec:SeriesSpec, kind:str, ph:Phantom, origin:tuple, rng) -> list:
+    "Write a sagittal series (`kind` 'T1' or 'T2') with its first slice at `origin` (y, z); return its coordinate rows"
+    n = int(rng.integers(15, 21)); step = rng.uniform(3.3, 4.5)
+    mids = {(n - 1)//2, n//2}
+    inst = _instance_order(n, rng)
+    x0 = -step*(n - 1)/2 + rng.uniform(-3, 3)
+    spec = spec._replace(orientation=SAG_ORIENT, spacing=ph.fov/spec.size, thickness=round(step*0.9, 2), nslices=n)
+    layers = _gamma(sagittal_layers(spec.size, kind=kind, lay=ph.lay, grades=ph.grades, rng=rng), spec.contrast.gamma)
+    ds = None
+    for k in range(n):
+        d = min(abs(k - m) for m in mids)
+        img = sagittal_slice(layers, weight=1.0 if d == 0 else 0.5 if d == 1 else 0.0, lateral=d)
+        ds = _save_slice(ds, img, spec=spec, instance=inst[k], position=(x0 + k*step, *origin), rng=rng)
+    pts, mid = level_points(ph.lay), int(inst[n//2])
+    conds = ('spinal_canal_stenosis',) if kind == 'T2' else ('left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing')
+    coords = []
+    for c in conds:
+        for l in LEVELS:
+            u = pts[l]['canal'] if c.startswith('spinal') else pts[l][c.split('_')[0]]
+            v = pts[l]['v'] + (0.03 if 'foraminal' in c else 0)
+            coords.append((spec.study_id, spec.series_id, mid, c, l, u*spec.size, v*spec.size))
+    return coords
+
+# %% ../nbs/02_synth.ipynb #bfddce72
+def _write_axial(spec:SeriesSpec, ph:Phantom, origin:tuple, rng) -> list:
+    "Write an axial series, three slices per level, placed from `origin` (y, z); return its coordinate rows"
+    size, pts = spec.size, level_points(ph.lay)
+    psa = rng.uniform(160, 200)/size
+    inst = _instance_order(15, rng)
+    spec = spec._replace(orientation=AX_ORIENT, spacing=psa, thickness=4.0, nslices=15)
+    ds, coords, k = None, [], 0
+    for l in LEVELS:
+        for dz, w in ((-1, 0.5), (0, 1.0), (1, 0.5)):
+            z = origin[1] - (pts[l]['v']*size)*(ph.fov/size) - dz*4.0
+            img = np.power(axial_image(size, lay=ph.lay, grades=ph.grades, level=l, weight=w, rng=rng), spec.contrast.gamma, dtype=np.float32)
+            ds = _save_slice(ds, img, spec=spec, instance=inst[k], position=(-psa*size/2, -psa*size/2, z), rng=rng)
+            if dz == 0:
+                for side, (x, y) in AXIAL_POINTS.items():
+                    coords.append((spec.study_id, spec.series_id, int(inst[k]), f'{side}_subarticular_stenosis', l,
+                                   (x + ph.lay.du)*size, (y + ph.lay.dv)*size))
+            k += 1
+    return coords
+
+# %% ../nbs/02_synth.ipynb #639da2e4
+SERIES_KINDS = {'Sagittal T1': 'T1', 'Sagittal T2/STIR': 'T2', 'Axial T2': 'AX'}
+
+def _write_study(job:StudyJob) -> dict:
     "Write the three series of one study; return its table rows"
-    root, split, idx, study_id, series_ids, seed, size = args
-    rng = np.random.default_rng([seed, idx])
-    grades, missing, lay = sample_grades(rng), missing_mask(rng), _layout(rng)
-    pts = level_points(lay)
-    fov = rng.uniform(260, 320)
-    ps = fov/size
+    rng = np.random.default_rng([job.seed, job.index])
+    ph = Phantom(grades=sample_grades(rng), missing=missing_mask(rng), lay=_layout(rng), fov=rng.uniform(260, 320))
     series_rows, coords = [], []
-    for (desc, kind), sid in zip((('Sagittal T1', 'T1'), ('Sagittal T2/STIR', 'T2'), ('Axial T2', 'AX')), series_ids):
-        folder = Path(root)/f'{split}_images'/str(study_id)/str(sid)
+    for (desc, kind), sid in zip(SERIES_KINDS.items(), job.series_ids):
+        folder = Path(job.root)/f'{job.split}_images'/str(job.study_id)/str(sid)
         folder.mkdir(parents=True, exist_ok=True)
-        series_rows.append((study_id, sid, desc))
-        con = _series_contrast(rng, size)
-        slope, icpt = (con['slope'], con['intercept']) if con['rescale'] else (None, None)
-        y0, z0 = -fov/2 + rng.uniform(-5, 5), fov/2 + rng.uniform(-5, 5)
-        if kind != 'AX':
-            n = int(rng.integers(15, 21)); step = rng.uniform(3.3, 4.5)
-            mids = {(n - 1)//2, n//2}
-            inst = _instance_order(n, rng)
-            x0 = -step*(n - 1)/2 + rng.uniform(-3, 3)
-            layers = _gamma(sagittal_layers(size, kind, lay, grades, rng), con['gamma'])
-            for k in range(n):
-                d = min(abs(k - m) for m in mids)
-                w = 1.0 if d == 0 else 0.5 if d == 1 else 0.0
-                img = sagittal_slice(layers, w, d)
-                pos = (x0 + k*step, y0, z0)
-                if k == 0: ds = dicom_slice(_store(img, con, rng), study_id, sid, inst[k], desc, pos, SAG_ORIENT,
-                                            ps, round(step*0.9, 2), seed, slope, icpt, n)
-                else: restamp(ds, _store(img, con, rng), inst[k], pos, seed)
-                ds.save_as(folder/f'{inst[k]}.dcm', enforce_file_format=True)
-            mid = inst[n//2]
-            conds = ('spinal_canal_stenosis',) if kind == 'T2' else ('left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing')
-            for c in conds:
-                for l in LEVELS:
-                    p = pts[l]
-                    u = p['canal'] if c.startswith('spinal') else p[c.split('_')[0]]
-                    v = p['v'] + (0.03 if 'foraminal' in c else 0)
-                    coords.append((study_id, sid, int(mid), c, l, u*size, v*size))
-        else:
-            psa = rng.uniform(160, 200)/size
-            inst = _instance_order(15, rng)
-            k = 0
-            for l in LEVELS:
-                for dz, w in ((-1, 0.5), (0, 1.0), (1, 0.5)):
-                    z = z0 - (pts[l]['v']*size)*ps - dz*4.0
-                    img = np.power(axial_image(size, lay, grades, l, w, rng), con['gamma'], dtype=np.float32)
-                    pos = (-psa*size/2, -psa*size/2, z)
-                    if k == 0: ds = dicom_slice(_store(img, con, rng), study_id, sid, inst[k], desc, pos, AX_ORIENT,
-                                                psa, 4.0, seed, slope, icpt, 15)
-                    else: restamp(ds, _store(img, con, rng), inst[k], pos, seed)
-                    ds.save_as(folder/f'{inst[k]}.dcm', enforce_file_format=True)
-                    if dz == 0:
-                        for side in ('left', 'right'):
-                            x, y = AXIAL_POINTS[side]
-                            coords.append((study_id, sid, int(inst[k]), f'{side}_subarticular_stenosis', l,
-                                           (x + lay['du'])*size, (y + lay['dv'])*size))
-                    k += 1
-    labels = {'study_id': study_id, **{c: (None if missing[c] else GRADES[g]) for c, g in grades.items()}}
-    coords = [r for r in coords if not missing[label_column(r[3], r[4])]]
+        series_rows.append((job.study_id, sid, desc))
+        spec = SeriesSpec(folder=folder, study_id=job.study_id, series_id=sid, description=desc, seed=job.seed,
+                          size=job.image_size, contrast=_series_contrast(rng, job.image_size))
+        origin = (-ph.fov/2 + rng.uniform(-5, 5), ph.fov/2 + rng.uniform(-5, 5))
+        if kind == 'AX': coords += _write_axial(spec, ph=ph, origin=origin, rng=rng)
+        else: coords += _write_sagittal(spec, kind=kind, ph=ph, origin=origin, rng=rng)
+    labels = {'study_id': job.study_id, **{c: (None if ph.missing[c] else GRADES[g]) for c, g in ph.grades.items()}}
+    coords = [r for r in coords if not ph.missing[label_column(r[3], r[4])]]
     return dict(labels=labels, series=series_rows, coords=coords)
 
 # %% ../nbs/02_synth.ipynb #483e24ac
 def _ids(rng, n:int, taken:set) -> list:
+    "`n` new ids, added to `taken`"
     out = []
     while len(out) < n:
         i = int(rng.integers(1_000_000, 4_290_000_000))
         if i not in taken: taken.add(i); out.append(i)
     return out
 
+def _study_jobs(dest:Path, n_train:int, n_test:int, seed:int, image_size:int) -> list:
+    "The `StudyJob` of every study: train studies first, ids drawn from `seed`"
+    rng = np.random.default_rng(seed)
+    taken = set()
+    study_ids = _ids(rng, n=n_train + n_test, taken=taken)
+    series_ids = [_ids(rng, n=3, taken=taken) for _ in study_ids]
+    return [StudyJob(root=str(dest), split='train' if i < n_train else 'test', index=i, study_id=s, series_ids=series_ids[i],
+                     seed=seed, image_size=image_size) for i, s in enumerate(study_ids)]
+
+def _write_tables(dest:Path, train:list, test:list):
+    "Write the five CSV files and `test_labels.csv` from the rows of the train and test studies"
+    lab = lambda rs: pd.DataFrame([r['labels'] for r in rs], columns=['study_id', *LABEL_COLUMNS])
+    ser = lambda rs: pd.DataFrame([s for r in rs for s in r['series']], columns=['study_id', 'series_id', 'series_description'])
+    coords = pd.DataFrame([c for r in train for c in r['coords']], columns=['study_id', 'series_id', 'instance_number', 'condition', 'level', 'x', 'y'])
+    coords['condition'] = coords.condition.map(CONDITION_NAMES); coords['level'] = coords.level.map(LEVEL_NAMES)
+    sub = pd.DataFrame([(rid, 1/3, 1/3, 1/3) for r in test for rid in study_row_ids(r['labels']['study_id'])], columns=list(SUBMISSION_COLUMNS))
+    write_csv(lab(train), dest/'train.csv')
+    write_csv(ser(train), dest/'train_series_descriptions.csv')
+    write_csv(ser(test), dest/'test_series_descriptions.csv')
+    write_csv(coords, dest/'train_label_coordinates.csv', float_format='%.6f')
+    write_csv(sub, dest/'sample_submission.csv', float_format='%.6f')
+    write_csv(lab(test), dest/'test_labels.csv')
+
+# %% ../nbs/02_synth.ipynb #129e50b5
 def make_synthetic(dest,                  # folder to write (created; must not hold a data set unless `overwrite`)
                    n_train:int=20,        # number of training studies
                    n_test:int=5,          # number of test studies
@@ -294,27 +427,12 @@ def make_synthetic(dest,                  # folder to write (created; must not h
         for p in ('train_images', 'test_images'): shutil.rmtree(dest/p, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     if image_size < 32: raise ValueError(f"image_size must be at least 32, not {image_size}")
-    rng = np.random.default_rng(seed)
-    taken = set()
-    study_ids = _ids(rng, n_train + n_test, taken)
-    series_ids = [_ids(rng, 3, taken) for _ in study_ids]
-    jobs = [(str(dest), 'train' if i < n_train else 'test', i, s, series_ids[i], seed, image_size) for i, s in enumerate(study_ids)]
+    jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
     n_workers = min(os.cpu_count() or 1, 8) if n_workers is None else n_workers
     if n_workers > 1 and len(jobs) > 2:
         with ProcessPoolExecutor(n_workers) as ex: res = list(ex.map(_write_study, jobs, chunksize=max(1, len(jobs)//(4*n_workers))))
     else: res = [_write_study(j) for j in jobs]
-    tr, te = res[:n_train], res[n_train:]
-    lab = lambda rs: pd.DataFrame([r['labels'] for r in rs], columns=['study_id', *LABEL_COLUMNS])
-    ser = lambda rs: pd.DataFrame([s for r in rs for s in r['series']], columns=['study_id', 'series_id', 'series_description'])
-    coords = pd.DataFrame([c for r in tr for c in r['coords']], columns=['study_id', 'series_id', 'instance_number', 'condition', 'level', 'x', 'y'])
-    coords['condition'] = coords.condition.map(CONDITION_NAMES); coords['level'] = coords.level.map(LEVEL_NAMES)
-    sub = pd.DataFrame([(rid, 1/3, 1/3, 1/3) for r in te for rid in study_row_ids(r['labels']['study_id'])], columns=['row_id', *GRADE_KEYS])
-    write_csv(lab(tr), dest/'train.csv')
-    write_csv(ser(tr), dest/'train_series_descriptions.csv')
-    write_csv(ser(te), dest/'test_series_descriptions.csv')
-    write_csv(coords, dest/'train_label_coordinates.csv', float_format='%.6f')
-    write_csv(sub, dest/'sample_submission.csv', float_format='%.6f')
-    write_csv(lab(te), dest/'test_labels.csv')
+    _write_tables(dest, train=res[:n_train], test=res[n_train:])
     return dest
 
 # %% ../nbs/02_synth.ipynb #44c90008
@@ -329,7 +447,7 @@ def synth_cli(dest:str,              # folder to write
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"
     t0 = time.perf_counter()
-    try: make_synthetic(dest, n_train, n_test, seed, image_size, workers, overwrite)
+    try: make_synthetic(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, n_workers=workers, overwrite=overwrite)
     except (FileExistsError, ValueError) as e:
         print(f'lsdc synth: {e}'); return 1
     n = sum(1 for _ in Path(dest).rglob('*.dcm'))

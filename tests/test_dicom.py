@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from lsdc.core import LABEL_COLUMNS, SAGITTAL
 from lsdc.data import series_dir
-from lsdc.dicom import (FAILURE_COLUMNS, INDEX_COLUMNS, BlankSliceWarning, convert_cli, convert_dataset, convert_series,
-                        modality_array, normalise, read_pixels)
+from lsdc.dicom import BlankSliceWarning, convert_cli, convert_dataset, convert_series, modality_array, normalise, read_pixels
+from lsdc.files import FAILURE_COLUMNS, INDEX_COLUMNS
 
 
 # ---------------------------------------------------------------- helpers

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest
 
 from lsdc.core import GRADES, LABEL_COLUMNS
-from lsdc.sampling import read_index, training_table, grade_counts
-from lsdc.learners import (train_columns, shard_columns, parse_columns, column_done, file_sha256, read_results,
+from lsdc.files import read_index, file_sha256, read_results
+from lsdc.sampling import training_table, grade_counts
+from lsdc.learners import (Schedule, epoch_threshold_train, train_columns, shard_columns, parse_columns, column_done,
                            collect_results)
 
 COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l4_l5']
 FAILING = 'right_subarticular_stenosis_l1_l2'   # all labels removed: no study to train on
-TINY = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, first_epochs=1, short_epochs=1, long_epochs=1, progress=False)
+TINY = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), progress=False)
 
 
 @pytest.fixture(scope='module')
@@ -182,7 +183,8 @@ DEAD_WORKER = r"""
 import json, os, sys
 from pathlib import Path
 import pandas as pd
-from lsdc.learners import train_columns, read_results
+from lsdc.learners import Schedule, train_columns
+from lsdc.files import read_results
 
 def dies(*args, **kwargs):   # an 'architecture' whose construction kills the worker, as the out-of-memory killer would
     os._exit(9)
@@ -195,7 +197,7 @@ def dies_once(*args, **kwargs):   # kills the first worker that builds it (the m
 
 converted, out, cols, more = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(','), sys.argv[4].split(',')
 labels = pd.read_csv(sys.argv[5])
-tiny = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, first_epochs=1, short_epochs=1, long_epochs=1, aug=False)
+tiny = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), aug=False)
 os.environ['DIE_ONCE'] = str(out/'died')
 train_columns(converted, out/'m', labels=labels, columns=cols, arch=dies_once, jobs=2, **tiny)
 first = {c: r['status'] for c, r in read_results(out/'m').items()}
@@ -219,4 +221,45 @@ def test_dead_worker_fails_only_its_column(converted, labels, tmp_path):
     assert res['died'] and res['first'] == {c: 'ok' for c in COLS}
     for c in more: assert res['last'][c][0] == 'failed' and 'worker process died' in res['last'][c][1], res['last'][c]
     assert [res['last'][c][0] for c in COLS] == ['ok', 'ok']
+
+
+def test_two_series_of_one_description_give_one_row_per_study(converted, labels):
+    # a study with two Sagittal T1 series (7 real studies have them): the smallest series_id is used, the study appears
+    # once, and it sits on one side of the split only
+    index = read_index(converted)
+    t1 = index[index.series_description == 'Sagittal T1']
+    sid = int(t1.study_id.iloc[0])
+    extra = t1[t1.study_id == sid].assign(series_id=lambda d: d.series_id + 10**9)   # a second, later series of that study
+    dup = pd.concat([index, extra], ignore_index=True)
+    col = COLS[1]                                                                     # foraminal: read from Sagittal T1
+    table, info = training_table(labels, dup, col, seed=42)
+    ref, _ = training_table(labels, index, col, seed=42)
+    pd.testing.assert_frame_equal(table, ref)                     # the extra series changes nothing
+    rows = table[table.study_id == sid]
+    assert set(rows.series_id) == {int(t1[t1.study_id == sid].series_id.min())}
+    assert rows.is_valid.nunique() == 1
+    assert table[table.is_valid].study_id.is_unique and info['n_studies'] == table.study_id.nunique()
+
+
+@pytest.mark.parametrize('accs,epochs,conv', [
+    ((0.96,), [4], 'fast'),              # above 0.95: kept
+    ((0.95, 0.5), [4, 5], 'moderate'),   # exactly 0.95 is not above it: retrained, short
+    ((0.91, 0.5), [4, 5], 'moderate'),   # 0.91 is at least 0.91: short
+    ((0.9099, 0.5), [4, 10], 'slow'),    # below 0.91: long
+])
+def test_epoch_threshold_rule(accs, epochs, conv):
+    asked = []
+    def trainer(n):
+        asked.append(n); return {'accuracy': accs[len(asked) - 1]}
+    kept, attempts, c = epoch_threshold_train(trainer, Schedule())
+    assert (asked, c, len(attempts)) == (epochs, conv, len(epochs)) and kept is attempts[-1]
+
+
+def test_retraining_branch_in_a_real_run(converted, labels, tmp_path):
+    # a real (tiny) training that must retrain: no first model is kept (> 1.01), every one retrains short (>= 0)
+    df = train_columns(converted, tmp_path/'m', labels=labels, columns=[COLS[0]], arch='resnet18',
+                       **{**TINY, 'schedule': Schedule(first=1, keep_above=1.01, retrain_above=0.0, short=2, long=3)})
+    rec = read_results(tmp_path/'m')[COLS[0]]
+    assert rec['convergence'] == 'moderate' and [a['epochs'] for a in rec['attempts']] == [1, 2] and rec['kept_attempt'] == 1
+    assert df.set_index('column').loc[COLS[0], 'convergence'] == 'moderate'
 
