@@ -18,6 +18,7 @@ COMMANDS = {
     'check':   ('lsdc.data', 'check_cli', 'load and validate an RSNA data folder'),
     'convert': ('lsdc.dicom', 'convert_cli', 'convert the middle slice of each series to an 8-bit PNG'),
     'train':   ('lsdc.learners', 'train_cli', 'train one learner per label column'),
+    'calibrate': ('lsdc.inference', 'calibrate_cli', 'fit the calibration of every trained column on its validation studies'),
     'predict': ('lsdc.inference', 'predict_cli', 'write a Kaggle submission from trained learners'),
     'score':   ('lsdc.metrics', 'score_cli', 'score a submission with the competition metric'),
     'report':  ('lsdc.report', 'report_cli', 'write per-study HTML/Markdown reports'),
@@ -31,7 +32,7 @@ def _available():
 def usage() -> str:
     "The top-level help text"
     lines = ['usage: lsdc SUBCOMMAND [ARGS...]', '', 'sub-commands (lsdc SUBCOMMAND --help for details):']
-    lines += [f'  {k:<9}{v[2]}' for k, v in _available().items()]
+    lines += [f'  {k:<11}{v[2]}' for k, v in _available().items()]
     return '\n'.join(lines)
 
 def main(argv:list|None=None):

@@ -18,12 +18,12 @@ from .data import load_rsna
 from .synth import make_synthetic
 from .dicom import convert_dataset
 from .learners import Schedule, pretrain_body, train_columns
-from .inference import predict, evaluate_models
-from .metrics import competition_score, baseline_score, format_scores
+from .inference import predict, evaluate_models, calibrate_models
+from .metrics import SCORE_TERMS, competition_score, baseline_score, format_scores
 from .report import write_reports, load_learners, submission_studies
 
 # %% auto #0
-__all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo', 'demo_cli']
+__all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo_body', 'demo', 'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #bde64df8
 def _step(msg:str, t0:float, progress:bool):
@@ -36,8 +36,9 @@ def run_pipeline(data,                   # Kaggle-layout data folder
                  test_labels=None,       # train.csv-style file or table of the test studies' true grades, to score
                  n_workers:int|None=None,# conversion workers
                  max_reports:int|None=20,# reports for at most this many test studies
+                 calibration:str='condition', # temperatures per 'condition' or per 'column' (`calibrate_models`), or 'none'
                  progress:bool=True,     # progress display
-                 **kwargs,               # `train_columns`'s options: size, arch, pretrained, weights, schedule, jobs, ...
+                 **kwargs,               # `train_columns`'s options: size, arch, pretrained, weights, schedule, balance, jobs, ...
                 ) -> dict:
     "Convert, train, evaluate, predict, score and report; a summary dict with the paths and figures"
     t0 = time.perf_counter()
@@ -52,6 +53,9 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, **kwargs)
     series = manifest_series(read_manifest(models))
     if not series: raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
+    if calibration != 'none':
+        _step(f'calibrate on the validation studies (one temperature per {calibration})', t0, progress)
+        calibrate_models(models, conv/'train', d.train, scope=calibration)
     _step('evaluate on the validation studies', t0, progress)
     evaluation = evaluate_models(models, conv/'train', d.train, out=out)
     _step('predict the test studies', t0, progress)
@@ -60,12 +64,14 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     n_test = len(submission_studies(sub))
     summary = dict(out=str(out), submission=str(out/'submission.csv'), models=str(models), reports=str(out/'reports'/'index.html'),
                    n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_test=n_test,
-                   predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1))
+                   predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1), calibration=calibration)
+    raw = predict(d, models, out/'submission_raw.csv', converted=conv/'test', n_workers=n_workers, calibration='none',
+                  progress=False) if calibration != 'none' else sub
     lab = None
     if test_labels is not None:
         lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
-        summary.update(score=competition_score(lab, sub), baseline=baseline_score(d.train, lab))
-        write_csv(pd.DataFrame([summary['score'], summary['baseline']], index=['model', 'prior_baseline'])
+        summary.update(score=competition_score(lab, sub), score_raw=competition_score(lab, raw), baseline=baseline_score(d.train, lab))
+        write_csv(pd.DataFrame([summary['score'], summary['score_raw'], summary['baseline']], index=['calibrated', 'raw', 'prior_baseline'])
                   .rename_axis('submission').reset_index(), out/'scores.csv')
     _step('write the reports', t0, progress)
     with warnings.catch_warnings():
@@ -86,7 +92,13 @@ def format_summary(s:dict) -> str:
              f"  submission          {s['submission']}",
              f"  models + manifest   {s['models']}/  (results.csv, results.png, training_curves.png, split.csv)",
              f"  evaluation          {s['evaluation']}  (mean validation accuracy {s['mean_valid_accuracy']:.3f}), {out/'confusion_matrices.png'}",
+             f"  calibration         {out/'calibration.csv'}, {out/'reliability.png'}",
              f"  reports             {s['reports']}"]
+    if 'score_raw' in s:
+        lines += ['', 'the same learners on the test studies, raw and calibrated (weighted log loss, lower is better):',
+                  f"{'term':<20}{'raw':>8}{'calibrated':>12}{'ratio':>8}"]
+        lines += [f"{t:<20}{s['score_raw'][t]:>8.4f}{s['score'][t]:>12.4f}{s['score'][t]/s['score_raw'][t]:>8.3f}"
+                  for t in (*SCORE_TERMS, 'score')]
     if 'score' in s:
         lines += ['', 'competition score on the test studies (weighted log loss, lower is better):',
                   format_scores(s['score'], s['baseline']), '',
@@ -125,8 +137,13 @@ FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
                                schedule=Schedule(), train_bn=True, jobs=1))
 
 # %% ../nbs/10_demo.ipynb #2bbb48ef
-def _pretrained_body(out:Path, s:DemoSettings, seed:int, n_workers, progress:bool) -> Path:
-    "Pretrain the learners' body on a second synthetic data set (seed + 1000) once; the weights file"
+def demo_body(out:Path,            # the demo's output folder (the body goes to `out/pretrain`)
+              s:DemoSettings,      # the settings: studies, epochs, and the learners' arch, size and batch size
+              seed:int,            # the demo's seed; the pretraining set uses `seed + 1000`
+              n_workers=None,      # workers of synthesis and conversion
+              progress:bool=True,  # a line per step and epoch
+             ) -> Path:
+    "Pretrain the learners' body on a second synthetic data set once (reused when it exists); the weights file"
     pre, arch, size = out/'pretrain', s.train.get('arch', 'resnet34'), s.train.get('size', 256)
     weights = pre/f"{arch}_body.pth"
     if weights.exists(): return weights
@@ -153,7 +170,7 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
     if not (data/'test_labels.csv').exists():
         make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers)
     train = dict(s.train)
-    if s.pretrain_studies: train['weights'] = _pretrained_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
+    if s.pretrain_studies: train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
     summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
                            max_reports=s.max_reports, progress=progress, **train)
     summary['seconds'] = time.perf_counter() - t0

@@ -12,13 +12,18 @@ import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse
 from fastai.learner import load_learner
 from .core import *
-from .files import ModelIntegrityError, file_sha256, read_index, read_manifest, manifest_series, read_results
+from .files import (ModelIntegrityError, file_sha256, read_index, read_manifest, manifest_series, read_results,
+                        write_result)
+from .calibration import (Calibration, metric_factors, fit_calibration, calibrated_loss, expected_calibration_error,
+                              plot_reliability)
+from .learners import collect_results
 from .sampling import pick_images
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
-__all__ = ['verified_pickle', 'load_column_learner', 'column_priors', 'predict_images', 'to_grade_order', 'predict_columns',
-           'to_submission', 'predict', 'predict_cli', 'validation_predictions', 'evaluate_models']
+__all__ = ['verified_pickle', 'load_column_learner', 'column_priors', 'predict_images', 'to_grade_order', 'column_calibration',
+           'predict_columns', 'to_submission', 'predict', 'predict_cli', 'validation_predictions', 'fit_calibrations',
+           'calibrate_models', 'calibration_table', 'evaluate_models', 'calibrate_cli']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
 def verified_pickle(models, col:str, manifest:dict|None=None) -> Path:
@@ -89,6 +94,16 @@ def to_grade_order(probs:np.ndarray, vocab) -> np.ndarray:
     if missing: raise ValueError(f"model vocabulary {vocab} lacks {missing}")
     return probs[:, [vocab.index(g) for g in GRADES]]
 
+# %% ../nbs/06_inference.ipynb #27069c0f
+def _check_calibration(calibration:str):
+    if calibration not in ('auto', 'none'): raise ValueError(f"calibration must be 'auto' or 'none', got {calibration!r}")
+
+def column_calibration(manifest:dict, col:str, calibration:str='auto') -> Calibration:
+    "The calibration a column's probabilities get: its manifest entry's (`auto`), or none at all (`none`)"
+    _check_calibration(calibration)
+    if calibration == 'none': return Calibration()
+    return Calibration.from_dict(manifest.get('columns', {}).get(col, {}).get('calibration'))
+
 # %% ../nbs/06_inference.ipynb #b910f67e
 def predict_columns(models,               # models folder (manifest.json, one pickle per column)
                     index:pd.DataFrame,   # conversion index with absolute `image` paths (`lsdc.files.read_index`)
@@ -96,9 +111,11 @@ def predict_columns(models,               # models folder (manifest.json, one pi
                     columns=None,         # label columns (default all 25)
                     priors:pd.DataFrame|None=None, # fallback probabilities (default `column_priors(models)`)
                     bs:int=64,            # batch size
+                    calibration:str='auto', # 'auto': each column's calibration from the manifest; 'none': raw outputs
                     progress:bool=True,   # print a line per column
                    ) -> pd.DataFrame:
     "Long predictions: study_id, column, normal_mild, moderate, severe, source ('model' or 'prior: why')"
+    _check_calibration(calibration)
     manifest = read_manifest(models)
     series = manifest_series(manifest)
     priors = column_priors(models) if priors is None else priors
@@ -118,7 +135,8 @@ def predict_columns(models,               # models folder (manifest.json, one pi
             source[:] = f'prior: no {series[col]} image'
             if have:
                 learn = load_column_learner(models, col, manifest)
-                probs[have] = to_grade_order(predict_images(learn, [imgs[sids[i]] for i in have], bs=bs), learn.dls.vocab)
+                raw = to_grade_order(predict_images(learn, [imgs[sids[i]] for i in have], bs=bs), learn.dls.vocab)
+                probs[have] = column_calibration(manifest, col, calibration).apply(raw)
                 source[have] = 'model'
         probs = probs/probs.sum(1, keepdims=True)
         out.append(pd.DataFrame({'study_id': sids, 'column': col, **dict(zip(GRADE_KEYS, probs.T)), 'source': source}))
@@ -168,6 +186,7 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
             split:str='test',     # which split's studies to predict
             bs:int=64,            # batch size
             n_workers:int|None=None, # conversion workers
+            calibration:str='auto', # 'auto': each column's fitted calibration (manifest); 'none': the raw outputs
             progress:bool=True,   # progress lines
            ) -> pd.DataFrame:
     "Convert the test studies, predict every study and column, and write the submission"
@@ -181,7 +200,8 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
     convert_dataset(d, converted, split=split, descriptions=descs, n_workers=n_workers, progress=progress)
     sids, row_ids = _submission_rows(d, split)
     priors = column_priors(models, labels=_prior_labels(d))
-    preds = predict_columns(models, read_index(converted), sids, priors=priors, bs=bs, progress=progress)
+    preds = predict_columns(models, read_index(converted), sids, priors=priors, bs=bs, calibration=calibration,
+                            progress=progress)
     sub = to_submission(preds, row_ids, priors=priors)
     write_csv(sub, out, float_format='%.6f')
     write_csv(preds, out.parent/f'{out.stem}_sources.csv', float_format='%.6f')
@@ -200,10 +220,11 @@ def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
                 split:str='test',    # which split to predict
                 bs:int=64,           # batch size
                 workers:int=None,    # conversion workers
+                calibration:str='auto', # 'auto': the calibration fitted on the validation studies; 'none': raw outputs
                ):
     "Write a Kaggle submission from trained per-column learners"
-    try: predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers)
-    except (ModelIntegrityError, FileNotFoundError) as e:
+    try: predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers, calibration=calibration)
+    except (ModelIntegrityError, FileNotFoundError, ValueError) as e:
         print(f'lsdc predict: {e}'); return 1
     return 0
 
@@ -213,8 +234,9 @@ def validation_predictions(models,              # models folder (manifest.json, 
                            labels:pd.DataFrame, # train.csv-style true grades
                            columns=None,        # label columns (default: every trained column)
                            bs:int=64,           # batch size
+                           calibration:str='auto', # calibrated columns: 'auto' (the manifest's) or 'none' (= raw)
                           ) -> pd.DataFrame:
-    "Long predictions of every column's validation studies with their true grade: study_id, column, grade, normal_mild, moderate, severe"
+    "Every column's validation studies with their true grade: study_id, column, grade, raw_* and calibrated probabilities"
     models = Path(models)
     manifest = read_manifest(models)
     series = manifest_series(manifest)
@@ -231,23 +253,94 @@ def validation_predictions(models,              # models folder (manifest.json, 
         ids = [s for s in ids if s not in lost]
         if not ids: continue
         learn = load_column_learner(models, col, manifest)
-        p = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs=bs), learn.dls.vocab)
+        raw = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs=bs), learn.dls.vocab)
+        cal = column_calibration(manifest, col, calibration).apply(raw)
         out.append(pd.DataFrame({'study_id': ids, 'column': col, 'grade': lab.loc[ids, col].to_numpy(),
-                                 **dict(zip(GRADE_KEYS, p.T))}))
+                                 **dict(zip(GRADE_KEYS, cal.T)), **{f'raw_{k}': v for k, v in zip(GRADE_KEYS, raw.T)}}))
     if not out: raise ValueError(f"{models}: no validation study could be predicted")
     return pd.concat(out, ignore_index=True)
 
+# %% ../nbs/06_inference.ipynb #e7bf37cc
+def _metric_factors(rec:dict) -> np.ndarray:
+    "The metric factors of a column's record: its balance and its training counts before and after balancing"
+    return metric_factors(rec.get('balance', 'upsample'), rec.get('train_counts'), rec.get('train_counts_upsampled'))
+
+def fit_calibrations(preds:pd.DataFrame,   # `validation_predictions` (its raw_* columns are used)
+                     records:dict,         # the columns' records (`lsdc.files.read_results`): balance, training counts
+                     scope:str='condition',# one temperature per 'condition' (five levels pooled) or per 'column'
+                    ) -> dict:
+    "`{column: Calibration}` fitted on validation predictions"
+    if scope not in ('condition', 'column'): raise ValueError(f"scope must be 'condition' or 'column', got {scope!r}")
+    raw, y = preds[[f'raw_{k}' for k in GRADE_KEYS]].to_numpy(float), preds.grade.map(grade_index).to_numpy()
+    group = preds.column if scope == 'column' else preds.column.map(lambda c: split_column(c)[0])
+    out = {}
+    for _, idx in preds.groupby(group, sort=False).indices.items():
+        cols = preds.column.to_numpy()[idx]
+        t, shift, _, _ = fit_calibration(raw[idx], y[idx], np.stack([_metric_factors(records[c]) for c in cols]), scope=scope)
+        for c in dict.fromkeys(cols):
+            m, f = (preds.column == c).to_numpy(), _metric_factors(records[c])
+            out[c] = Calibration(t, tuple(float(v) for v in f) if shift else None, scope, calibrated_loss(raw[m], y[m]),
+                                 calibrated_loss(raw[m], y[m], t, f if shift else None))
+    return out
+
+def calibrate_models(models,              # models folder (trained columns, split.csv)
+                     converted,           # conversion folder of the training studies
+                     labels:pd.DataFrame, # train.csv-style true grades
+                     scope:str='condition', # one temperature per 'condition' (five levels pooled) or per 'column'
+                     bs:int=64,           # batch size
+                    ) -> pd.DataFrame:
+    "Fit every trained column's calibration on its validation studies; records and manifest updated; a row per column"
+    preds, recs = validation_predictions(models, converted, labels, bs=bs, calibration='none'), read_results(models)
+    cals = fit_calibrations(preds, recs, scope=scope)
+    for c, cal in cals.items(): write_result(models, {**recs[c], 'calibration': cal.to_dict()})
+    collect_results(models, plots=False)
+    return pd.DataFrame([dict(column=c, scope=k.scope, temperature=k.temperature, shift=k.factors is not None,
+                              valid_loss_raw=k.valid_loss_raw, valid_loss=k.valid_loss) for c, k in cals.items()])
+
+# %% ../nbs/06_inference.ipynb #25224bb5
+def calibration_table(preds:pd.DataFrame, # `validation_predictions`: grade, raw_* and calibrated probabilities
+                     ) -> pd.DataFrame:
+    "Per column and per condition: n, weighted log loss and expected calibration error, raw and calibrated"
+    y = preds.grade.map(grade_index).to_numpy()
+    raw, cal = preds[[f'raw_{k}' for k in GRADE_KEYS]].to_numpy(float), preds[list(GRADE_KEYS)].to_numpy(float)
+    cond = preds.column.map(lambda c: split_column(c)[0])
+    groups = [('column', c, (preds.column == c).to_numpy()) for c in LABEL_COLUMNS if (preds.column == c).any()]
+    groups += [('condition', c, (cond == c).to_numpy()) for c in CONDITIONS if (cond == c).any()]
+    return pd.DataFrame([dict(level=lvl, name=name, n=int(m.sum()),
+                              log_loss_raw=calibrated_loss(raw[m], y[m]), log_loss=calibrated_loss(cal[m], y[m]),
+                              ece_raw=expected_calibration_error(raw[m], y[m]), ece=expected_calibration_error(cal[m], y[m]))
+                         for lvl, name, m in groups])
+
+# %% ../nbs/06_inference.ipynb #8a73435e
 def evaluate_models(models,              # models folder
                     converted,           # conversion folder of the training studies
                     labels:pd.DataFrame, # train.csv-style true grades
-                    out=None,            # folder for evaluation.csv, confusion_matrices.png, validation_predictions.csv (default: `models`)
+                    out=None,            # folder for the evaluation files (default: `models`)
                     bs:int=64,           # batch size
                    ) -> pd.DataFrame:
-    "Evaluate every trained column on its validation studies; the metrics table (one row per column), also written to `out`"
+    "Evaluate every trained column on its validation studies; the metrics table (one row per column), written to `out` with the calibration files"
     out = Path(models if out is None else out)
     preds = validation_predictions(models, converted, labels, bs=bs)
-    ev = evaluate(preds)
+    ev = evaluate(preds[['study_id', 'column', 'grade', *GRADE_KEYS]])
     write_csv(preds, out/'validation_predictions.csv', float_format='%.6f')
     write_csv(ev, out/'evaluation.csv', float_format='%.6f')
+    write_csv(calibration_table(preds), out/'calibration.csv', float_format='%.6f')
     plot_confusion_grid(preds, out/'confusion_matrices.png', title='Confusion matrices of the validation studies')
+    plot_reliability(preds, out/'reliability.png')
     return ev
+
+# %% ../nbs/06_inference.ipynb #c6a126bb
+@call_parse
+def calibrate_cli(models:str,              # models folder (from `lsdc train`)
+                  converted:str,           # conversion folder of the training studies
+                  data:str=None,           # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
+                  scope:str='condition',   # one temperature per 'condition' (its five levels pooled) or per 'column'
+                  bs:int=64,               # batch size
+                 ) -> int:
+    "Fit the calibration of every trained column on its validation studies (after all shards are done)"
+    from lsdc.data import load_rsna
+    try: df = calibrate_models(models, converted, load_rsna(data, splits=('train',), check_images=False).train, scope=scope, bs=bs)
+    except (ModelIntegrityError, FileNotFoundError, ValueError) as e:
+        print(f'lsdc calibrate: {e}'); return 1
+    print(df.to_string(index=False))
+    return 0

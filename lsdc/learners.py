@@ -16,6 +16,7 @@ from fastcore.meta import delegates
 from fastcore.imports import IN_NOTEBOOK
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, ColReader, ColSplitter, IndexSplitter,
                                Resize, ResizeMethod, aug_transforms, Normalize, imagenet_stats, Learner, vision_learner,
+                               CrossEntropyLossFlat,
                                create_body, model_meta, accuracy, AccumMetric, Callback, EarlyStoppingCallback,
                                SaveModelCallback, set_seed, minimum, steep, valley, slide)
 from fastai.metrics import ActivationType
@@ -133,10 +134,12 @@ def make_learner(dls,                        # from `grade_dls`
                  mixed_precision:bool|None=None, # fp16 autocast; None: on CUDA only
                  channels_last:bool=False,   # channels-last memory format (GPU)
                  train_bn:bool=True,         # train the body's BatchNorm layers while it is frozen (fastai's default)
+                 class_weights:tuple|None=None, # weigh each grade's cross-entropy (e.g. `GRADE_WEIGHTS`); None: plain
                 ):
     "A `vision_learner` with accuracy and the weighted log loss as metrics"
     a = resolve_arch(arch)
     kw = dict(metrics=[accuracy, WeightedLogLoss()], path=path, model_dir='.', train_bn=train_bn)
+    if class_weights is not None: kw['loss_func'] = CrossEntropyLossFlat(weight=torch.tensor(class_weights, dtype=torch.float))
     if weights is not None:
         learn = vision_learner(dls, a, pretrained=False, **kw)
         n = load_body_weights(learn, arch=a, weights=weights)
@@ -338,6 +341,7 @@ def _column_record(info:dict, kept:dict, attempts:list, convergence:str, lrs:dic
     return dict(column=info['column'], status='ok', architecture=arch_name(s['arch']), image_size=s['size'],
                 classes=list(GRADES), pretrained=bool(s['pretrained'] and s['weights'] is None),
                 augmentation=bool(s['aug']), weights=str(s['weights']) if s['weights'] else None, train_bn=bool(s['train_bn']),
+                balance=info.get('balance', 'upsample'),
                 **{k: info[k] for k in ('series', 'n_studies', 'n_missing_series', 'missing_series', 'split', 'n_train',
                                         'n_train_upsampled', 'n_valid', 'train_counts', 'train_counts_upsampled', 'valid_counts')},
                 **{f'lr_{k}': lrs[k] for k in ('minimum', 'steep', 'valley', 'slide')}, lr=lrs['lr'],
@@ -379,6 +383,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
     work = models/'_work'/col
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if info.get('balance') == 'weights': kwargs = {'class_weights': GRADE_WEIGHTS, **kwargs}   # the loss does the balancing
     try:
         dls = grade_dls(table, size=size, bs=bs, num_workers=num_workers, seed=seed, aug=aug)
         set_seed(seed, reproducible=True)
@@ -396,10 +401,11 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
 # %% ../nbs/05_learners.ipynb #571ff635
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
                   'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'epochs_total', 'n_train', 'n_train_upsampled',
-                  'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'error')
-MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'pretrained', 'augmentation', 'n_train', 'n_train_upsampled', 'n_valid',
-                 'n_missing_series', 'lr_minimum', 'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence',
-                 'valid_accuracy', 'valid_log_loss', 'pickle', 'sha256', 'finished')
+                  'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'balance', 'error')
+MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'balance', 'pretrained', 'augmentation', 'n_train',
+                 'n_train_upsampled', 'n_valid', 'n_missing_series', 'train_counts', 'train_counts_upsampled', 'lr_minimum',
+                 'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence', 'valid_accuracy', 'valid_log_loss',
+                 'calibration', 'pickle', 'sha256', 'finished')
 
 def column_done(models, col:str) -> bool:
     "True when `col` has a pickle whose SHA-256 matches its successful record"
@@ -484,6 +490,7 @@ class ColumnJob(NamedTuple):
     series: dict|str|None
     valid_pct: float
     seed: int
+    balance: str         # how the training part is balanced (`lsdc.sampling.training_table`)
     bars: bool           # fastai's progress bars (only where they render)
     options: dict        # keyword options of `train_column`
 
@@ -491,7 +498,8 @@ def _train_one(job:ColumnJob, say:Callable=log.info) -> dict:
     "Train, export and record one column; a failure is recorded, never raised"
     col, models = job.column, Path(job.models)
     try:
-        table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed)
+        table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed,
+                                     balance=job.balance)
         if info['n_missing_series']:
             say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
         write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
@@ -564,6 +572,7 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   series=None,             # series mapping (None: `DEFAULT_SERIES`; 'Sagittal T1' for all)
                   valid_pct:float=0.2,     # share of studies in validation
                   seed:int=42,             # seed of split, resampling and training
+                  balance:str='upsample',  # the training part: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
                   resume:bool=True,        # skip columns already trained (pickle matches its record)
                   progress:bool=True,      # print a line per column and show fastai's bars
                   index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
@@ -587,7 +596,7 @@ def train_columns(converted,               # conversion folder (holds index.csv,
     # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
     bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
     work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
-                      seed=seed, bars=bars, options=kwargs) for _, col in todo]
+                      seed=seed, balance=balance, bars=bars, options=kwargs) for _, col in todo]
     if jobs > 1: _train_parallel(work, jobs, say)
     else:
         for (tag, _), job in zip(todo, work):
@@ -629,16 +638,24 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               aug:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # augmentation of training batches
               keep:str='last',               # after retraining keep the 'last' model (the method) or the 'best'
               train_bn:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # BatchNorm trains while the body is frozen
+              balance:str='upsample',        # the imbalance: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
+              calibration:str='condition',   # then fit temperatures on the validation studies: per 'condition', per 'column', or 'none'
               no_resume:bool=False,          # retrain columns that already have a pickle
               jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine)
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
-    df = train_columns(converted, models, data=data, columns=columns, shard=shard,
+    from lsdc.data import load_rsna
+    labels = load_rsna(data, splits=('train',), check_images=False).train
+    df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
                        series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
                        resume=not no_resume, progress=not quiet, jobs=jobs, schedule=Schedule.parse(epochs, thresholds, keep),
                        size=size, bs=bs, aug=aug, lr_find_iters=lr_find_iters, lr_find_range=_pair(lr_find_range, '--lr-find-range'),
                        arch=arch, pretrained=pretrained, weights=weights, train_bn=train_bn)
+    if calibration != 'none' and (df.status == 'ok').any():
+        from lsdc.inference import calibrate_models   # the CLI composes the steps; inference comes after training
+        cal = calibrate_models(models, converted, labels, scope=calibration)
+        if not quiet: print(cal.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
     cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())

@@ -110,14 +110,16 @@ def training_table(labels:pd.DataFrame, # `study_id` + label columns, grades as 
                    series=None,         # series mapping (None: `DEFAULT_SERIES`; 'Sagittal T1' for all)
                    valid_pct:float=0.2, # share of studies in validation
                    seed:int=42,         # seed of the split and of the resampling
+                   balance:str='upsample', # 'upsample' the training part, or leave it as it is ('weights', 'none')
                   ) -> tuple[pd.DataFrame, dict]:
-    "Split `col`'s studies, upsample the training part; the rows for the `DataBlock` and a summary"
+    "Split `col`'s studies, balance the training part; the rows for the `DataBlock` and a summary"
+    if balance not in ('upsample', 'weights', 'none'): raise ValueError(f"balance must be 'upsample', 'weights' or 'none', got {balance!r}")
     t = column_table(labels, index, col, series)
     if t.df.empty: raise ValueError(f"{col}: no labelled study has a converted {t.series} series")
     split, note = split_studies(t.df, valid_pct, seed)
     train, valid = split[~split.is_valid], split[split.is_valid]
-    up = upsample(train, seed)
-    info = dict(column=col, series=t.series, n_studies=len(t.df), n_missing_series=len(t.missing),
+    up = upsample(train, seed) if balance == 'upsample' else train
+    info = dict(column=col, series=t.series, balance=balance, n_studies=len(t.df), n_missing_series=len(t.missing),
                 missing_series=t.missing, split=note, n_train=len(train), n_train_upsampled=len(up), n_valid=len(valid),
                 train_counts=grade_counts(train.label), train_counts_upsampled=grade_counts(up.label),
                 valid_counts=grade_counts(valid.label))

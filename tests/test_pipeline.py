@@ -153,3 +153,37 @@ def test_evaluation_on_validation_studies(run):
     assert set(ev.column) == set(COLS)
     for k in ('accuracy', 'log_loss', 'f1_macro', 'roc_auc_macro', 'pr_auc_macro'): assert k in ev.columns
     assert (w/'eval'/'evaluation.csv').exists() and (w/'eval'/'confusion_matrices.png').exists()
+    ct = pd.read_csv(w/'eval'/'calibration.csv')
+    assert set(ct[ct.level == 'column'].name) == set(COLS) and (ct.n > 0).all()
+    assert ct.ece.between(0, 1).all() and (w/'eval'/'reliability.png').stat().st_size > 1000
+
+
+def test_calibration_is_fitted_on_validation_and_applied(run, tmp_path):
+    from lsdc.inference import validation_predictions
+    from lsdc.calibration import Calibration, calibrated_loss
+    from lsdc.core import grade_index
+    w = run['w']; lab = pd.read_csv(run['data']/'train.csv')
+    man = json.loads((w/'models'/'manifest.json').read_text())
+    cal = {c: Calibration.from_dict(man['columns'][c]['calibration']) for c in COLS}   # `lsdc train` fitted it
+    assert all(c.scope == 'condition' and c.temperature > 0 for c in cal.values())
+    assert all(man['columns'][c]['balance'] == 'upsample' for c in COLS)
+    # the raw loss it recorded is that of the column's validation studies, and of nothing else
+    vp = validation_predictions(w/'models', w/'conv'/'train', lab, calibration='none')
+    for c in COLS:
+        d = vp[vp.column == c]
+        raw = d[[f'raw_{k}' for k in GRADE_KEYS]].to_numpy(float)
+        assert abs(cal[c].valid_loss_raw - calibrated_loss(raw, d.grade.map(grade_index))) < 1e-9
+        np.testing.assert_allclose(d[list(GRADE_KEYS)].to_numpy(float), raw)     # 'none': the raw outputs
+    # `lsdc predict --calibration none` writes the raw outputs; the default is the manifest's calibration of them
+    lsdc('predict', run['data'], w/'models', tmp_path/'raw.csv', '--converted', w/'conv'/'test', '--workers', 1,
+         '--calibration', 'none')
+    raw, sub = (pd.read_csv(f).set_index('row_id') for f in (tmp_path/'raw.csv', w/'submission.csv'))
+    for c in COLS:
+        rows = [r for r in sub.index if r.endswith(c)]
+        np.testing.assert_allclose(cal[c].apply(raw.loc[rows].to_numpy(float)), sub.loc[rows].to_numpy(float), atol=2e-4)
+    others = [r for r in sub.index if not r.endswith(tuple(COLS))]                  # the prior rows are not calibrated
+    np.testing.assert_allclose(raw.loc[others].to_numpy(float), sub.loc[others].to_numpy(float), atol=1e-6)
+    # `lsdc calibrate` refits on a copy, one temperature per column
+    m = _copy_models(run, tmp_path)
+    lsdc('calibrate', m, w/'conv'/'train', '--data', run['data'], '--scope', 'column')
+    assert {e['calibration']['scope'] for e in json.loads((m/'manifest.json').read_text())['columns'].values()} == {'column'}
