@@ -1,6 +1,7 @@
 """Benchmark of the middle-slice conversion (issue 3): a naive reference against `lsdc convert`.
 
     python benchmarks/bench_convert.py [--data DIR] [--n-train 60] [--image-size 512] [--workers N]
+    python benchmarks/bench_convert.py --rerun [--data DIR] [--n-train 2000] [--image-size 64] [--workers N]
 
 On a synthetic data set (`lsdc.synth.make_synthetic`, 60 studies x 2 sagittal series of 15-20 slices of 512 x 512
 by default; written to a temporary folder unless --data names one, which is created if needed and reused after)
@@ -20,6 +21,13 @@ shared machine does not favour one of them; (d) and (e) interleave their variant
 and the `lsdc convert` command end to end (including Python start-up and imports), for information.
 It checks that (a) and (b) write the same pixels wherever they pick the same slice, prints series per second and,
 as its last line, `convert speedup vs naive: <ratio>x` (processes against the naive reference).
+
+With --rerun it times instead what resuming costs (issue 13): the first conversion of the data set, then a rerun of
+that complete conversion (nothing to convert; every PNG is read and its CRCs checked, every source folder
+fingerprinted), best of --repeats, through `convert_dataset` and through `lsdc convert` end to end; for comparison
+the same rerun with the resume check before fingerprints (same options and the same number of files), and the parts
+on their own: reading the PNG descriptions, fingerprinting every series, and only listing the series folders.
+The page cache is warm (the first conversion read the files); a cold cache after a reboot costs more.
 """
 import argparse, multiprocessing, os, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -33,7 +41,8 @@ import pydicom
 from lsdc.core import SAGITTAL
 from lsdc.data import load_rsna, series_table
 import lsdc.dicom
-from lsdc.dicom import ConvertOptions, _convert_job, _pydicom_header, convert_dataset, plan_conversion, png_info, read_header, run_jobs
+from lsdc.dicom import (ConvertOptions, _convert_job, _pydicom_header, convert_dataset, plan_conversion, png_info, read_header,
+                        run_jobs, source_fingerprint)
 
 
 def naive_convert(folder: Path, dest: Path, size: int = 256):
@@ -67,6 +76,48 @@ def timed(f):
     t0 = time.perf_counter(); res = f(); return time.perf_counter() - t0, res
 
 
+def count_only_why(png, folder, params):
+    "The resume check before source fingerprints (`lsdc.dicom._why` up to issue 13): same options, same number of files"
+    info = png_info(png)
+    if info is None or info.get('params') != params: return 'damaged', None
+    try: n = sum(1 for e in os.scandir(folder) if e.is_file() and not e.name.startswith('.'))
+    except OSError: return 'source', None
+    return (None, info) if n == info.get('n_files') else ('source', None)
+
+
+def bench_rerun(d, data: Path, tmp: Path, workers: int, repeats: int):
+    "Time a first conversion, then reruns of the complete conversion with and without source fingerprints"
+    table = series_table(d, 'train', SAGITTAL)
+    n_files = sum(len(os.listdir(f)) for f in table.folder)
+    print(f'data: {table.study_id.nunique()} studies, {len(table)} sagittal series, {n_files} DICOM files in them; '
+          f'{workers} workers, load average {os.getloadavg()[0]:.1f} at start')
+    out = tmp/'out'
+    t, idx = timed(lambda: convert_dataset(d, out, progress=False, n_workers=workers))
+    assert idx.attrs['converted'] == len(table) and idx.attrs['failed'] == 0, idx.attrs
+    print(f'first conversion:                              {t:7.2f} s  ({len(table) / t:.0f} series/s)')
+    def rerun():
+        idx = convert_dataset(d, out, progress=False, n_workers=workers)
+        assert idx.attrs['skipped'] == len(table) and idx.attrs['converted'] == 0, idx.attrs
+    times = {'fingerprints': [], 'count only': []}
+    for _ in range(repeats):
+        times['fingerprints'].append(timed(rerun)[0])
+        with mock.patch.object(lsdc.dicom, '_why', count_only_why): times['count only'].append(timed(rerun)[0])
+    (a, b) = min(times['fingerprints']), min(times['count only'])
+    print(f'complete rerun, with source fingerprints:      {a:7.2f} s  (best of {repeats}: {", ".join(f"{x:.2f}" for x in times["fingerprints"])})')
+    print(f'complete rerun, file counts only (before):     {b:7.2f} s  (best of {repeats}: {", ".join(f"{x:.2f}" for x in times["count only"])})')
+    print(f'  the fingerprints add {a - b:.2f} s ({(a - b) / n_files * 1e6:.1f} us per DICOM file)')
+    pngs = [out/f'{r.study_id}/{r.series_id}.png' for r in table.itertuples()]
+    t_png = min(timed(lambda: [png_info(p) for p in pngs])[0] for _ in range(repeats))
+    t_fp = min(timed(lambda: [source_fingerprint(f) for f in table.folder])[0] for _ in range(repeats))
+    t_ls = min(timed(lambda: [os.listdir(f) for f in table.folder])[0] for _ in range(repeats))
+    mb = sum(p.stat().st_size for p in pngs) / 2**20
+    print(f'  parts: reading and CRC-checking {len(pngs)} PNGs ({mb:.1f} MiB) {t_png:.2f} s, fingerprinting {len(table)} '
+          f'series {t_fp:.2f} s, listing their folders only {t_ls:.2f} s')
+    t_cli, r = timed(lambda: subprocess.run(['lsdc', 'convert', str(data), str(out), '--quiet'], capture_output=True, text=True))
+    print(f'`lsdc convert` complete rerun end to end (with start-up, imports, reading the CSVs): {t_cli:.2f} s  [{r.stdout.strip()}]')
+    print(f'load average {os.getloadavg()[0]:.1f} at the end')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--data', help='synthetic data folder to (create and) use; default: a temporary folder')
@@ -75,6 +126,7 @@ def main():
     ap.add_argument('--workers', type=int, default=None, help='workers for convert_dataset (default: one per core)')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--naive-repeats', type=int, default=2)
+    ap.add_argument('--rerun', action='store_true', help='time the rerun of a complete conversion instead (issue 13)')
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix='bench_convert_'))
@@ -85,6 +137,8 @@ def main():
             t, _ = timed(lambda: make_synthetic(data, n_train=args.n_train, n_test=0, image_size=args.image_size))
             print(f'generated {args.n_train} synthetic studies ({args.image_size} px) in {t:.1f} s -> {data}')
         d = load_rsna(data, splits=('train',), check_images=False)
+        if args.rerun:
+            return bench_rerun(d, data, tmp, workers=args.workers or len(os.sched_getaffinity(0)), repeats=args.repeats)
         table = series_table(d, 'train', SAGITTAL)
         files = [f for folder in table.folder for f in sorted(Path(folder).glob('*.dcm'))]
         mb = sum(f.stat().st_size for f in files) / 2**20
@@ -92,7 +146,7 @@ def main():
         n = len(table)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
         workers = args.workers or cores
-        print(f'data: {table.study_id.nunique()} studies, {n} sagittal series, {len(files)} DICOM files ({mb:.0f} MiB), '
+        print(f'data: {table.study_id.nunique()} studies, {n} sagittal series, {len(files)} DICOM files ({mb:.1f} MiB), '
               f'{min(len(list(Path(f).glob("*.dcm"))) for f in table.folder)}-{max(len(list(Path(f).glob("*.dcm"))) for f in table.folder)} slices per series; '
               f'{cores} CPU cores, {workers} workers, load average {os.getloadavg()[0]:.1f} at start')
 

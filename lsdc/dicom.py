@@ -6,7 +6,8 @@ Docs: https://lsdc-dev.github.io/lsdc/dicom.html.md"""
 
 # %% ../nbs/03_dicom.ipynb #7821fd69
 from __future__ import annotations
-import os, sys, json, struct, time, warnings, zlib, multiprocessing
+import os, sys, json, hashlib, struct, tempfile, time, warnings, zlib, multiprocessing
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd, cv2, pydicom
@@ -21,8 +22,9 @@ from .data import DataError, load_rsna, series_table
 # %% auto #0
 __all__ = ['DicomError', 'BlankSliceWarning', 'SliceInfo', 'read_header', 'slice_order', 'middle_index', 'pick_slices',
            'series_files', 'Pixels', 'read_pixels', 'modality_array', 'normalise', 'normalise_pixels', 'series_image',
-           'encode_png', 'write_png', 'png_text', 'png_complete', 'png_info', 'convert_series', 'ConvertOptions',
-           'ConvertJob', 'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs', 'convert_dataset', 'convert_cli']
+           'encode_png', 'write_png', 'png_chunks', 'png_complete', 'png_text', 'source_fingerprint', 'png_info',
+           'convert_series', 'ConvertOptions', 'ConvertJob', 'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs',
+           'convert_dataset', 'convert_cli']
 
 # %% ../nbs/03_dicom.ipynb #1aa0b943
 class DicomError(ValueError):
@@ -222,14 +224,19 @@ def pick_slices(ordered:list,          # slices in spatial order
     return [ordered[min(max(m + int(o), 0), len(ordered) - 1)] for o in offsets]
 
 # %% ../nbs/03_dicom.ipynb #fbb88a8c
-def series_files(folder) -> list[Path]:
-    "The files of a series folder, sorted by name (hidden files skipped)"
+def _entries(folder) -> list:
+    "The `os.DirEntry` of each file of a series folder, sorted by name (hidden files skipped)"
     folder = Path(folder)
     if not folder.is_dir(): raise DicomError(folder, 'series folder not found')
-    files = sorted((Path(e.path) for e in os.scandir(folder) if e.is_file() and not e.name.startswith('.')),
-                   key=lambda p: (len(p.name), p.name))
-    if not files: raise DicomError(folder, 'empty series folder: no files')
-    return files
+    try:
+        with os.scandir(folder) as it: es = [e for e in it if e.is_file() and not e.name.startswith('.')]
+    except OSError as e: raise DicomError(folder, f'cannot list the series folder ({e.strerror or e})') from None
+    if not es: raise DicomError(folder, 'empty series folder: no files')
+    return sorted(es, key=lambda e: (len(e.name), e.name))
+
+def series_files(folder) -> list[Path]:
+    "The files of a series folder, sorted by name (hidden files skipped)"
+    return [Path(e.path) for e in _entries(folder)]
 
 # %% ../nbs/03_dicom.ipynb #ff3dad5b
 class Pixels(NamedTuple):
@@ -383,7 +390,7 @@ def series_image(folder,               # series folder of DICOM files
     return img, info
 
 # %% ../nbs/03_dicom.ipynb #aeede00b
-_SIG, _IEND = b'\x89PNG\r\n\x1a\n', b'\x00\x00\x00\x00IEND\xaeB`\x82'
+_SIG = b'\x89PNG\r\n\x1a\n'
 
 def _png_params(compression:int) -> list:
     p = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
@@ -411,29 +418,41 @@ def write_png(img:np.ndarray, dest, compression:int=1, text:str|None=None) -> Pa
     with atomic_path(dest) as tmp: tmp.write_bytes(data)
     return Path(dest)
 
-def png_text(fn) -> str|None:
-    "The `lsdc` text of a complete PNG (one that ends with its `IEND` chunk), else None"
-    try:
-        with open(fn, 'rb') as f:
-            head = f.read(65536)
-            f.seek(-12, 2); tail = f.read(12)
+# %% ../nbs/03_dicom.ipynb #1dfcb2a7
+def png_chunks(fn) -> list|None:
+    "`(type, data)` of each chunk of the PNG `fn`, or None when it is not a whole, undamaged PNG"
+    try: buf = memoryview(Path(fn).read_bytes())
     except OSError: return None
-    if head[:8] != _SIG or tail != _IEND: return None
-    pos = 8
-    while pos + 8 <= len(head):
-        n, kind = struct.unpack_from('>I4s', head, pos)
-        if kind == b'tEXt' and head[pos+8:pos+13] == b'lsdc\x00': return head[pos+13:pos+8+n].decode('latin-1')
-        if kind in (b'IDAT', b'IEND'): return None
-        pos += 12 + n
+    if buf[:8] != _SIG: return None
+    pos, out = 8, []
+    while pos + 12 <= len(buf):
+        n, kind = struct.unpack_from('>I4s', buf, pos)
+        end = pos + 12 + n
+        if end > len(buf) or zlib.crc32(buf[pos+4:end-4]) != struct.unpack_from('>I', buf, end-4)[0]: return None
+        out.append((kind, buf[pos+8:end-4]))
+        if kind == b'IEND': return out if end == len(buf) else None
+        pos = end
     return None
 
 def png_complete(fn) -> bool:
-    "Whether `fn` is a PNG that ends with its `IEND` chunk"
-    try:
-        with open(fn, 'rb') as f:
-            if f.read(8) != _SIG: return False
-            f.seek(-12, 2); return f.read(12) == _IEND
-    except OSError: return False
+    "Whether `fn` is a whole PNG whose every chunk matches its CRC"
+    return png_chunks(fn) is not None
+
+def png_text(fn) -> str|None:
+    "The `lsdc` text of a whole, undamaged PNG, else None"
+    for kind, data in png_chunks(fn) or ():
+        if kind == b'tEXt' and data[:5] == b'lsdc\x00': return bytes(data[5:]).decode('latin-1')
+    return None
+
+# %% ../nbs/03_dicom.ipynb #e691993c
+def source_fingerprint(folder) -> str:
+    "A hash of the name, size and modification time (ns) of each file of a series folder"
+    h = hashlib.blake2b(digest_size=16)
+    for e in _entries(folder):
+        try: st = e.stat()
+        except OSError as err: raise DicomError(e.path, f'cannot read file ({err.strerror or err})') from None
+        h.update(b'%s\0%d\0%d\n' % (os.fsencode(e.name), st.st_size, st.st_mtime_ns))
+    return h.hexdigest()
 
 # %% ../nbs/03_dicom.ipynb #8f7f9d0f
 def _params(size, offsets, p_lo, p_hi, compression) -> dict:
@@ -455,8 +474,9 @@ def convert_series(folder,                # series folder of DICOM files
                    meta:dict|None=None,   # extra fields for the description (study_id, series_id, ...)
                   ) -> dict:
     "Convert the middle slice of a series to a PNG; returns the description stored in it"
+    source = source_fingerprint(folder)
     img, info = series_image(folder, size, offsets, p_lo, p_hi)
-    info = {**(meta or {}), **info, 'params': _params(size, offsets, p_lo, p_hi, compression)}
+    info = {**(meta or {}), **info, 'params': _params(size, offsets, p_lo, p_hi, compression), 'source': source}
     write_png(img, dest, compression, json.dumps(info, sort_keys=True))
     return info
 
@@ -478,6 +498,7 @@ class ConvertJob(NamedTuple):
     png: str                 # PNG to write
     rel: str                 # `png` relative to the output folder, as index.csv records it
     opts: ConvertOptions     # how to convert it
+    why: str = 'new'         # why it is converted: new, damaged, options, unfingerprinted, source or overwrite
 
 class JobResult(NamedTuple):
     "What became of one series: the description stored in its PNG, or its failure row"
@@ -493,13 +514,16 @@ class ConvertPlan(NamedTuple):
     jobs: list               # `ConvertJob`s of the others
 
 # %% ../nbs/03_dicom.ipynb #48b66667
-def _skippable(png:Path, folder:Path, params:dict):
-    "The description of an already converted series, or None when it must be (re)converted"
+def _why(png:Path, folder:Path, params:dict) -> tuple:
+    "`(why, None)` when a series must be (re)converted, `(None, its description)` when its PNG is up to date"
+    if not png.is_file(): return 'new', None
     info = png_info(png)
-    if info is None or info.get('params') != params: return None
-    try: n = sum(1 for e in os.scandir(folder) if e.is_file() and not e.name.startswith('.'))
-    except OSError: return None
-    return info if n == info.get('n_files') else None
+    if info is None: return 'damaged', None
+    if info.get('params') != params: return 'options', None
+    if 'source' not in info: return 'unfingerprinted', None
+    try: same = source_fingerprint(folder) == info['source']
+    except DicomError: same = False
+    return (None, info) if same else ('source', None)
 
 def plan_conversion(table:pd.DataFrame,       # series (`lsdc.data.series_table`): study_id, series_id, series_description, folder
                     dest,                     # output folder
@@ -512,12 +536,18 @@ def plan_conversion(table:pd.DataFrame,       # series (`lsdc.data.series_table`
     for r in table.itertuples():
         sid, rid = int(r.study_id), int(r.series_id)
         rel = f'{sid}/{rid}.png'
-        info = _skippable(dest/rel, Path(r.folder), params) if resume else None
+        why, info = _why(dest/rel, Path(r.folder), params) if resume else ('overwrite', None)
         if info is not None: done.append(JobResult((sid, rid), info=info, skipped=True))
-        else: jobs.append(ConvertJob(sid, rid, r.series_description, str(r.folder), str(dest/rel), rel, opts))
+        else: jobs.append(ConvertJob(sid, rid, r.series_description, str(r.folder), str(dest/rel), rel, opts, why))
     return ConvertPlan(done, jobs)
 
 # %% ../nbs/03_dicom.ipynb #d7301e91
+def _failed(job:ConvertJob, file, reason:str) -> JobResult:
+    "The failure row of `job`, once the PNG an earlier run wrote for it is removed"
+    try: Path(job.png).unlink(missing_ok=True)
+    except OSError as e: reason += f'; its old PNG could not be removed ({e})'
+    return JobResult((job.study_id, job.series_id), failure=(job.study_id, job.series_id, str(file), reason))
+
 def _convert_job(job:ConvertJob) -> JobResult:
     "Convert one series; never raises: its description or its failure row, and the warnings raised"
     key = (job.study_id, job.series_id)
@@ -525,8 +555,9 @@ def _convert_job(job:ConvertJob) -> JobResult:
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always', BlankSliceWarning)
         try: res = JobResult(key, info=convert_series(job.folder, job.png, **job.opts._asdict(), meta=meta))
-        except DicomError as e: res = JobResult(key, failure=(*key, e.file, e.reason))
-        except Exception as e: res = JobResult(key, failure=(*key, job.folder, f'unexpected error: {type(e).__name__}: {e}'))
+        except DicomError as e: res = _failed(job, e.file, e.reason)
+        except OSError as e: res = _failed(job, job.png, f'cannot write the PNG ({e})')
+        except Exception as e: res = _failed(job, job.folder, f'unexpected error: {type(e).__name__}: {e}')
     return res._replace(warnings=tuple((issubclass(x.category, BlankSliceWarning), str(x.message)) for x in w))
 
 def _check_parallel(parallel:str):
@@ -566,6 +597,17 @@ def _write_index(table:pd.DataFrame, # the series of the run, in the order of th
     write_csv(failures, dest/'failures.csv')
     return index, failures
 
+# %% ../nbs/03_dicom.ipynb #5891d4fe
+def _check_dest(dest:Path):
+    "Create `dest` and check that files can be written in it; else raise an `OSError` that names it"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.write-check.', suffix='.tmp', dir=dest)
+        os.close(fd); os.unlink(tmp)
+    except OSError as e:
+        why = 'a file of that name is in the way' if isinstance(e, FileExistsError) else e.strerror or str(e)
+        raise type(e)(f'cannot write to the output folder {dest}: {why}') from None
+
 # %% ../nbs/03_dicom.ipynb #28a0eb0a
 def _clean_temp(dest:Path):
     "Remove the temporary files a killed run left in `dest`"
@@ -592,7 +634,7 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
                     compression:int=1,         # PNG compression level 0-9
                     n_workers:int|None=None,   # parallel workers (default: one per core, at most 8; 0 or 1: serial)
                     parallel:str='process',    # 'process' or 'thread'
-                    resume:bool=True,          # skip series already converted with the same parameters
+                    resume:bool=True,          # skip series already converted with the same parameters from the same files
                     progress:bool=True,        # show a progress bar
                    ) -> pd.DataFrame:
     "Convert the middle slice of each selected series to a PNG; write and return the index"
@@ -602,15 +644,34 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
     unknown = [d for d in descriptions if d not in SERIES_DESCRIPTIONS]
     if unknown: warnings.warn(f'series descriptions {unknown} are not among {list(SERIES_DESCRIPTIONS)}')
     data = _load(data, split)
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
-    _clean_temp(dest)
+    dest = Path(dest)
+    _check_dest(dest); _clean_temp(dest)
     table = series_table(data, split, descriptions).drop_duplicates(['study_id', 'series_id'])
     done, jobs = plan_conversion(table, dest, opts=opts, resume=resume)
     t0 = time.perf_counter()
     ran = run_jobs(jobs, n_workers=min(_cpus(), 8) if n_workers is None else int(n_workers), parallel=parallel, progress=progress)
     index, failures = _write_index(table, {r.key: r for r in done + ran}, dest)
-    index.attrs.update(converted=len(index) - len(done), skipped=len(done), failed=len(failures), seconds=time.perf_counter() - t0)
+    index.attrs.update(converted=len(index) - len(done), skipped=len(done), failed=len(failures), seconds=time.perf_counter() - t0,
+                       reasons=dict(Counter(j.why for j in jobs)))
     return index
+
+# %% ../nbs/03_dicom.ipynb #02104ac6
+_WHY = dict(damaged='damaged PNG', options='other options', unfingerprinted='PNG from an older lsdc (no source fingerprint)',
+            source='source files changed', overwrite='--overwrite')
+
+def _summary(idx:pd.DataFrame, dest:Path, seconds:float):
+    "Print what a run did: counts, why series were converted again, failures, studies left without any series"
+    a = idx.attrs
+    print(f"converted {a['converted']}, skipped {a['skipped']}, failed {a['failed']} series in {seconds:.1f} s -> {dest}")
+    again = [f'{n} {_WHY[k]}' for k, n in sorted(a['reasons'].items()) if k in _WHY]
+    if again: print(f"  not up to date: {', '.join(again)}")
+    if not a['failed']: return
+    f = pd.read_csv(dest/'failures.csv')
+    for r in f.head(5).itertuples(): print(f'  failed {r.study_id}/{r.series_id}: {r.file}: {r.reason}')
+    if len(f) > 5: print(f'  ... and {len(f) - 5} more in {dest/"failures.csv"}')
+    lost = sorted(set(f.study_id) - set(idx.study_id))
+    if lost: print(f"  no converted series at all for {len(lost)} {'study' if len(lost) == 1 else 'studies'}: "
+                   f"{', '.join(map(str, lost[:10]))}{' ...' if len(lost) > 10 else ''}")
 
 # %% ../nbs/03_dicom.ipynb #2eaff8c9
 def _ints(s) -> tuple: return tuple(int(x) for x in str(s).replace(' ', '').split(',') if x != '')
@@ -626,7 +687,7 @@ def convert_cli(data:str,                  # RSNA data folder (Kaggle layout)
                 p_hi:float=99.,            # upper clipping percentile
                 workers:int=None,          # parallel workers (default: one per core)
                 threads:bool=False,        # use threads instead of processes
-                overwrite:bool=False,      # reconvert series already converted
+                overwrite:bool=False,      # convert every series again, even those up to date
                 strict:bool=False,         # exit non-zero when any series fails
                 quiet:bool=False,          # no progress bar
                ):
@@ -641,11 +702,7 @@ def convert_cli(data:str,                  # RSNA data folder (Kaggle layout)
     except (DataError, ValueError, OSError) as e:
         print(f'lsdc convert: {e}', file=sys.stderr); return 2
     a = idx.attrs
-    print(f"converted {a['converted']}, skipped {a['skipped']}, failed {a['failed']} series in {time.perf_counter() - t0:.1f} s -> {dest}")
-    if a['failed']:
-        f = pd.read_csv(Path(dest)/'failures.csv')
-        for r in f.head(5).itertuples(): print(f'  failed {r.study_id}/{r.series_id}: {r.file}: {r.reason}')
-        if len(f) > 5: print(f'  ... and {len(f) - 5} more in {Path(dest)/"failures.csv"}')
+    _summary(idx, Path(dest), time.perf_counter() - t0)
     if a['converted'] + a['skipped'] + a['failed'] == 0:
         print(f'lsdc convert: nothing could be read: no {descriptions} series in the {split} split of {data}', file=sys.stderr); return 2
     if a['converted'] + a['skipped'] == 0:
