@@ -139,7 +139,7 @@ def plot_reliability(preds:pd.DataFrame, # study_id, column, grade (true), raw `
                     label=f'{tag} (ECE {expected_calibration_error(p, y[m], n_bins):.3f})')
         ax.set(title=CONDITION_NAMES[c].replace(' Narrowing', '').replace(' Stenosis', ''), xlim=(0, 1), ylim=(0, 1),
                xlabel='confidence of the predicted grade')
-        ax.legend(fontsize=7, loc='upper left')
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7, loc='upper left')
     axs[0].set_ylabel('accuracy')
     with atomic_path(fname) as tmp: fig.savefig(tmp, format='png', dpi=90)
     return fname

@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/cli.html.md"""
 
 # %% ../nbs/09_cli.ipynb #0fc77049
 from __future__ import annotations
-import sys, importlib
+import sys, importlib, warnings
 from fastcore.script import anno_parser
 
 # %% auto #0
@@ -45,6 +45,8 @@ def main(argv:list|None=None):
     if cmd not in cmds:
         print(f"lsdc: unknown sub-command {cmd!r}\n\n{usage()}", file=sys.stderr); return 2
     mod, fn, _ = cmds[cmd]
+    # torch warns on import (through fastai) that `torch.jit.script` is deprecated: nothing a user of lsdc can act on
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     f = getattr(importlib.import_module(mod), fn)
     kw = vars(anno_parser(getattr(f, '__wrapped__', f), prog=f'lsdc {cmd}').parse_args(rest))
     for k in ('pdb', 'xtra'): kw.pop(k, None)

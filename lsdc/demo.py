@@ -78,8 +78,10 @@ def run_pipeline(data,                   # Kaggle-layout data folder
         warnings.simplefilter('ignore', UserWarning)
         write_reports(sub, conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab, series=series,
                       coords=d.coords, progress=False)
+    cal = pd.read_csv(out/'calibration.csv')
     summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'),
-                   mean_valid_accuracy=float(evaluation.accuracy.mean()))
+                   mean_valid_accuracy=float(evaluation.accuracy.mean()),
+                   valid_calibration=cal[cal.level == 'condition'].drop(columns='level').to_dict('records'))
     write_json(summary, out/'summary.json')
     return summary
 
@@ -94,6 +96,11 @@ def format_summary(s:dict) -> str:
              f"  evaluation          {s['evaluation']}  (mean validation accuracy {s['mean_valid_accuracy']:.3f}), {out/'confusion_matrices.png'}",
              f"  calibration         {out/'calibration.csv'}, {out/'reliability.png'}",
              f"  reports             {s['reports']}"]
+    if s.get('valid_calibration') and s.get('calibration') != 'none':
+        lines += ['', 'validation studies, raw -> calibrated (the temperatures were fitted on them: optimistic):',
+                  f"{'condition':<34}{'log loss':>20}{'ECE':>18}"]
+        lines += [f"{r['name']:<34}{r['log_loss_raw']:>9.4f} -> {r['log_loss']:<7.4f}{r['ece_raw']:>8.3f} -> {r['ece']:<6.3f}"
+                  for r in s['valid_calibration']]
     if 'score_raw' in s:
         lines += ['', 'the same learners on the test studies, raw and calibrated (weighted log loss, lower is better):',
                   f"{'term':<20}{'raw':>8}{'calibrated':>12}{'ratio':>8}"]

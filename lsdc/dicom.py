@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from fastcore.parallel import parallel as fc_parallel
 from fastcore.script import call_parse
+from fastcore.imports import IN_NOTEBOOK
 from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv
 from .files import INDEX_COLUMNS, FAILURE_COLUMNS
 from .data import DataError, load_rsna, series_table
@@ -538,7 +539,8 @@ def plan_conversion(table:pd.DataFrame,       # series (`lsdc.data.series_table`
         rel = f'{sid}/{rid}.png'
         why, info = _why(dest/rel, Path(r.folder), params) if resume else ('overwrite', None)
         if info is not None: done.append(JobResult((sid, rid), info=info, skipped=True))
-        else: jobs.append(ConvertJob(sid, rid, r.series_description, str(r.folder), str(dest/rel), rel, opts, why))
+        else: jobs.append(ConvertJob(study_id=sid, series_id=rid, series_description=r.series_description, folder=str(r.folder),
+                                     png=str(dest/rel), rel=rel, opts=opts, why=why))
     return ConvertPlan(done, jobs)
 
 # %% ../nbs/03_dicom.ipynb #d7301e91
@@ -566,13 +568,14 @@ def _check_parallel(parallel:str):
 def run_jobs(jobs:list,              # `ConvertJob`s
              n_workers:int=1,        # parallel workers (0 or 1: serial; fewer than 4 jobs run serially too)
              parallel:str='process', # 'process' or 'thread'
-             progress:bool=False,    # show a progress bar
+             progress:bool=False,    # show a progress bar (in a terminal or a notebook only)
             ) -> list:
     "The `JobResult` of each job, converted in parallel, with the workers' warnings raised again here"
     _check_parallel(parallel)
     if not jobs: return []
     n = 0 if n_workers <= 1 or len(jobs) < 4 else n_workers
     method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
+    progress = progress and (sys.stdout.isatty() or IN_NOTEBOOK)   # a bar redrawn in a log file is one endless line
     res = fc_parallel(_convert_job, jobs, n_workers=n, threadpool=parallel == 'thread', method=method, progress=progress,
                       chunksize=max(1, min(8, len(jobs) // (4 * max(n, 1)))))
     for r in res:
