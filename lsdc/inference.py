@@ -6,8 +6,9 @@ Docs: https://lsdc-dev.github.io/lsdc/inference.html.md"""
 
 # %% ../nbs/06_inference.ipynb #bb48184b
 from __future__ import annotations
-import time, warnings
+import json, sys, time, warnings
 from pathlib import Path
+from typing import NamedTuple
 import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse
 from fastai.learner import load_learner
@@ -16,37 +17,50 @@ from .files import (ModelIntegrityError, file_sha256, read_index, read_manifest,
                         write_result)
 from .calibration import (Calibration, metric_factors, fit_calibration, calibrated_loss, expected_calibration_error,
                               plot_reliability)
-from .learners import collect_results
+from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock
 from .sampling import pick_images
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
-__all__ = ['verified_pickle', 'load_column_learner', 'column_priors', 'predict_images', 'to_grade_order', 'column_calibration',
-           'predict_columns', 'to_submission', 'predict', 'predict_cli', 'validation_predictions', 'fit_calibrations',
+__all__ = ['UNTRAINED', 'verified_file', 'load_column_learner', 'column_priors', 'predict_images', 'to_grade_order',
+           'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks', 'predict_columns', 'to_submission',
+           'sweep_temp_files', 'predict', 'predict_cli', 'validation_predictions', 'fit_calibrations',
            'calibrate_models', 'calibration_table', 'evaluate_models', 'calibrate_cli']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
-def verified_pickle(models, col:str, manifest:dict|None=None) -> Path:
-    "The pickle of `col` after checking it against the manifest; `ModelIntegrityError` otherwise"
+def _old_folder(models, col:str) -> str:
+    return (f"{Path(models)/'manifest.json'}: {col} has no safetensors weights (a models folder written before lsdc "
+            f"exported them); re-export them from pickles you trust with `lsdc.learners.reexport_safe('{models}')`, or, "
+            f"if you trust whoever made the pickles, load them with --trust-pickles (trust_pickles=True)")
+
+def verified_file(models, col:str, kind:str='pickle', manifest:dict|None=None) -> Path:
+    "The `kind` file of `col` ('pickle', 'safetensors' or 'config') after checking it against the manifest; `ModelIntegrityError` otherwise"
     models = Path(models)
     manifest = read_manifest(models) if manifest is None else manifest
     entry = manifest.get('columns', {}).get(col)
     if entry is None: raise ModelIntegrityError(f"{models/'manifest.json'}: {col} is not listed; refusing to load an unlisted model")
-    fn = models/entry.get('pickle', f'{col}.pkl')
+    name = entry.get(kind) or (f'{col}.pkl' if kind == 'pickle' else None)
+    if name is None: raise ModelIntegrityError(_old_folder(models, col))
+    fn, verb = models/name, 'unpickle' if kind == 'pickle' else 'load'
     if fn.resolve().parent != models.resolve(): raise ModelIntegrityError(f"{fn}: outside the models folder {models}")
     if not fn.exists(): raise ModelIntegrityError(f"{fn}: listed in the manifest but missing")
-    got = file_sha256(fn)
-    if got != entry.get('sha256'):
-        raise ModelIntegrityError(f"{fn}: SHA-256 {got[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}...; refusing to unpickle it")
+    got, want = file_sha256(fn), str(entry.get(MODEL_FILES[kind]))
+    if got != want: raise ModelIntegrityError(f"{fn}: SHA-256 {got[:12]}... does not match the manifest's {want[:12]}...; refusing to {verb} it")
     return fn
 
-def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=None):
-    "Load the verified learner of `col` (on the CPU unless CUDA is available)"
-    fn = verified_pickle(models, col, manifest)
+def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=None,
+                        trust_pickles:bool=False, # load the pickle (runs its code!) instead of the safetensors and config
+                       ):
+    "The learner of `col` from its verified safetensors and config; or, with `trust_pickles`, from its verified pickle"
     cpu = not torch.cuda.is_available() if cpu is None else cpu
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)
-        return load_learner(fn, cpu=cpu)
+    manifest = read_manifest(models) if manifest is None else manifest
+    if trust_pickles:
+        fn = verified_file(models, col, 'pickle', manifest)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)   # fastai's reminder that pickles run code: the caller chose to trust it
+            return load_learner(fn, cpu=cpu)
+    st, cfg = (verified_file(models, col, k, manifest) for k in ('safetensors', 'config'))
+    return learner_from_config(json.loads(cfg.read_text()), st, cpu=cpu)
 
 # %% ../nbs/06_inference.ipynb #5fc49276
 def _counts_prior(counts:dict, floor:float) -> np.ndarray|None:
@@ -104,8 +118,49 @@ def column_calibration(manifest:dict, col:str, calibration:str='auto') -> Calibr
     if calibration == 'none': return Calibration()
     return Calibration.from_dict(manifest.get('columns', {}).get(col, {}).get('calibration'))
 
+# %% ../nbs/06_inference.ipynb #3d780640
+UNTRAINED = 'prior: no trained model'   # the `source` of a column without a trained model
+
+def _many(n:int, what:str, whats:str|None=None) -> str: return f"{n} {what if n == 1 else whats or what + 's'}"
+
+def column_list(cols) -> str:
+    "Label columns in few words: each condition with its levels"
+    by = {}
+    for c in cols: k, l = split_column(c); by.setdefault(k, []).append(LEVEL_NAMES[l])
+    return '; '.join(f"{k} {', '.join(v)}" for k, v in by.items())
+
+class PriorFallback(NamedTuple):
+    "How many predictions came from the prior: for lack of a series, for lack of a model"
+    studies: int = 0         # studies with a missing series
+    series: int = 0          # their missing series
+    study_columns: int = 0   # study-columns from the prior for lack of their series
+    untrained: int = 0       # columns without a trained model
+    untrained_rows: int = 0  # study-columns from the prior for lack of a model
+    @property
+    def n(self) -> int: return self.study_columns + self.untrained_rows
+    def __str__(self) -> str:
+        said = [f"{_many(self.study_columns, 'study-column')} of {_many(self.studies, 'study', 'studies')} "
+                f"({_many(self.series, 'series', 'series')} missing or failed to convert)"] * bool(self.study_columns)
+        said += [f"{_many(self.untrained_rows, 'study-column')} of {_many(self.untrained, 'untrained column')}"] * bool(self.untrained)
+        return 'from the prior: ' + (' and '.join(said) or 'none')
+
+def prior_fallbacks(preds:pd.DataFrame, # long predictions (`predict_columns`)
+                    warn:bool=False,    # also warn: once for the untrained columns, once per study and missing series
+                   ) -> PriorFallback:
+    "Count the predictions that came from the prior (and with `warn`, say which)"
+    unt = preds[preds.source == UNTRAINED]
+    lost = preds[preds.source.str.startswith('prior: ') & (preds.source != UNTRAINED)]
+    if warn and len(unt):
+        cols = list(dict.fromkeys(unt.column))
+        warnings.warn(f"{_many(len(cols), 'column')} without a trained model; every study gets their prior: {column_list(cols)}")
+    groups = lost.groupby(['study_id', 'source'], sort=True)
+    for (sid, why), g in groups if warn else ():
+        warnings.warn(f"study {sid}: {why.removeprefix('prior: ')} (missing, or it failed to convert); "
+                      f"{_many(len(g), 'column')} from the prior: {column_list(g.column)}")
+    return PriorFallback(lost.study_id.nunique(), groups.ngroups, len(lost), unt.column.nunique(), len(unt))
+
 # %% ../nbs/06_inference.ipynb #b910f67e
-def predict_columns(models,               # models folder (manifest.json, one pickle per column)
+def predict_columns(models,               # models folder (manifest.json, each column's model files)
                     index:pd.DataFrame,   # conversion index with absolute `image` paths (`lsdc.files.read_index`)
                     study_ids,            # the studies to predict
                     columns=None,         # label columns (default all 25)
@@ -113,6 +168,7 @@ def predict_columns(models,               # models folder (manifest.json, one pi
                     bs:int=64,            # batch size
                     calibration:str='auto', # 'auto': each column's calibration from the manifest; 'none': raw outputs
                     progress:bool=True,   # print a line per column
+                    trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
                    ) -> pd.DataFrame:
     "Long predictions: study_id, column, normal_mild, moderate, severe, source ('model' or 'prior: why')"
     _check_calibration(calibration)
@@ -124,17 +180,13 @@ def predict_columns(models,               # models folder (manifest.json, one pi
     for k, col in enumerate(cols := list(LABEL_COLUMNS) if columns is None else list(columns), 1):
         t0 = time.perf_counter()
         probs = np.tile(priors.loc[col].to_numpy(float), (len(sids), 1))
-        source = np.array(['prior: no trained model'] * len(sids), dtype=object)
-        if col not in series: warnings.warn(f"{col}: no trained model in {models}; every study gets the column's prior")
-        else:
+        source = np.array([UNTRAINED] * len(sids), dtype=object)
+        if col in series:
             imgs = pick_images(index, series[col]).set_index('study_id').image
             have = [i for i, s in enumerate(sids) if s in imgs.index]
-            lost = [s for s in sids if s not in imgs.index]
-            if lost: warnings.warn(f"{col}: no converted {series[col]} image for {len(lost)} studies ({', '.join(map(str, lost[:5]))}"
-                                   f"{'...' if len(lost) > 5 else ''}); they get the column's prior")
             source[:] = f'prior: no {series[col]} image'
             if have:
-                learn = load_column_learner(models, col, manifest)
+                learn = load_column_learner(models, col, manifest, trust_pickles=trust_pickles)
                 raw = to_grade_order(predict_images(learn, [imgs[sids[i]] for i in have], bs=bs), learn.dls.vocab)
                 probs[have] = column_calibration(manifest, col, calibration).apply(raw)
                 source[have] = 'model'
@@ -142,7 +194,9 @@ def predict_columns(models,               # models folder (manifest.json, one pi
         out.append(pd.DataFrame({'study_id': sids, 'column': col, **dict(zip(GRADE_KEYS, probs.T)), 'source': source}))
         if progress: print(f"[{k}/{len(cols)}] {col}: {int((source == 'model').sum())} studies by model, "
                            f"{int((source != 'model').sum())} by prior, {time.perf_counter() - t0:.1f} s", flush=True)
-    return pd.concat(out, ignore_index=True)
+    preds = pd.concat(out, ignore_index=True)
+    prior_fallbacks(preds, warn=True)   # once per missing series of a study, naming the columns it affects
+    return preds
 
 # %% ../nbs/06_inference.ipynb #e094277b
 def to_submission(preds:pd.DataFrame,   # long predictions (`predict_columns`)
@@ -178,6 +232,15 @@ def _submission_rows(d, split:str) -> tuple[list, list]:
     sids = sorted(d.series(split).study_id.unique())
     return sids, [r for s in sids for r in study_row_ids(s)]
 
+# %% ../nbs/06_inference.ipynb #75a3be8d
+def sweep_temp_files(*dests) -> list[Path]:
+    "Remove the temporary files a killed run left beside `dests` (`.NAME.*.tmp`, see `lsdc.core.atomic_path`)"
+    gone = []
+    for d in map(Path, dests):
+        if d.parent.is_dir(): gone += [p for p in d.parent.iterdir() if p.name.startswith(f'.{d.name}.') and p.name.endswith('.tmp')]
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
+
 # %% ../nbs/06_inference.ipynb #cf14cad3
 def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNAData`
             models,               # models folder
@@ -188,27 +251,30 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
             n_workers:int|None=None, # conversion workers
             calibration:str='auto', # 'auto': each column's fitted calibration (manifest); 'none': the raw outputs
             progress:bool=True,   # progress lines
+            trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
            ) -> pd.DataFrame:
-    "Convert the test studies, predict every study and column, and write the submission"
+    "Convert the test studies, predict every study and column, and write the submission (its `attrs['prior']`: `PriorFallback`)"
     from lsdc.data import load_rsna
     from lsdc.dicom import convert_dataset
     t0 = time.perf_counter()
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
     out = Path(out)
+    sources = out.parent/f'{out.stem}_sources.csv'
+    sweep_temp_files(out, sources)
     converted = Path(converted) if converted is not None else out.parent/f'{out.stem}_png'
     descs = sorted(set(manifest_series(read_manifest(models)).values())) or list(SAGITTAL)
     convert_dataset(d, converted, split=split, descriptions=descs, n_workers=n_workers, progress=progress)
     sids, row_ids = _submission_rows(d, split)
     priors = column_priors(models, labels=_prior_labels(d))
     preds = predict_columns(models, read_index(converted), sids, priors=priors, bs=bs, calibration=calibration,
-                            progress=progress)
+                            progress=progress, trust_pickles=trust_pickles)
     sub = to_submission(preds, row_ids, priors=priors)
     write_csv(sub, out, float_format='%.6f')
-    write_csv(preds, out.parent/f'{out.stem}_sources.csv', float_format='%.6f')
+    write_csv(preds, sources, float_format='%.6f')
+    sub.attrs['prior'] = fb = prior_fallbacks(preds)
     if progress:
-        n_prior, s = int((preds.source != 'model').sum()), time.perf_counter() - t0
-        print(f"wrote {out}: {len(sub)} rows for {len(sids)} studies ({n_prior} study-columns from the prior) "
-              f"in {s:.1f} s ({s/max(len(sids), 1):.2f} s per study)")
+        s = time.perf_counter() - t0
+        print(f"wrote {out}: {len(sub)} rows for {len(sids)} studies in {s:.1f} s ({s/max(len(sids), 1):.2f} s per study); {fb}")
     return sub
 
 # %% ../nbs/06_inference.ipynb #276999a9
@@ -221,20 +287,26 @@ def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
                 bs:int=64,           # batch size
                 workers:int=None,    # conversion workers
                 calibration:str='auto', # 'auto': the calibration fitted on the validation studies; 'none': raw outputs
+                strict:bool=False,   # exit with 1 when any prediction came from the prior (the submission is still written)
+                trust_pickles:bool=False, # load the pickles, which run code: only for a models folder you trust
                ):
     "Write a Kaggle submission from trained per-column learners"
-    try: predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers, calibration=calibration)
+    try: sub = predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers, calibration=calibration,
+                       trust_pickles=trust_pickles)
     except (ModelIntegrityError, FileNotFoundError, ValueError) as e:
         print(f'lsdc predict: {e}'); return 1
+    if strict and sub.attrs['prior'].n:
+        print(f"lsdc predict: --strict: {sub.attrs['prior']}", file=sys.stderr); return 1
     return 0
 
 # %% ../nbs/06_inference.ipynb #0b26c8d4
-def validation_predictions(models,              # models folder (manifest.json, split.csv, pickles)
+def validation_predictions(models,              # models folder (manifest.json, split.csv, model files)
                            converted,           # conversion folder of the training studies (index.csv)
                            labels:pd.DataFrame, # train.csv-style true grades
                            columns=None,        # label columns (default: every trained column)
                            bs:int=64,           # batch size
                            calibration:str='auto', # calibrated columns: 'auto' (the manifest's) or 'none' (= raw)
+                           trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
                           ) -> pd.DataFrame:
     "Every column's validation studies with their true grade: study_id, column, grade, raw_* and calibrated probabilities"
     models = Path(models)
@@ -252,7 +324,7 @@ def validation_predictions(models,              # models folder (manifest.json, 
         if lost: warnings.warn(f"{col}: {len(lost)} validation studies have no image or label here ({lost[:5]}); not evaluated")
         ids = [s for s in ids if s not in lost]
         if not ids: continue
-        learn = load_column_learner(models, col, manifest)
+        learn = load_column_learner(models, col, manifest, trust_pickles=trust_pickles)
         raw = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs=bs), learn.dls.vocab)
         cal = column_calibration(manifest, col, calibration).apply(raw)
         out.append(pd.DataFrame({'study_id': ids, 'column': col, 'grade': lab.loc[ids, col].to_numpy(),
@@ -288,12 +360,15 @@ def calibrate_models(models,              # models folder (trained columns, spli
                      labels:pd.DataFrame, # train.csv-style true grades
                      scope:str='condition', # one temperature per 'condition' (five levels pooled) or per 'column'
                      bs:int=64,           # batch size
+                     trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
                     ) -> pd.DataFrame:
     "Fit every trained column's calibration on its validation studies; records and manifest updated; a row per column"
-    preds, recs = validation_predictions(models, converted, labels, bs=bs, calibration='none'), read_results(models)
-    cals = fit_calibrations(preds, recs, scope=scope)
-    for c, cal in cals.items(): write_result(models, {**recs[c], 'calibration': cal.to_dict()})
-    collect_results(models, plots=False)
+    preds = validation_predictions(models, converted, labels, bs=bs, calibration='none', trust_pickles=trust_pickles)
+    with models_lock(models):   # it writes records and the manifest, as training does
+        recs = read_results(models)
+        cals = fit_calibrations(preds, recs, scope=scope)
+        for c, cal in cals.items(): write_result(models, {**recs[c], 'calibration': cal.to_dict()})
+        collect_results(models, plots=False)
     return pd.DataFrame([dict(column=c, scope=k.scope, temperature=k.temperature, shift=k.factors is not None,
                               valid_loss_raw=k.valid_loss_raw, valid_loss=k.valid_loss) for c, k in cals.items()])
 
@@ -317,10 +392,11 @@ def evaluate_models(models,              # models folder
                     labels:pd.DataFrame, # train.csv-style true grades
                     out=None,            # folder for the evaluation files (default: `models`)
                     bs:int=64,           # batch size
+                    trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
                    ) -> pd.DataFrame:
     "Evaluate every trained column on its validation studies; the metrics table (one row per column), written to `out` with the calibration files"
     out = Path(models if out is None else out)
-    preds = validation_predictions(models, converted, labels, bs=bs)
+    preds = validation_predictions(models, converted, labels, bs=bs, trust_pickles=trust_pickles)
     ev = evaluate(preds[['study_id', 'column', 'grade', *GRADE_KEYS]])
     write_csv(preds, out/'validation_predictions.csv', float_format='%.6f')
     write_csv(ev, out/'evaluation.csv', float_format='%.6f')
@@ -336,10 +412,12 @@ def calibrate_cli(models:str,              # models folder (from `lsdc train`)
                   data:str=None,           # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
                   scope:str='condition',   # one temperature per 'condition' (its five levels pooled) or per 'column'
                   bs:int=64,               # batch size
+                  trust_pickles:bool=False,# load the pickles, which run code: only for a models folder you trust
                  ) -> int:
     "Fit the calibration of every trained column on its validation studies (after all shards are done)"
     from lsdc.data import load_rsna
-    try: df = calibrate_models(models, converted, load_rsna(data, splits=('train',), check_images=False).train, scope=scope, bs=bs)
+    try: df = calibrate_models(models, converted, load_rsna(data, splits=('train',), check_images=False).train, scope=scope, bs=bs,
+                               trust_pickles=trust_pickles)
     except (ModelIntegrityError, FileNotFoundError, ValueError) as e:
         print(f'lsdc calibrate: {e}'); return 1
     print(df.to_string(index=False))

@@ -6,34 +6,39 @@ Docs: https://lsdc-dev.github.io/lsdc/learners.html.md"""
 
 # %% ../nbs/05_learners.ipynb #c628e9a3
 from __future__ import annotations
-import argparse, contextlib, inspect, io, logging, math, os, shutil, sys, tempfile, time, traceback
+import argparse, contextlib, inspect, io, json, logging, math, os, shutil, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 from typing import Annotated, Callable, NamedTuple
 import numpy as np, pandas as pd, torch, torchvision
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file, load_file
 from fastcore.script import call_parse
 from fastcore.meta import delegates
 from fastcore.imports import IN_NOTEBOOK
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, ColReader, ColSplitter, IndexSplitter,
                                Resize, ResizeMethod, aug_transforms, Normalize, imagenet_stats, Learner, vision_learner,
-                               CrossEntropyLossFlat,
+                               CrossEntropyLossFlat, ToTensor, IntToFloatTensor, AffineCoordTfm, load_learner,
                                create_body, model_meta, accuracy, AccumMetric, Callback, EarlyStoppingCallback,
                                SaveModelCallback, set_seed, minimum, steep, valley, slide)
 from fastai.metrics import ActivationType
+try: import fcntl   # the models folder's lock (POSIX); without it, a killed run's leftovers are not swept
+except ImportError: fcntl = None
 from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
 from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
                        torch_worker_init)
-from .files import (read_index, file_sha256, now, write_json, result_file, write_result, read_results)
+from .files import (ModelIntegrityError, read_index, file_sha256, now, write_json, result_file, write_result, read_results)
 from .sampling import pick_images, training_table, split_frame, write_splits
 
 # %% auto #0
-__all__ = ['log', 'SUGGEST_FUNCS', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss',
-           'grade_dls', 'resolve_arch', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets',
-           'masked_grade_loss', 'pretrain_body', 'find_lrs', 'EpochLog', 'fit_once', 'Schedule',
-           'epoch_threshold_train', 'export_learner', 'train_column', 'column_done', 'results_table', 'manifest',
-           'plot_results', 'collect_results', 'parse_columns', 'shard_columns', 'ColumnJob', 'train_columns',
-           'train_cli']
+__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES', 'LOCK_FILE', 'SERIES_MAPS',
+           'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch', 'arch_name',
+           'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss', 'pretrain_body', 'find_lrs',
+           'EpochLog', 'fit_once', 'Schedule', 'epoch_threshold_train', 'export_learner', 'train_column',
+           'test_time_tfms', 'learner_config', 'export_safe', 'learner_from_config', 'column_done', 'results_table',
+           'manifest', 'plot_results', 'collect_results', 'sweep_leftovers', 'models_lock', 'reexport_safe',
+           'parse_columns', 'shard_columns', 'ColumnJob', 'train_columns', 'train_cli']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -54,6 +59,14 @@ def WeightedLogLoss() -> AccumMetric:
                        flatten=False, name='weighted_log_loss')
 
 # %% ../nbs/05_learners.ipynb #85e3acd5
+def grade_block(item_tfms=None,         # item transforms (e.g. `Resize(size)`)
+                batch_tfms=None,        # batch transforms (e.g. augmentation, `Normalize`)
+                vocab=GRADES,           # the classes, in output order
+               ) -> DataBlock:
+    "The `DataBlock` of a label column: `image` path -> `label` among `vocab` (unsorted), split by `is_valid`"
+    return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(vocab), sort=False)), get_x=ColReader('image'),
+                     get_y=ColReader('label'), splitter=ColSplitter('is_valid'), item_tfms=item_tfms, batch_tfms=batch_tfms)
+
 def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `label`, `is_valid`
               size:int=256,             # images are resized to `size` x `size`
               bs:int=64,                # batch size (capped by the training size)
@@ -67,9 +80,7 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
     if num_workers is None: num_workers = min(8, os.cpu_count() or 1) if device.type == 'cuda' else 0
     n_train = int((~table.is_valid.astype(bool)).sum())
     if n_train < 2: raise ValueError(f"need at least 2 training images, got {n_train}")
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(GRADES), sort=False)),
-                       get_x=ColReader('image'), get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
-                       item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
+    dblock = grade_block(item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
     return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
 
 # %% ../nbs/05_learners.ipynb #2e7bd023
@@ -378,7 +389,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                  progress:bool=True,        # fastai progress bars
                  **kwargs,                  # `fit_once`'s and `make_learner`'s options: arch, pretrained, weights, train_bn, ...
                 ) -> dict:
-    "Train one column's learner, export its pickle and return its record"
+    "Train one column's learner, export its pickle, safetensors and config, and return its record"
     col, models = info['column'], Path(models)
     work = models/'_work'/col
     work.mkdir(parents=True, exist_ok=True)
@@ -394,9 +405,90 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
         trainer = lambda epochs: fit_once(dls, epochs, lrs['lr'], path=work, seed=seed, progress=progress, **kwargs)
         kept, attempts, convergence = epoch_threshold_train(trainer, schedule)
         pkl = export_learner(kept['learn'], models/f'{col}.pkl')
+        safe = export_safe(kept['learn'], models, col)
     finally: shutil.rmtree(work, ignore_errors=True)
     rec = _column_record(info, kept, attempts, convergence, lrs, settings={**_LEARNER_OPTIONS, **kwargs, 'size': size, 'aug': aug})
-    return {**rec, 'seconds': time.perf_counter() - t0, 'pickle': pkl.name, 'sha256': file_sha256(pkl)}
+    return {**rec, 'seconds': time.perf_counter() - t0, 'pickle': pkl.name, 'sha256': file_sha256(pkl), **safe}
+
+# %% ../nbs/05_learners.ipynb #26aa43dd
+def _describe_tfm(t) -> dict:
+    "A test-time transform as JSON data"
+    if isinstance(t, Resize): return dict(name='Resize', size=list(t.size), method=str(t.method), pad_mode=str(t.pad_mode),
+                                          resamples=[int(t.mode), int(t.mode_mask)])
+    if isinstance(t, ToTensor): return dict(name='ToTensor')
+    if isinstance(t, IntToFloatTensor): return dict(name='IntToFloatTensor', div=float(t.div), div_mask=float(t.div_mask))
+    if isinstance(t, Normalize): return dict(name='Normalize', mean=t.mean.flatten().tolist(), std=t.std.flatten().tolist())
+    if isinstance(t, AffineCoordTfm):   # at test time only its resampling runs, with no affine or coordinate change
+        return dict(name='AffineCoordTfm', size=t.size, mode=str(t.mode), pad_mode=str(t.pad_mode), align_corners=t.align_corners)
+    raise ValueError(f"{type(t).__name__}: a test-time transform that lsdc cannot describe; only the pickle can hold this learner")
+
+def _tfm_from(d:dict):
+    "The transform a `_describe_tfm` entry describes"
+    n, k = d['name'], {a: v for a, v in d.items() if a != 'name'}
+    if n == 'Resize': return Resize(tuple(k['size']), method=k['method'], pad_mode=k['pad_mode'],
+                                    resamples=tuple(Image.Resampling(v) for v in k['resamples']))
+    if n == 'ToTensor': return ToTensor()
+    if n == 'IntToFloatTensor': return IntToFloatTensor(div=k['div'], div_mask=k['div_mask'])
+    if n == 'Normalize': return Normalize.from_stats(k['mean'], k['std'], cuda=False)
+    if n == 'AffineCoordTfm': return AffineCoordTfm(size=k['size'], mode=k['mode'], pad_mode=k['pad_mode'], align_corners=k['align_corners'])
+    raise ValueError(f"unknown transform {n!r}")
+
+def test_time_tfms(dls) -> dict:
+    "`{'item': [...], 'batch': [...]}`: the transforms of `dls` that apply at test time, as JSON data"
+    v = dls.valid
+    if [t for t in v.before_batch.fs if t.split_idx in (None, 1)]: raise ValueError("before_batch transforms cannot be described")
+    return {k: json.loads(json.dumps([_describe_tfm(t) for t in p.fs if t.split_idx in (None, 1)]))
+            for k, p in (('item', v.after_item), ('batch', v.after_batch))}
+
+# %% ../nbs/05_learners.ipynb #f49d858c
+CONFIG_FORMAT = 'lsdc.learner/1'   # the `format` of a learner config; another value is refused
+
+def learner_config(learn, column:str|None=None) -> dict:
+    "What rebuilds `learn` around its state dict: architecture, classes, image size, test-time transforms, loss weights"
+    tfms = test_time_tfms(learn.dls)
+    size = next((t['size'] for t in tfms['item'] if t['name'] == 'Resize'), None)
+    w = getattr(getattr(learn.loss_func, 'func', None), 'weight', None)
+    return dict(format=CONFIG_FORMAT, column=column, architecture=arch_name(learn.arch), n_out=int(learn.n_out),
+                classes=[str(v) for v in learn.dls.vocab], image_size=size[0] if size and size[0] == size[1] else size,
+                item_tfms=tfms['item'], batch_tfms=tfms['batch'], class_weights=None if w is None else w.tolist(),
+                lsdc_version=__version__)
+
+def export_safe(learn, models, col:str) -> dict:
+    "Write `{col}.safetensors` (the state dict, float32, contiguous) and `{col}.json` (its config) atomically; their names and SHA-256"
+    models = Path(models)
+    cfg = learner_config(learn, col)
+    try: resolve_arch(cfg['architecture'])
+    except ValueError as e: log.warning("%s: %s; only its pickle can be loaded", col, e)
+    sd = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    st = models/f'{col}.safetensors'
+    with atomic_path(st) as tmp: save_file(sd, tmp, metadata={'format': 'pt'})   # one key: the header's order is fixed
+    js = write_json(cfg, models/f'{col}.json')
+    return dict(safetensors=st.name, safetensors_sha256=file_sha256(st), config=js.name, config_sha256=file_sha256(js))
+
+# %% ../nbs/05_learners.ipynb #c77e796f
+def learner_from_config(config:dict,  # from `learner_config` (a `{column}.json`)
+                        weights,      # its `{column}.safetensors`
+                        cpu:bool=True,# on the CPU, else on CUDA
+                       ):
+    "The learner `config` describes, holding the state dict of `weights`; nothing is unpickled"
+    if config.get('format') != CONFIG_FORMAT: raise ValueError(f"not a learner config of this lsdc ({config.get('format')!r}, want {CONFIG_FORMAT!r})")
+    device, classes = torch.device('cpu' if cpu else 'cuda'), list(config['classes'])
+    blank = Image.new('RGB', (8, 8))
+    table = pd.DataFrame({'image': [blank, blank], 'label': classes[0], 'is_valid': [False, True]})
+    block = grade_block(item_tfms=[_tfm_from(d) for d in config['item_tfms']],
+                        batch_tfms=[_tfm_from(d) for d in config['batch_tfms']], vocab=classes)
+    dls = block.dataloaders(table, bs=1, num_workers=0, device=device)
+    w = config.get('class_weights')
+    loss = None if w is None else CrossEntropyLossFlat(weight=torch.tensor(w, dtype=torch.float, device=device))
+    with torch.random.fork_rng(devices=[]):   # the head's random initialisation (overwritten below) leaves the caller's seed alone
+        learn = vision_learner(dls, resolve_arch(config['architecture']), normalize=False, pretrained=False,
+                               n_out=config['n_out'], loss_func=loss, path=Path(weights).parent)
+    try: learn.model.load_state_dict(load_file(weights), strict=True)
+    except RuntimeError as e: raise ValueError(f"{weights}: does not fit a {config['architecture']} learner ({str(e)[:300]})") from e
+    learn.model.to(device).eval()
+    if test_time_tfms(dls) != {'item': config['item_tfms'], 'batch': config['batch_tfms']}:
+        raise ValueError(f"{weights}: the rebuilt learner's transforms differ from its config's")
+    return learn
 
 # %% ../nbs/05_learners.ipynb #571ff635
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
@@ -405,14 +497,23 @@ RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_v
 MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'balance', 'pretrained', 'augmentation', 'n_train',
                  'n_train_upsampled', 'n_valid', 'n_missing_series', 'train_counts', 'train_counts_upsampled', 'lr_minimum',
                  'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence', 'valid_accuracy', 'valid_log_loss',
-                 'calibration', 'pickle', 'sha256', 'finished')
+                 'calibration', 'pickle', 'sha256', 'safetensors', 'safetensors_sha256', 'config', 'config_sha256', 'finished')
+MODEL_FILES = {'pickle': 'sha256', 'safetensors': 'safetensors_sha256', 'config': 'config_sha256'}  # file key: its SHA-256 key
+
+def _record(models, col:str) -> dict:
+    "The record of `col`, or {} when it has none or it does not parse (with a warning naming the file)"
+    fn = result_file(models, col)
+    if not fn.exists(): return {}
+    try: return json.loads(fn.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s: unreadable record (%s); %s counts as not trained", fn, e, col); return {}
 
 def column_done(models, col:str) -> bool:
-    "True when `col` has a pickle whose SHA-256 matches its successful record"
-    pkl = Path(models)/f'{col}.pkl'
-    if not (pkl.exists() and result_file(models, col).exists()): return False
-    r = read_results(models).get(col, {})
-    return r.get('status') == 'ok' and r.get('sha256') == file_sha256(pkl)
+    "True when `col`'s record says it trained and every model file it lists is there with its SHA-256"
+    r, models = _record(models, col), Path(models)
+    files = [(models/r[k], r.get(h)) for k, h in MODEL_FILES.items() if r.get(k)]   # older records list no safetensors
+    return (r.get('status') == 'ok' and bool(r.get('pickle'))
+            and all(fn.is_file() and file_sha256(fn) == h for fn, h in files))
 
 def results_table(records:dict) -> pd.DataFrame:
     "One row per column: accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
@@ -459,6 +560,49 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
     splits = [pd.read_csv(fn) for fn in sorted((models/'splits').glob('*.csv'))]
     if splits: write_splits(splits, models/'split.csv')
     return df
+
+# %% ../nbs/05_learners.ipynb #a3da14ea
+LOCK_FILE = '.lsdc.lock'
+
+def sweep_leftovers(models) -> list[Path]:
+    "Remove what a killed run left in a models folder: temporary files (`.*.tmp`) and the `_work` folder; what was removed"
+    models = Path(models)
+    gone = [p for p in models.rglob('.*.tmp') if p.is_file()]
+    for p in gone: p.unlink(missing_ok=True)
+    if (models/'_work').is_dir(): shutil.rmtree(models/'_work', ignore_errors=True); gone.append(models/'_work')
+    return gone
+
+@contextlib.contextmanager
+def models_lock(models):
+    "Write into `models` alongside other processes; the first one in sweeps a killed run's leftovers"
+    models = Path(models); models.mkdir(parents=True, exist_ok=True)
+    with open(models/LOCK_FILE, 'a') as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # alone here: whatever is half-written is a leftover
+                if gone := sweep_leftovers(models): log.info("%s: removed %d leftovers of an interrupted run", models, len(gone))
+            except BlockingIOError: pass                         # another process writes here: its files are not leftovers
+            fcntl.flock(f, fcntl.LOCK_SH)
+        yield models
+
+# %% ../nbs/05_learners.ipynb #794058ad
+def reexport_safe(models,       # a models folder whose records list pickles without safetensors
+                  columns=None, # the columns to re-export (default: every trained one that lacks them)
+                 ) -> list[str]:
+    "Write the safetensors and config of trained columns that lack them, from their pickles (unpickled!); the columns done"
+    models, done = Path(models), []
+    with models_lock(models):
+        for col, r in read_results(models).items():
+            if r.get('status') != 'ok' or r.get('safetensors') or (columns is not None and col not in columns): continue
+            pkl = models/r['pickle']
+            if not pkl.is_file() or file_sha256(pkl) != r.get('sha256'):
+                raise ModelIntegrityError(f"{pkl}: missing or its SHA-256 does not match {result_file(models, col)}; not unpickled")
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', UserWarning)   # fastai's warning about pickles: this is the trusted case
+                learn = load_learner(pkl, cpu=True)
+            write_result(models, {**r, **export_safe(learn, models, col)}); done.append(col)
+        collect_results(models, plots=False)
+    return done
 
 # %% ../nbs/05_learners.ipynb #a498b6c1
 def parse_columns(columns) -> list[str]:
@@ -531,6 +675,14 @@ def _pool(n:int, threads:int):
     env = {'LOKY_MAX_MEMORY_LEAK_SIZE': os.environ.get('LOKY_MAX_MEMORY_LEAK_SIZE', str(8 << 30))}
     return ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(threads,), env=env)
 
+def _train_serial(jobs:list, tags:list, say:Callable) -> None:
+    "Train the `ColumnJob`s one after the other in this process; a line as each starts and ends"
+    for tag, job in zip(tags, jobs):
+        say(f"{tag}: training")
+        rec = _train_one(job, say=lambda m: say(f"{tag.split()[0]} {m}"))
+        say(_ended(tag, rec))
+        collect_results(job.models, plots=False)
+
 def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     "Train the `ColumnJob`s in `n` worker processes; a line per finished column"
     from concurrent.futures import as_completed
@@ -573,7 +725,7 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   valid_pct:float=0.2,     # share of studies in validation
                   seed:int=42,             # seed of split, resampling and training
                   balance:str='upsample',  # the training part: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
-                  resume:bool=True,        # skip columns already trained (pickle matches its record)
+                  resume:bool=True,        # skip columns already trained (model files match their record)
                   progress:bool=True,      # print a line per column and show fastai's bars
                   index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
                   jobs:int=1,              # columns trained at once, in worker processes (CPU; see above)
@@ -588,23 +740,19 @@ def train_columns(converted,               # conversion folder (holds index.csv,
         from lsdc.data import load_rsna
         labels = load_rsna(data, splits=('train',), check_images=False).train
     say = (lambda msg: print(msg, flush=True)) if progress else log.info
-    todo = []
-    for k, col in enumerate(cols, 1):
-        if resume and column_done(models, col): say(f"[{k}/{len(cols)}] {col}: already trained, skipped")
-        else: todo.append((f"[{k}/{len(cols)}] {col}", col))
-    t0, jobs = time.perf_counter(), min(jobs, len(todo))
-    # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
-    bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
-    work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
-                      seed=seed, balance=balance, bars=bars, options=kwargs) for _, col in todo]
-    if jobs > 1: _train_parallel(work, jobs, say)
-    else:
-        for (tag, _), job in zip(todo, work):
-            say(f"{tag}: training")
-            rec = _train_one(job, say=lambda m: say(f"{tag.split()[0]} {m}"))
-            say(_ended(tag, rec))
-            collect_results(models, plots=False)
-    df = collect_results(models)
+    with models_lock(models):   # shared with other shards; sweeps a killed run's leftovers when alone
+        todo = []
+        for k, col in enumerate(cols, 1):
+            if resume and column_done(models, col): say(f"[{k}/{len(cols)}] {col}: already trained, skipped")
+            else: todo.append((f"[{k}/{len(cols)}] {col}", col))
+        t0, jobs = time.perf_counter(), min(jobs, len(todo))
+        # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
+        bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
+        work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
+                          seed=seed, balance=balance, bars=bars, options=kwargs) for _, col in todo]
+        if jobs > 1: _train_parallel(work, jobs, say)
+        else: _train_serial(work, [tag for tag, _ in todo], say)
+        df = collect_results(models)
     say(f"{len(todo)} columns trained in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
         f"{int((df.status != 'ok').sum())} failed")
     return df
@@ -655,7 +803,8 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
                        arch=arch, pretrained=pretrained, weights=weights, train_bn=train_bn)
     if calibration != 'none' and (df.status == 'ok').any():
         from lsdc.inference import calibrate_models   # the CLI composes the steps; inference comes after training
-        cal = calibrate_models(models, converted, labels, scope=calibration)
+        try: cal = calibrate_models(models, converted, labels, scope=calibration)
+        except ModelIntegrityError as e: print(f"lsdc train: no calibration fitted: {e}", file=sys.stderr); return 1
         if not quiet: print(cal.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
     cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())

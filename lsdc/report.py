@@ -660,11 +660,12 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
     return paths
 
 # %% ../nbs/08_report.ipynb #c88869c7
-def load_learners(models,              # models folder: {column}.pkl files and manifest.json
+def load_learners(models,              # models folder: manifest.json and each column's model files
                   columns=None,        # columns to load (default: all 25); a column the manifest does not list is skipped
                   cpu:bool|None=None,  # load on the CPU (default: unless CUDA is present)
+                  trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
                  ) -> dict:
-    "`{column: Learner}` of the verified pickles of a models folder (see `lsdc.inference.load_column_learner`)"
+    "`{column: Learner}` of the verified model files of a models folder (see `lsdc.inference.load_column_learner`)"
     models = Path(models)
     if not models.is_dir(): raise FileNotFoundError(f"models folder {models} does not exist")
     man = read_manifest(models)
@@ -672,7 +673,7 @@ def load_learners(models,              # models folder: {column}.pkl files and m
     for col in (LABEL_COLUMNS if columns is None else columns):
         if col not in man.get('columns', {}):
             log.warning("%s: not listed in %s; no Grad-CAM for this column", col, models/'manifest.json'); continue
-        out[col] = load_column_learner(models, col, manifest=man, cpu=cpu)
+        out[col] = load_column_learner(models, col, manifest=man, cpu=cpu, trust_pickles=trust_pickles)
     return out
 
 # %% ../nbs/08_report.ipynb #709f2599
@@ -707,7 +708,7 @@ def screenshot(page,                 # an HTML file
 def report_cli(submission:str,         # submission CSV (row_id, normal_mild, moderate, severe)
                converted:str,          # conversion folder of the studies (holds index.csv)
                out:str,                # folder to write the reports into
-               models:str=None,        # models folder: adds Grad-CAM heatmaps (pickles checked against manifest.json)
+               models:str=None,        # models folder: adds Grad-CAM heatmaps (model files checked against manifest.json)
                studies:str=None,       # comma-separated study ids (default: all of the submission)
                max_studies:int=None,   # at most this many studies
                no_gradcam:bool=False,  # do not load learners nor compute Grad-CAM
@@ -715,6 +716,7 @@ def report_cli(submission:str,         # submission CSV (row_id, normal_mild, mo
                coords:str=None,        # train_label_coordinates-style file to mark the levels
                px:int=384,             # image size in the pages
                quiet:bool=False,       # no progress output
+               trust_pickles:bool=False, # load the models' pickles, which run code: only for a models folder you trust
               ) -> int:
     "Write per-study HTML and Markdown reports (and an index) for a submission"
     try:
@@ -722,7 +724,7 @@ def report_cli(submission:str,         # submission CSV (row_id, normal_mild, mo
         ids = None if not studies else [as_id(s, 'study id') for s in re.split(r'[,\s]+', studies.strip()) if s]
         learners, series = None, None
         if models and not no_gradcam:
-            learners = load_learners(models)
+            learners = load_learners(models, trust_pickles=trust_pickles)
             series = manifest_series(read_manifest(models)) or None
             if not quiet: print(f"loaded {len(learners)} learners from {models}", flush=True)
         lab = pd.read_csv(labels) if labels else None

@@ -3,7 +3,7 @@ fills up, a read-only output folder, odd paths, a study with nothing usable.
 
 One section per part of the pipeline (conversion first); the shared helpers come first. Every case checks what the
 user sees (exit status, failures.csv, messages) and what is left on disk (no stale or half-written file)."""
-import errno, json, os, resource, shutil, signal, subprocess, sys, time
+import errno, json, os, re, resource, shutil, signal, subprocess, sys, time
 from pathlib import Path
 from unittest import mock
 
@@ -250,3 +250,149 @@ def test_study_without_any_usable_series(tmp_path):
     assert 'no converted series at all for 1 study: 2\n' in r.stdout, r.stdout
     assert sorted(failures(tmp_path/'out')) == [20, 21] and indexed(tmp_path/'out') == [[1, 10], [1, 11], [3, 30]]
     assert run_cli('convert', data, tmp_path/'out', '--quiet', '--strict').returncode == 1
+
+
+# ---------------------------------------------------------------- models: a tiny trained folder (shared)
+# 16 studies at 48 px, ResNet18 from scratch, one epoch per attempt, two columns (one per sagittal series)
+MODEL_COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l3_l4']
+TINY = ('--columns', ','.join(MODEL_COLS), '--size', 48, '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1',
+        '--lr-find-iters', 5, '--bs', 16)
+
+def lsdc_ok(*args) -> subprocess.CompletedProcess:
+    "Run `lsdc ARGS` in a child process; it must succeed"
+    r = subprocess.run(cli_args(*args), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"lsdc {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+def sha(fn) -> str:
+    from lsdc.files import file_sha256
+    return file_sha256(fn)
+
+@pytest.fixture(scope='module')
+def trained(synth_data, tmp_path_factory):
+    "A conversion of the training studies and a models folder trained on it by `lsdc train`"
+    w = tmp_path_factory.mktemp('trained')
+    lsdc_ok('convert', synth_data, w/'conv', '--split', 'train', '--size', 48, '--workers', 1, '--quiet')
+    lsdc_ok('train', w/'conv', w/'models', '--data', synth_data, *TINY, '--quiet')
+    return w
+
+def models_copy(trained, tmp_path) -> Path:
+    shutil.copytree(trained/'models', tmp_path/'models')
+    return tmp_path/'models'
+
+def predict_args(synth_data, models, out, conv): return ('predict', synth_data, models, out, '--converted', conv, '--workers', 1)
+
+
+# ---------------------------------------------------------------- models: damaged files
+@pytest.mark.parametrize('kind,suffix', [('pickle', 'pkl'), ('safetensors', 'safetensors'), ('config', 'json')])
+def test_truncated_model_file_is_refused(trained, tmp_path, kind, suffix):
+    "A model file cut in half (a full disk, a broken download): refused by its SHA-256, the message names the file"
+    from lsdc.files import ModelIntegrityError
+    from lsdc.inference import load_column_learner
+    m, col = models_copy(trained, tmp_path), MODEL_COLS[0]
+    fn = m/f'{col}.{suffix}'
+    fn.write_bytes(fn.read_bytes()[:fn.stat().st_size // 2])
+    with pytest.raises(ModelIntegrityError, match=re.escape(f'{fn}: SHA-256 ') + r'\w+\.\.\. does not match the manifest'):
+        load_column_learner(m, col, trust_pickles=kind == 'pickle')
+    load_column_learner(m, col, trust_pickles=kind != 'pickle')   # the other way to load it does not read that file
+
+def test_truncated_safetensors_stops_predict(trained, synth_data, tmp_path):
+    m = models_copy(trained, tmp_path)
+    fn = m/f'{MODEL_COLS[1]}.safetensors'
+    fn.write_bytes(fn.read_bytes()[:1000])
+    r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
+    assert r.returncode == 1 and f'lsdc predict: {fn}: SHA-256 ' in r.stdout, (r.stdout, r.stderr)
+    assert not (tmp_path/'sub.csv').exists()
+
+def test_models_from_before_safetensors(trained, synth_data, tmp_path):
+    "A folder of pickles only (an older lsdc): a clear error saying what to do; re-exported, it loads with no pickle"
+    from lsdc.files import ModelIntegrityError, read_results, write_result
+    from lsdc.inference import load_column_learner, predict_images
+    from lsdc.learners import collect_results, reexport_safe
+    m = models_copy(trained, tmp_path)
+    for col, rec in read_results(m).items():
+        (m/f'{col}.safetensors').unlink(); (m/f'{col}.json').unlink()
+        write_result(m, {k: v for k, v in rec.items() if not k.startswith(('safetensors', 'config'))})
+    collect_results(m, plots=False)
+    with pytest.raises(ModelIntegrityError, match=r"has no safetensors weights .*reexport_safe\(.*--trust-pickles"):
+        load_column_learner(m, MODEL_COLS[0])
+    r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
+    assert r.returncode == 1 and 'has no safetensors weights' in r.stdout and '--trust-pickles' in r.stdout, r.stdout
+    trusted = load_column_learner(m, MODEL_COLS[0], trust_pickles=True)
+    assert reexport_safe(m) == MODEL_COLS
+    for col in MODEL_COLS: assert sha(m/f'{col}.safetensors') == sha(trained/'models'/f'{col}.safetensors')
+    images = sorted(str(p) for p in (trained/'conv').glob('*/*.png'))[:8]
+    np.testing.assert_allclose(predict_images(load_column_learner(m, MODEL_COLS[0]), images), predict_images(trusted, images), atol=1e-5)
+
+
+# ---------------------------------------------------------------- models: damaged manifest and records
+def test_unparseable_manifest(trained, synth_data, tmp_path):
+    "manifest.json cut short: predict names it and exits 1; `lsdc train` rebuilds it from results/*.json"
+    m = models_copy(trained, tmp_path)
+    good = json.loads((m/'manifest.json').read_text())
+    (m/'manifest.json').write_text((m/'manifest.json').read_text()[:300])
+    r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
+    assert r.returncode == 1 and f"lsdc predict: {m/'manifest.json'}: unreadable manifest" in r.stdout, (r.stdout, r.stderr)
+    assert not (tmp_path/'sub.csv').exists()
+    r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
+    assert r.stdout.count('already trained, skipped') == 2, r.stdout           # nothing retrained: only rebuilt
+    assert json.loads((m/'manifest.json').read_text())['columns'] == good['columns']
+
+def test_results_json_cut_in_half_is_retrained(trained, synth_data, tmp_path):
+    "A column's record cut short: named in a warning, the column trained again, the other one left alone"
+    from lsdc.files import read_results
+    m = models_copy(trained, tmp_path)
+    before = read_results(m)
+    fn = m/'results'/f'{MODEL_COLS[0]}.json'
+    fn.write_text(fn.read_text()[:fn.stat().st_size // 2])
+    r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
+    assert f'{fn}: unreadable' in r.stderr, r.stderr
+    assert f'{MODEL_COLS[0]}: training' in r.stdout and f'{MODEL_COLS[1]}: already trained, skipped' in r.stdout, r.stdout
+    after = read_results(m)
+    assert after[MODEL_COLS[0]]['status'] == 'ok' and after[MODEL_COLS[0]]['finished'] >= before[MODEL_COLS[0]]['finished']
+    assert after[MODEL_COLS[0]]['sha256'] == sha(m/f'{MODEL_COLS[0]}.pkl')
+    assert after[MODEL_COLS[1]] == before[MODEL_COLS[1]] and sha(m/f'{MODEL_COLS[1]}.pkl') == before[MODEL_COLS[1]]['sha256']
+    assert sorted(json.loads((m/'manifest.json').read_text())['columns']) == sorted(MODEL_COLS)
+
+
+# ---------------------------------------------------------------- models: killed mid-run
+def model_files(m, col) -> dict:
+    return {n: sha(m/n) for n in (f'{col}.pkl', f'{col}.safetensors', f'{col}.json', f'results/{col}.json')}
+
+def test_killed_training_resumes(trained, synth_data, tmp_path):
+    "SIGKILL once between the columns and once inside the second: the rerun completes, the first column untouched"
+    from lsdc.learners import MANIFEST_KEYS
+    m, (first, second) = tmp_path/'models', MODEL_COLS
+    train = cli_args('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
+    proc = subprocess.Popen(train, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: (m/'results'/f'{first}.json').exists(), timeout=600)        # the first column just finished
+    assert proc.returncode == -signal.SIGKILL and not (m/f'{second}.pkl').exists()
+    done = model_files(m, first)
+    proc = subprocess.Popen(train, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: (m/'_work'/second/'best.pth').exists(), timeout=600)       # the second, after an epoch
+    assert proc.returncode == -signal.SIGKILL and not (m/'results'/f'{second}.json').exists()
+    (m/f'.{second}.pkl.x7k2.pkl.tmp').write_bytes(b'half a pickle')                   # as a kill inside a write leaves
+    (m/'results'/f'.{second}.json.q1w2.json.tmp').write_text('{"column": ')
+    r = subprocess.run(train, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'{first}: already trained, skipped' in r.stdout and f'{second}: training' in r.stdout, r.stdout
+    assert model_files(m, first) == done                                                # not retrained, not rewritten
+    man = json.loads((m/'manifest.json').read_text())['columns']
+    rec = json.loads((m/'results'/f'{first}.json').read_text())
+    assert sorted(man) == sorted(MODEL_COLS) and man[first] == {k: rec.get(k) for k in MANIFEST_KEYS}
+    assert man[second]['safetensors_sha256'] == sha(m/f'{second}.safetensors')
+    assert temp_files(m) == [] and list((m/'_work').rglob('*')) == []                   # as an uninterrupted run leaves it
+
+def test_killed_prediction_reruns_to_the_same_submission(trained, synth_data, tmp_path):
+    "SIGKILL while `lsdc predict` predicts: nothing under the final names; the rerun writes an uninterrupted run's bytes"
+    lsdc_ok(*predict_args(synth_data, trained/'models', tmp_path/'ref'/'submission.csv', tmp_path/'ref'/'conv'))
+    out = tmp_path/'run'
+    proc = subprocess.Popen(cli_args(*predict_args(synth_data, trained/'models', out/'submission.csv', out/'conv')),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: (out/'conv'/'index.csv').exists())                          # converted: now predicting
+    assert proc.returncode == -signal.SIGKILL and not (out/'submission.csv').exists()
+    (out/'.submission.csv.k9d2.csv.tmp').write_text('row_id,normal_mild\n')              # as a kill inside the write leaves
+    lsdc_ok(*predict_args(synth_data, trained/'models', out/'submission.csv', out/'conv'))
+    for name in ('submission.csv', 'submission_sources.csv'):
+        assert (out/name).read_bytes() == (tmp_path/'ref'/name).read_bytes(), name
+    assert temp_files(tmp_path) == []

@@ -90,6 +90,8 @@ def test_records_and_manifest(models):
     assert sorted(man['columns']) == sorted(COLS)
     for col, m in man['columns'].items():
         assert m['sha256'] == file_sha256(models/f'{col}.pkl')
+        assert (m['safetensors'], m['config']) == (f'{col}.safetensors', f'{col}.json')
+        assert m['safetensors_sha256'] == file_sha256(models/m['safetensors']) and m['config_sha256'] == file_sha256(models/m['config'])
         assert m['classes'] == list(GRADES) and m['image_size'] == 64
         assert m['n_train_upsampled'] >= m['n_train'] > 0
         assert all(k in m for k in ('lr_minimum', 'lr_steep', 'lr_valley', 'lr_slide', 'epochs_run', 'valid_accuracy', 'valid_log_loss'))
@@ -123,6 +125,21 @@ def test_pickles_load_in_a_fresh_process(models, converted):
     for fn in pkls:
         assert out[fn]['vocab'] == list(GRADES)
         assert len(out[fn]['probs']) == 3 and abs(sum(out[fn]['probs']) - 1) < 1e-5
+
+
+def test_safetensors_learner_predicts_as_the_pickle(models, converted):
+    # rebuilt from {column}.json and {column}.safetensors with nothing unpickled (torch.load, which fastai's
+    # load_learner uses, is made to fail), each learner gives its pickle's probabilities on the same PNGs
+    from unittest import mock
+    from lsdc.inference import load_column_learner, predict_images
+    images = read_index(converted).image.tolist()[:20]
+    for col in COLS:                                   # a ResNet18 and a ResNet34, trained with augmentation
+        with mock.patch('torch.load', side_effect=AssertionError('unpickled')): safe = load_column_learner(models, col)
+        pkl = load_column_learner(models, col, trust_pickles=True)
+        assert list(safe.dls.vocab) == list(pkl.dls.vocab) == list(GRADES)
+        np.testing.assert_allclose(predict_images(safe, images), predict_images(pkl, images), atol=1e-5)
+        cfg = json.loads((models/f'{col}.json').read_text())
+        assert cfg['architecture'] == read_results(models)[col]['architecture'] and cfg['image_size'] == 64
 
 
 def test_second_run_skips_finished_columns(models, converted, labels):

@@ -99,14 +99,23 @@ def _copy_models(run, tmp_path):
 
 
 def test_tampered_pickle_is_refused(run, tmp_path):
+    # pickles are only loaded when trusted (--trust-pickles), and then only when they match the manifest
     from lsdc.inference import load_column_learner, ModelIntegrityError
     m = _copy_models(run, tmp_path)
     with open(m/f'{COLS[0]}.pkl', 'ab') as f: f.write(b'\x00')
     with pytest.raises(ModelIntegrityError, match=f'{COLS[0]}.pkl.*does not match'):
-        load_column_learner(m, COLS[0])
-    r = lsdc('predict', run['data'], m, tmp_path/'sub.csv', '--converted', run['w']/'conv'/'test', check=False)
+        load_column_learner(m, COLS[0], trust_pickles=True)
+    r = lsdc('predict', run['data'], m, tmp_path/'sub.csv', '--converted', run['w']/'conv'/'test', '--trust-pickles', check=False)
     assert r.returncode == 1 and 'does not match' in r.stdout + r.stderr
     assert not (tmp_path/'sub.csv').exists()
+
+
+def test_trusted_pickles_predict_as_the_safetensors(run, tmp_path):
+    # the default loads the safetensors and configs; --trust-pickles the pickles: the same submission
+    lsdc('predict', run['data'], run['w']/'models', tmp_path/'pkl.csv', '--converted', run['w']/'conv'/'test', '--trust-pickles')
+    safe, pkl = (pd.read_csv(f).set_index('row_id') for f in (run['w']/'submission.csv', tmp_path/'pkl.csv'))
+    assert safe.index.tolist() == pkl.index.tolist()
+    np.testing.assert_allclose(safe.to_numpy(float), pkl.to_numpy(float), atol=2e-6)   # 6 decimals in the CSV
 
 
 def test_unlisted_pickle_is_refused(run, tmp_path):
@@ -128,8 +137,10 @@ def test_missing_series_falls_back_to_the_prior(run, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         sub = predict(data, run['w']/'models', tmp_path/'sub.csv', converted=tmp_path/'conv', n_workers=1, progress=False)
-    msgs = ' | '.join(str(w.message) for w in caught)
-    assert str(sid) in msgs and 'Sagittal T1' in msgs, msgs
+    # said once for the study and series, naming the columns it affects (not once per column)
+    said = [str(w.message) for w in caught if f'study {sid}' in str(w.message)]
+    assert len(said) == 1 and 'Sagittal T1' in said[0] and 'left_neural_foraminal_narrowing L3/L4' in said[0], said
+    assert sub.attrs['prior'].studies == 1 and sub.attrs['prior'].series == 1 and sub.attrs['prior'].study_columns == 1
     assert sub.row_id.tolist() == pd.read_csv(data/'sample_submission.csv').row_id.tolist()
     assert np.isfinite(sub[list(GRADE_KEYS)].to_numpy()).all()
     col = COLS[1]                                  # foraminal: read from Sagittal T1, which this study lacks
@@ -138,6 +149,11 @@ def test_missing_series_falls_back_to_the_prior(run, tmp_path):
     # the other studies still come from the model
     other = [s for s in d.test_series.study_id.unique() if s != sid][0]
     assert not np.allclose(sub.set_index('row_id').loc[row_id(other, col)].to_numpy(float), pri, atol=1e-4)
+    # the command line ends with one summary line; --strict makes a fallback an error, after writing the submission
+    r = lsdc('predict', data, run['w']/'models', tmp_path/'strict.csv', '--converted', tmp_path/'conv', '--strict', check=False)
+    assert r.returncode == 1 and (tmp_path/'strict.csv').read_bytes() == (tmp_path/'sub.csv').read_bytes()
+    assert '1 study-column of 1 study (1 series missing or failed to convert)' in r.stdout.splitlines()[-1], r.stdout
+    assert r.stderr.strip().splitlines()[-1].startswith('lsdc predict: --strict: from the prior: '), r.stderr
 
 
 def test_evaluation_on_validation_studies(run):
