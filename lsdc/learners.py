@@ -545,13 +545,23 @@ def plot_results(df:pd.DataFrame, # `results_table`
     with atomic_path(fname) as tmp: fig.savefig(tmp, format='png', dpi=100)
     return Path(fname)
 
+@contextlib.contextmanager
+def _one_at_a_time(models:Path):
+    "An exclusive lock of `models/.collect.lock` (POSIX), so that merges of several writers never interleave"
+    with open(models/'.collect.lock', 'a') as f:
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
 def collect_results(models, plots:bool=True) -> pd.DataFrame:
     "Rebuild `manifest.json`, `results.csv`, `split.csv` and (with `plots`) `results.png`, `training_curves.png` from the per-column files"
-    models = Path(models)
-    recs = read_results(models)
-    df = results_table(recs)
-    write_json(manifest(recs), models/'manifest.json')
-    write_csv(df, models/'results.csv')
+    models = Path(models); models.mkdir(parents=True, exist_ok=True)
+    # one merge at a time: a shard that read the records before another shard's newest one must not write its older
+    # manifest after that shard's complete one (every writer writes its record first, so the last merge sees them all)
+    with _one_at_a_time(models):
+        recs = read_results(models)
+        df = results_table(recs)
+        write_json(manifest(recs), models/'manifest.json')
+        write_csv(df, models/'results.csv')
     if plots and (df.status == 'ok').any():
         plot_results(df, models/'results.png')
         hist = {c: pd.DataFrame(r['history']).query(f"attempt == {r.get('kept_attempt', 0)}").assign(epoch=lambda h: range(len(h)))

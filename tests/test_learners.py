@@ -280,3 +280,26 @@ def test_retraining_branch_in_a_real_run(converted, labels, tmp_path):
     assert rec['convergence'] == 'moderate' and [a['epochs'] for a in rec['attempts']] == [1, 2] and rec['kept_attempt'] == 1
     assert df.set_index('column').loc[COLS[0], 'convergence'] == 'moderate'
 
+
+
+def test_merges_of_two_shards_never_lose_a_column(tmp_path, monkeypatch):
+    # shard A writes its record and starts merging (slowly); shard B writes its record and merges while A is still at it.
+    # Unserialised, A would write its older manifest (without B's column) last; with the lock B waits, then sees both.
+    import threading, time
+    import lsdc.learners as L
+    from lsdc.files import write_result
+    m, real, first = tmp_path/'m', L.read_results, threading.Event()
+    def slow_once(models):
+        r = real(models)
+        if not first.is_set(): first.set(); time.sleep(1.0)   # the first merge lingers between its read and its write
+        return r
+    monkeypatch.setattr(L, 'read_results', slow_once)
+    rec = lambda c: dict(column=c, status='ok', sha256='0'*64, pickle=f'{c}.pkl')
+    def shard_a(): write_result(m, rec(COLS[0])); L.collect_results(m, plots=False)
+    def shard_b():
+        first.wait(5); write_result(m, rec(COLS[1])); L.collect_results(m, plots=False)
+    ts = [threading.Thread(target=shard_a), threading.Thread(target=shard_b)]
+    for t in ts: t.start()
+    for t in ts: t.join(30)
+    assert sorted(json.loads((m/'manifest.json').read_text())['columns']) == sorted(COLS)
+    assert sorted(pd.read_csv(m/'results.csv').column) == sorted(COLS)
