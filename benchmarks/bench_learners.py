@@ -20,7 +20,8 @@ from fastai.vision.all import Callback
 from lsdc.core import LABEL_COLUMNS
 from lsdc.files import read_index
 from lsdc.sampling import training_table
-from lsdc.learners import Schedule, grade_dls, make_learner, find_lrs, fit_once, train_columns
+from lsdc.learners import Schedule, Feed, grade_dls, make_learner, find_lrs, fit_once, train_columns
+from lsdc.cache import ImageCache, build_cache
 
 
 class Throughput(Callback):
@@ -50,11 +51,12 @@ def make_data(root:Path, n_train:int, size:int, workers:int):
     return data, conv
 
 
-def one_column(args, data, conv, device, mixed, channels_last):
+def one_column(args, data, conv, device, mixed, channels_last, loader='png'):
     from lsdc.data import load_rsna
     labels = load_rsna(data, splits=('train',), check_images=False).train
     table, info = training_table(labels, read_index(conv), args.column)
-    dls = grade_dls(table, size=args.size, bs=args.bs, device=device, num_workers=args.num_workers)
+    cache = ImageCache(build_cache(table.image, args.size, conv/'cache')) if loader == 'cache' else None
+    dls = grade_dls(table, size=args.size, bs=args.bs, device=device, num_workers=args.num_workers, cache=cache)
     work = Path(tempfile.mkdtemp()); atexit.register(shutil.rmtree, work, ignore_errors=True)
     # no download here: a local weights file of the architecture stands in for ImageNet weights, so the run takes the
     # method's pretrained path (one frozen epoch, then unfrozen ones) at the same cost
@@ -105,6 +107,8 @@ if __name__ == '__main__':
     p.add_argument('--mixed-precision', action='store_true', help='fp16 autocast (CUDA)')
     p.add_argument('--channels-last', action='store_true', help='channels-last memory format (CUDA)')
     p.add_argument('--compare', action='store_true', help='CUDA: fp32 / fp16 x contiguous / channels-last')
+    p.add_argument('--loader', default='cache', choices=('cache', 'png'), help='data path of one column and of --all-columns')
+    p.add_argument('--loader-compare', action='store_true', help='training images/s of the PNG and the cache data paths, side by side')
     p.add_argument('--all-columns', action='store_true', help='train all 25 columns with the full method (train_columns)')
     p.add_argument('--full-epochs', default='4,5,10', help='--all-columns: first, short, long epochs')
     p.add_argument('--jobs-compare', type=int, default=0, metavar='K', help='train K columns with jobs=1, then jobs=2')
@@ -137,18 +141,25 @@ if __name__ == '__main__':
     if args.all_columns:
         t = time.perf_counter()
         df = train_columns(conv, root/'models', data=data, arch=args.arch, size=args.size, pretrained=False, bs=args.bs,
-                           lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs), num_workers=args.num_workers,
+                           lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs), feed=Feed(num_workers=args.num_workers), loader=args.loader,
                            mixed_precision=args.mixed_precision if device.type == 'cuda' else False,
                            channels_last=args.channels_last, progress=True, resume=False)
         dt = time.perf_counter() - t
         print(f"\nall {len(LABEL_COLUMNS)} columns: {dt:.0f} s wall ({dt / 60:.1f} min), {dt / len(LABEL_COLUMNS):.1f} s per column")
         print(df[['column', 'status', 'valid_accuracy', 'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'convergence']].to_string())
         sys.exit(0)
-    modes = [(args.mixed_precision, args.channels_last)]
+    modes = [(args.mixed_precision, args.channels_last, args.loader)]
     if args.compare:
         if device.type != 'cuda': sys.exit('--compare needs --device cuda')
-        modes = [(False, False), (True, False), (False, True), (True, True)]
-    for mixed, cl in modes:
+        modes = [(m, c, args.loader) for m, c in ((False, False), (True, False), (False, True), (True, True))]
+    if args.loader_compare: modes = [(args.mixed_precision, args.channels_last, ld) for ld in ('png', 'cache')]
+    speed = {}
+    for mixed, cl, ld in modes:
         if device.type != 'cuda' and (mixed or cl): print('(mixed precision / channels-last are CUDA options; on CPU they are skipped)'); mixed = cl = False
-        res = one_column(args, data, conv, device, mixed, cl)
-        report(f"{'mixed precision' if mixed else 'fp32'}, {'channels-last' if cl else 'contiguous'}", res)
+        res = one_column(args, data, conv, device, mixed, cl, loader=ld)
+        report(f"{ld} loader, {'mixed precision' if mixed else 'fp32'}, {'channels-last' if cl else 'contiguous'}", res)
+        unf = [e for e in res['epochs'] if not e['frozen']] or res['epochs']
+        speed[ld] = sum(e['images'] for e in unf) / sum(e['seconds'] for e in unf)
+    if args.loader_compare:
+        print(f"\ntraining with the png loader: {speed['png']:.0f} images/s, with the cache loader: {speed['cache']:.0f} images/s: "
+              f"cache vs png training: {speed['cache'] / speed['png']:.2f}x")

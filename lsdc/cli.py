@@ -23,6 +23,7 @@ COMMANDS = {
     'score':   ('lsdc.metrics', 'score_cli', 'score a submission with the competition metric'),
     'report':  ('lsdc.report', 'report_cli', 'write per-study HTML/Markdown reports'),
     'demo':    ('lsdc.demo', 'demo_cli', 'run the whole method on the embedded synthetic data set'),
+    'wheels':  ('lsdc.offline', 'wheels_cli', 'build a wheel folder for an offline (Kaggle) install'),
 }
 
 def _available():

@@ -18,7 +18,7 @@ from .files import (ModelIntegrityError, file_sha256, read_index, read_manifest,
 from .calibration import (Calibration, metric_factors, fit_calibration, calibrated_loss, expected_calibration_error,
                               plot_reliability)
 from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock
-from .sampling import pick_images
+from .sampling import column_images
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
@@ -182,7 +182,7 @@ def predict_columns(models,               # models folder (manifest.json, each c
         probs = np.tile(priors.loc[col].to_numpy(float), (len(sids), 1))
         source = np.array([UNTRAINED] * len(sids), dtype=object)
         if col in series:
-            imgs = pick_images(index, series[col]).set_index('study_id').image
+            imgs = column_images(index, col, series[col]).set_index('study_id').image
             have = [i for i, s in enumerate(sids) if s in imgs.index]
             source[:] = f'prior: no {series[col]} image'
             if have:
@@ -319,7 +319,7 @@ def validation_predictions(models,              # models folder (manifest.json, 
     out = []
     for col in [c for c in (columns or LABEL_COLUMNS) if c in series]:
         ids = split[(split.column == col) & (split.split == 'valid')].study_id.map(as_id).tolist()
-        imgs = pick_images(index, series[col]).set_index('study_id').image
+        imgs = column_images(index, col, series[col]).set_index('study_id').image
         lost = [s for s in ids if s not in imgs.index or s not in lab.index]
         if lost: warnings.warn(f"{col}: {len(lost)} validation studies have no image or label here ({lost[:5]}); not evaluated")
         ids = [s for s in ids if s not in lost]

@@ -30,15 +30,17 @@ from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condi
                        torch_worker_init)
 from .files import (ModelIntegrityError, read_index, file_sha256, now, write_json, result_file, write_result, read_results)
 from .sampling import pick_images, training_table, split_frame, write_splits
+from .cache import CacheDL, ImageCache, attach_cache, build_cache
 
 # %% auto #0
 __all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES', 'LOCK_FILE', 'SERIES_MAPS',
            'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch', 'arch_name',
            'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss', 'pretrain_body', 'find_lrs',
-           'EpochLog', 'fit_once', 'Schedule', 'epoch_threshold_train', 'export_learner', 'train_column',
+           'EpochLog', 'fit_once', 'Schedule', 'epoch_threshold_train', 'export_learner', 'Feed', 'train_column',
            'test_time_tfms', 'learner_config', 'export_safe', 'learner_from_config', 'column_done', 'results_table',
            'manifest', 'plot_results', 'collect_results', 'sweep_leftovers', 'models_lock', 'reexport_safe',
-           'parse_columns', 'shard_columns', 'ColumnJob', 'train_columns', 'train_cli']
+           'parse_columns', 'scheduler_shard', 'shard_columns', 'ColumnJob', 'worker_devices', 'train_columns',
+           'train_cli']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -74,14 +76,18 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
               device=None,              # torch device (default: CUDA when present)
               seed:int=42,              # seed of the shuffling
               aug:bool=True,            # `aug_transforms` (rotation, zoom, warp, lighting; no flips) on training batches
+              cache:ImageCache|None=None, # gather batches from this image cache (`lsdc.cache`); None: decode the PNGs
              ):
     "fastai `DataLoaders` for one label column"
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if num_workers is None: num_workers = min(8, os.cpu_count() or 1) if device.type == 'cuda' else 0
+    if num_workers is None: num_workers = min(8, os.cpu_count() or 1) if device.type == 'cuda' and cache is None else 0
     n_train = int((~table.is_valid.astype(bool)).sum())
     if n_train < 2: raise ValueError(f"need at least 2 training images, got {n_train}")
     dblock = grade_block(item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
-    return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
+    if cache is None: return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
+    if cache.size != size: raise ValueError(f"{cache.path}: its images are {cache.size} px, the learner's {size} px")
+    dls = dblock.dataloaders(table, bs=min(bs, n_train), num_workers=0, device=device, seed=seed, dl_type=CacheDL)
+    return attach_cache(dls, cache)
 
 # %% ../nbs/05_learners.ipynb #2e7bd023
 def _timm_available() -> bool:
@@ -352,7 +358,7 @@ def _column_record(info:dict, kept:dict, attempts:list, convergence:str, lrs:dic
     return dict(column=info['column'], status='ok', architecture=arch_name(s['arch']), image_size=s['size'],
                 classes=list(GRADES), pretrained=bool(s['pretrained'] and s['weights'] is None),
                 augmentation=bool(s['aug']), weights=str(s['weights']) if s['weights'] else None, train_bn=bool(s['train_bn']),
-                balance=info.get('balance', 'upsample'),
+                balance=info.get('balance', 'upsample'), inputs=info.get('inputs', 'middle'),
                 **{k: info[k] for k in ('series', 'n_studies', 'n_missing_series', 'missing_series', 'split', 'n_train',
                                         'n_train_upsampled', 'n_valid', 'train_counts', 'train_counts_upsampled', 'valid_counts')},
                 **{f'lr_{k}': lrs[k] for k in ('minimum', 'steep', 'valley', 'slide')}, lr=lrs['lr'],
@@ -373,6 +379,13 @@ def export_learner(learn, dest) -> Path:
     with atomic_path(dest) as tmp: learn.export(tmp)
     return Path(dest)
 
+# %% ../nbs/05_learners.ipynb #0423712e
+class Feed(NamedTuple):
+    "Where a learner's batches come from, and the device they go to"
+    cache:str|None = None          # image cache file (`lsdc.cache.build_cache`) at the learner's size; None: decode the PNGs
+    device:str|None = None         # torch device (default: CUDA when present)
+    num_workers:int|None = None    # PNG data loader workers (default: 0 on CPU, up to 8 on CUDA; the cache needs none)
+
 # %% ../nbs/05_learners.ipynb #da2b0c75
 @delegates(fit_once, but=['dls', 'epochs', 'lr', 'path', 'seed', 'progress', 'cbs'])
 def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, label, is_valid (upsampled training part)
@@ -382,7 +395,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                  size:int=256,              # image size
                  bs:int=64,                 # batch size
                  aug:bool=True,             # augmentation (`aug_transforms`) of training batches
-                 num_workers:int|None=None, # data loader workers
+                 feed:Feed=Feed(),          # image cache, device and loader workers
                  lr_find_iters:int=100,     # lr_find iterations
                  lr_find_range:tuple=(1e-7, 10), # lr_find's first and last learning rates (fewer iterations: a narrower range)
                  seed:int=42,               # seed of shuffling and initialisation
@@ -396,7 +409,10 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
     t0 = time.perf_counter()
     if info.get('balance') == 'weights': kwargs = {'class_weights': GRADE_WEIGHTS, **kwargs}   # the loss does the balancing
     try:
-        dls = grade_dls(table, size=size, bs=bs, num_workers=num_workers, seed=seed, aug=aug)
+        if feed.device is not None and torch.device(feed.device).type == 'cuda': torch.cuda.set_device(torch.device(feed.device))
+        set_seed(seed, reproducible=True)   # the loaders' shuffling generators are drawn from the seeded generators
+        dls = grade_dls(table, size=size, bs=bs, num_workers=feed.num_workers, device=feed.device, seed=seed, aug=aug,
+                        cache=ImageCache(feed.cache) if feed.cache else None)
         set_seed(seed, reproducible=True)
         finder = make_learner(dls, path=work, **{k: v for k, v in kwargs.items() if k in _LEARNER_OPTIONS})
         with contextlib.nullcontext() if progress else finder.no_bar():
@@ -408,7 +424,8 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
         safe = export_safe(kept['learn'], models, col)
     finally: shutil.rmtree(work, ignore_errors=True)
     rec = _column_record(info, kept, attempts, convergence, lrs, settings={**_LEARNER_OPTIONS, **kwargs, 'size': size, 'aug': aug})
-    return {**rec, 'seconds': time.perf_counter() - t0, 'pickle': pkl.name, 'sha256': file_sha256(pkl), **safe}
+    return {**rec, 'loader': 'cache' if feed.cache else 'png', 'device': str(dls.device), 'seconds': time.perf_counter() - t0,
+            'pickle': pkl.name, 'sha256': file_sha256(pkl), **safe}
 
 # %% ../nbs/05_learners.ipynb #26aa43dd
 def _describe_tfm(t) -> dict:
@@ -493,11 +510,12 @@ def learner_from_config(config:dict,  # from `learner_config` (a `{column}.json`
 # %% ../nbs/05_learners.ipynb #571ff635
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
                   'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'epochs_total', 'n_train', 'n_train_upsampled',
-                  'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'balance', 'error')
-MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'balance', 'pretrained', 'augmentation', 'n_train',
+                  'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'balance', 'loader',
+                  'device', 'error')
+MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'inputs', 'balance', 'pretrained', 'augmentation', 'n_train',
                  'n_train_upsampled', 'n_valid', 'n_missing_series', 'train_counts', 'train_counts_upsampled', 'lr_minimum',
                  'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence', 'valid_accuracy', 'valid_log_loss',
-                 'calibration', 'pickle', 'sha256', 'safetensors', 'safetensors_sha256', 'config', 'config_sha256', 'finished')
+                 'calibration', 'loader', 'pickle', 'sha256', 'safetensors', 'safetensors_sha256', 'config', 'config_sha256', 'finished')
 MODEL_FILES = {'pickle': 'sha256', 'safetensors': 'safetensors_sha256', 'config': 'config_sha256'}  # file key: its SHA-256 key
 
 def _record(models, col:str) -> dict:
@@ -560,7 +578,9 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
     with _one_at_a_time(models):
         recs = read_results(models)
         df = results_table(recs)
-        write_json(manifest(recs), models/'manifest.json')
+        man, lv = manifest(recs), models/'levels.json'   # the levels method's localiser and crop settings (`lsdc.levels`)
+        if lv.exists(): man['levels'] = {'file': lv.name, 'sha256': file_sha256(lv)}
+        write_json(man, models/'manifest.json')
         write_csv(df, models/'results.csv')
     if plots and (df.status == 'ok').any():
         plot_results(df, models/'results.png')
@@ -624,11 +644,29 @@ def parse_columns(columns) -> list[str]:
     if bad: raise ValueError(f"Unknown label columns {bad}")
     return [c for c in LABEL_COLUMNS if c in cols]
 
+def scheduler_shard(env=None, # environment variables (default: `os.environ`)
+                   ) -> str:
+    "'i/n' of this process from SLURM array jobs, Kubernetes indexed Jobs or `LSDC_SHARD`"
+    env = os.environ if env is None else env
+    if env.get('LSDC_SHARD'): return env['LSDC_SHARD']
+    if env.get('SLURM_ARRAY_TASK_ID'):
+        try: i, lo, n = (int(env.get(k, d)) for k, d in (('SLURM_ARRAY_TASK_ID', 0), ('SLURM_ARRAY_TASK_MIN', 0), ('SLURM_ARRAY_TASK_COUNT', 0)))
+        except ValueError: raise ValueError("--shard auto: SLURM_ARRAY_TASK_* are not whole numbers") from None
+        step = int(env.get('SLURM_ARRAY_TASK_STEP') or 1)
+        if not n: raise ValueError("--shard auto: SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")
+        return f'{(i - lo) // step}/{n}'
+    if env.get('JOB_COMPLETION_INDEX'):
+        if not env.get('LSDC_SHARD_COUNT'):
+            raise ValueError("--shard auto: a Kubernetes indexed Job (JOB_COMPLETION_INDEX) needs LSDC_SHARD_COUNT set to its completions")
+        return f"{env['JOB_COMPLETION_INDEX']}/{env['LSDC_SHARD_COUNT']}"
+    raise ValueError("--shard auto: no scheduler found (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX or LSDC_SHARD)")
+
 def shard_columns(columns:list,  # the columns to share out
-                  shard,         # 'i/n' (i counted from 0) or (i, n); None: all
+                  shard,         # 'i/n' (i counted from 0), (i, n), or 'auto' (`scheduler_shard`); None: all
                  ) -> list[str]:
     "The columns shard `i` of `n` trains: every n-th, starting at the i-th"
     if shard is None: return list(columns)
+    if shard == 'auto': shard = scheduler_shard()
     try: i, n = (int(x) for x in (shard.split('/') if isinstance(shard, str) else shard))
     except (ValueError, TypeError): raise ValueError(f"shard must look like 'i/n', got {shard!r}") from None
     if not (n >= 1 and 0 <= i < n): raise ValueError(f"shard {shard!r}: need 0 <= i < n")
@@ -648,8 +686,8 @@ class ColumnJob(NamedTuple):
     bars: bool           # fastai's progress bars (only where they render)
     options: dict        # keyword options of `train_column`
 
-def _train_one(job:ColumnJob, say:Callable=log.info) -> dict:
-    "Train, export and record one column; a failure is recorded, never raised"
+def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> dict:
+    "Train, export and record one column (on `device`); a failure is recorded, never raised"
     col, models = job.column, Path(job.models)
     try:
         table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed,
@@ -657,7 +695,8 @@ def _train_one(job:ColumnJob, say:Callable=log.info) -> dict:
         if info['n_missing_series']:
             say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
         write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
-        rec = train_column(table, info, models, seed=job.seed, progress=job.bars, **job.options)
+        opts = {**job.options, 'feed': job.options.get('feed', Feed())._replace(device=device)} if device else job.options
+        rec = train_column(table, info, models, seed=job.seed, progress=job.bars, **opts)
     except Exception as e:
         log.exception("%s failed", col)
         rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
@@ -685,6 +724,31 @@ def _pool(n:int, threads:int):
     env = {'LOKY_MAX_MEMORY_LEAK_SIZE': os.environ.get('LOKY_MAX_MEMORY_LEAK_SIZE', str(8 << 30))}
     return ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(threads,), env=env)
 
+def worker_devices(n:int,                # worker processes
+                   n_gpus:int|None=None, # GPUs (default: `torch.cuda.device_count()`)
+                  ) -> list[str]:
+    "The device of each of `n` workers: the GPUs in turn (one worker per GPU when `n` is their number), else the CPU"
+    g = torch.cuda.device_count() if n_gpus is None else n_gpus
+    return [f'cuda:{k % g}' for k in range(n)] if g else ['cpu'] * n
+
+@contextlib.contextmanager
+def _device_slot(folder, devices:list):
+    "Hold a free slot of `folder` (an exclusive lock on its file) while the block runs; yields the slot's device"
+    if fcntl is None: yield devices[os.getpid() % len(devices)]; return
+    while True:
+        for k, d in enumerate(devices):
+            f = open(Path(folder)/f'slot-{k}.lock', 'a')
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError: f.close(); continue
+            try: yield d
+            finally: f.close()   # closing the file frees the slot
+            return
+        time.sleep(0.05)
+
+def _leased(fn:Callable, folder, devices:list, *args):
+    "`fn(*args, device=d)` on the device `d` of a slot of `folder` held for the call"
+    with _device_slot(folder, devices) as d: return fn(*args, device=d)
+
 def _train_serial(jobs:list, tags:list, say:Callable) -> None:
     "Train the `ColumnJob`s one after the other in this process; a line as each starts and ends"
     for tag, job in zip(tags, jobs):
@@ -698,14 +762,16 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
     threads = max(1, torch.get_num_threads() // n)
-    done, models = 0, jobs[0].models
+    done, models, devices = 0, jobs[0].models, worker_devices(n)
     def ended(col, rec):
         nonlocal done
         done += 1; say(_ended(f"[{done}/{len(jobs)}] {col}", rec)); collect_results(models, plots=False)
-    say(f"training {len(jobs)} columns in {n} worker processes of {threads} thread{'s' * (threads > 1)} each")
+    on = f"on {', '.join(sorted(set(devices)))}" if devices[0] != 'cpu' else f"of {threads} thread{'s' * (threads > 1)} each"
+    say(f"training {len(jobs)} columns in {n} worker processes {on}")
     retry = []
-    with _pool(n, threads) as ex:
-        futs = {ex.submit(_train_one, job): job for job in jobs}
+    # a column holds a device slot while it trains: with n workers one is always free, and no two columns share a GPU
+    with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, _pool(n, threads) as ex:
+        futs = {ex.submit(_leased, _train_one, slots, devices, job): job for job in jobs}
         for f in as_completed(futs):
             job = futs[f]
             try: ended(job.column, f.result())
@@ -717,11 +783,32 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     say(f"a worker process died; {len(retry)} unfinished columns are retried one at a time")
     for job in [j for j in jobs if j in retry]:
         try:
-            with _pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job).result()
+            with _pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job, device=devices[0]).result()
         except BrokenProcessPool:
             rec = _failed(models, job.column, "its worker process died while training it (killed, out of memory, or a crash in native code)")
         except Exception as e: rec = _failed(models, job.column, f"{type(e).__name__} in the worker process: {e}")
         ended(job.column, rec)
+
+# %% ../nbs/05_learners.ipynb #112c1e21
+def _cache_folder(converted, models) -> Path:
+    "`converted/cache` where the conversion folder is writable, else `models/cache` (a read-only Kaggle input)"
+    return Path(converted)/'cache' if os.access(converted, os.W_OK) else Path(models)/'cache'
+
+def _with_cache(options:dict, loader:str, index:pd.DataFrame, labels:pd.DataFrame, series, folder, say:Callable) -> dict:
+    "`train_column`'s options with the image cache of every labelled study's training series (built once) in their `Feed`"
+    if loader not in ('cache', 'png'): raise ValueError(f"loader must be 'cache' or 'png', got {loader!r}")
+    feed = options.get('feed', Feed())
+    if loader == 'png': return {**options, 'feed': feed._replace(cache=None)}
+    size = options.get('size', inspect.signature(train_column).parameters['size'].default)
+    descs = {series_for_condition(c, series) for c in LABEL_COLUMNS}   # every column's series, so that all shards share it
+    ids = set(labels.study_id.map(as_id))
+    images = index[index.series_description.isin(descs) & index.study_id.map(as_id).isin(ids)].image.tolist()
+    t0 = time.perf_counter()
+    try: fn = build_cache(images, size, folder)
+    except OSError as e:
+        say(f"no image cache ({type(e).__name__}: {e}); the learners decode the PNGs"); return {**options, 'feed': feed}
+    say(f"image cache: {len(images)} images at {size} px, {fn} ({time.perf_counter() - t0:.1f} s)")
+    return {**options, 'feed': feed._replace(cache=str(fn))}
 
 # %% ../nbs/05_learners.ipynb #c153194c
 @delegates(train_column, but=['table', 'info', 'models', 'seed', 'progress'])
@@ -738,7 +825,9 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   resume:bool=True,        # skip columns already trained (model files match their record)
                   progress:bool=True,      # print a line per column and show fastai's bars
                   index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
-                  jobs:int=1,              # columns trained at once, in worker processes (CPU; see above)
+                  jobs:int=1,              # columns trained at once, in worker processes (CPU cores or GPUs; see above)
+                  loader:str='cache',      # 'cache': decode every image once (`lsdc.cache`); 'png': decode PNGs every epoch
+                  cache_dir=None,          # where the image cache lives (default: `converted/cache`, else `models/cache`)
                   **kwargs,                # `train_column`'s options (schedule, size, bs, arch, pretrained, weights, ...)
                  ) -> pd.DataFrame:
     "Train one learner per label column into `models`; the merged results table"
@@ -756,6 +845,8 @@ def train_columns(converted,               # conversion folder (holds index.csv,
             if resume and column_done(models, col): say(f"[{k}/{len(cols)}] {col}: already trained, skipped")
             else: todo.append((f"[{k}/{len(cols)}] {col}", col))
         t0, jobs = time.perf_counter(), min(jobs, len(todo))
+        if todo: kwargs = _with_cache(kwargs, loader, index=index, labels=labels, series=series, say=say,
+                                      folder=cache_dir or _cache_folder(converted, models))
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
         work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
@@ -780,7 +871,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               models:str,                    # models folder to write
               data:str=None,                 # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
               columns:str=None,              # comma-separated label columns (default: all 25)
-              shard:str=None,                # 'i/n': train shard i (from 0) of n
+              shard:str=None,                # 'i/n': train shard i (from 0) of n; 'auto': from SLURM / Kubernetes / $LSDC_SHARD
               size:int=256,                  # image size
               arch:str='resnet34',           # architecture: torchvision name (or timm name when timm is installed)
               pretrained:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # ImageNet weights (torch.hub cache or download)
@@ -799,7 +890,8 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               balance:str='upsample',        # the imbalance: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
               calibration:str='condition',   # then fit temperatures on the validation studies: per 'condition', per 'column', or 'none'
               no_resume:bool=False,          # retrain columns that already have a pickle
-              jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine)
+              jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine; GPUs: one each)
+              loader:str='cache',            # 'cache': each image decoded once into an image cache; 'png': every epoch (former path)
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
@@ -808,7 +900,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     labels = load_rsna(data, splits=('train',), check_images=False).train
     df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
                        series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
-                       resume=not no_resume, progress=not quiet, jobs=jobs, schedule=Schedule.parse(epochs, thresholds, keep),
+                       resume=not no_resume, progress=not quiet, jobs=jobs, loader=loader, schedule=Schedule.parse(epochs, thresholds, keep),
                        size=size, bs=bs, aug=aug, lr_find_iters=lr_find_iters, lr_find_range=_pair(lr_find_range, '--lr-find-range'),
                        arch=arch, pretrained=pretrained, weights=weights, train_bn=train_bn)
     if calibration != 'none' and (df.status == 'ok').any():

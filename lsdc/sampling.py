@@ -16,8 +16,8 @@ from .core import GRADES, LABEL_COLUMNS, as_id, series_for_condition, write_csv
 from .files import read_index
 
 # %% auto #0
-__all__ = ['log', 'pick_images', 'ColumnTable', 'column_table', 'split_studies', 'upsample', 'grade_counts', 'training_table',
-           'split_frame', 'write_splits']
+__all__ = ['log', 'pick_images', 'is_crop_index', 'column_images', 'column_series', 'ColumnTable', 'column_table',
+           'split_studies', 'upsample', 'grade_counts', 'training_table', 'split_frame', 'write_splits']
 
 # %% ../nbs/04_sampling.ipynb #3d0681ca
 log = logging.getLogger(__name__)
@@ -34,10 +34,34 @@ def pick_images(index:pd.DataFrame, # a conversion index with `image` (see `read
                  (n > 1).sum(), description, list(n.index[n > 1][:5]))
     return df.drop_duplicates('study_id', keep='first')[['study_id', 'series_id', 'image']].reset_index(drop=True)
 
+# %% ../nbs/04_sampling.ipynb #8085d9c8
+def is_crop_index(index:pd.DataFrame) -> bool:
+    "True for a level-crop index (`lsdc crops`), which has a `column` and a `source` per row"
+    return {'column', 'source'} <= set(index.columns)
+
+def column_images(index:pd.DataFrame, # a conversion or level-crop index with `image`
+                  col:str,            # the label column
+                  series=None,        # series mapping for a conversion index (`series_for_condition`)
+                 ) -> pd.DataFrame:
+    "One row per study: `study_id, series_id, image` (validation, prediction) and `image_train` (training)"
+    if not is_crop_index(index):
+        df = pick_images(index, series_for_condition(col, series))
+        return df.assign(image_train=df.image)
+    c = index[index.column == col].sort_values(['study_id', 'series_id'])
+    loc = c[c.source == 'located'].drop_duplicates('study_id')[['study_id', 'series_id', 'image']]
+    ann = c[c.source == 'annotated'].drop_duplicates('study_id').set_index('study_id').image
+    return loc.assign(image_train=loc.study_id.map(ann).fillna(loc.image)).reset_index(drop=True)
+
+def column_series(index:pd.DataFrame, col:str, series=None) -> str:
+    "The series description `col`'s images come from"
+    if not is_crop_index(index): return series_for_condition(col, series)
+    d = index.loc[index.column == col, 'series_description']
+    return str(d.mode().iloc[0]) if len(d) else series_for_condition(col, series)
+
 # %% ../nbs/04_sampling.ipynb #27fe1674
 @dataclass
 class ColumnTable:
-    "The studies of one label column: `df` (study_id, series_id, image, label) and what was left out"
+    "The studies of one label column: `df` (study_id, series_id, image, image_train, label) and what was left out"
     column: str
     series: str
     df: pd.DataFrame
@@ -52,18 +76,18 @@ def column_table(labels:pd.DataFrame, # `study_id` + label columns, grades as st
     "One row per labelled study of `col`, with the image of the series that column is read from"
     if col not in LABEL_COLUMNS: raise ValueError(f"Unknown label column {col!r}")
     if col not in labels.columns: raise ValueError(f"labels have no column {col!r}")
-    desc = series_for_condition(col, series)
+    desc = column_series(index, col, series)
     lab = labels[['study_id', col]].dropna(subset=[col]).rename(columns={col: 'label'})
     lab = lab.assign(study_id=lab.study_id.map(as_id).astype('int64'), label=lab.label.astype(str))
     bad = sorted(set(lab.label) - set(GRADES))
     if bad: raise ValueError(f"{col}: unknown grades {bad}; expected {list(GRADES)}")
-    imgs = pick_images(index, desc)
+    imgs = column_images(index, col, series)
     df = lab.merge(imgs, on='study_id', how='inner').sort_values('study_id').reset_index(drop=True)
     missing = sorted(int(s) for s in set(lab.study_id) - set(imgs.study_id))
     if missing: log.warning("%s: %d labelled studies have no converted %s series (left out): %s",
                             col, len(missing), desc, missing[:10])
     n_unl = len(set(imgs.study_id) - set(lab.study_id))
-    return ColumnTable(col, desc, df[['study_id', 'series_id', 'image', 'label']], missing, n_unl)
+    return ColumnTable(col, desc, df[['study_id', 'series_id', 'image', 'image_train', 'label']], missing, n_unl)
 
 # %% ../nbs/04_sampling.ipynb #f0555767
 def split_studies(df:pd.DataFrame,      # one row per study with `label`
@@ -118,8 +142,10 @@ def training_table(labels:pd.DataFrame, # `study_id` + label columns, grades as 
     if t.df.empty: raise ValueError(f"{col}: no labelled study has a converted {t.series} series")
     split, note = split_studies(t.df, valid_pct, seed)
     train, valid = split[~split.is_valid], split[split.is_valid]
+    train = train.assign(image=train.image_train)   # level crops: the annotated crop; a conversion: the same image
+    train, valid = train.drop(columns='image_train'), valid.drop(columns='image_train')
     up = upsample(train, seed) if balance == 'upsample' else train
-    info = dict(column=col, series=t.series, balance=balance, n_studies=len(t.df), n_missing_series=len(t.missing),
+    info = dict(column=col, series=t.series, inputs='levels' if is_crop_index(index) else 'middle', balance=balance, n_studies=len(t.df), n_missing_series=len(t.missing),
                 missing_series=t.missing, split=note, n_train=len(train), n_train_upsampled=len(up), n_valid=len(valid),
                 train_counts=grade_counts(train.label), train_counts_upsampled=grade_counts(up.label),
                 valid_counts=grade_counts(valid.label))

@@ -1,4 +1,4 @@
-"""An embedded synthetic RSNA data set: real DICOM files in the exact Kaggle layout, with phantom spines whose middle slices carry a documented, learnable grade signal.
+"""An embedded synthetic RSNA data set: real DICOM files in the exact Kaggle layout, with phantom spines that carry a documented, learnable grade signal: on the middle slices (the `middle` phantom) or where each grade shows in real lumbar MRI (the `anatomical` phantom).
 
 Docs: https://lsdc-dev.github.io/lsdc/synth.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/synth.html.md"""
 
 # %% ../nbs/02_synth.ipynb #f6c0ac95
 from __future__ import annotations
-import os, time, shutil
+import math, os, time, shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -19,9 +19,13 @@ from .core import *
 
 # %% auto #0
 __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL_V', 'AXIAL_POINTS', 'SAG_ORIENT', 'AX_ORIENT',
-           'SERIES_KINDS', 'sample_grades', 'missing_mask', 'Layout', 'level_points', 'Canvas', 'sagittal_canvas',
-           'sagittal_layers', 'sagittal_slice', 'sagittal_image', 'axial_image', 'dicom_slice', 'restamp', 'Contrast',
-           'StudyJob', 'Phantom', 'SeriesSpec', 'make_synthetic', 'synth_cli']
+           'SERIES_KINDS', 'LEVEL_SHIFT', 'DEGENERATION', 'GRADE_CUTS', 'DIFFICULTY', 'GRADE_SEVERITY',
+           'FORAMEN_OFFSET', 'DISC_TILT', 'SAG_FADE', 'PHANTOMS', 'sample_grades', 'missing_mask', 'Layout',
+           'level_points', 'Canvas', 'sagittal_canvas', 'sagittal_layers', 'sagittal_slice', 'sagittal_image',
+           'axial_image', 'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec',
+           'degenerated_grades', 'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy',
+           'anatomical_sagittal_layers', 'anatomical_sagittal_slice', 'Plane', 'canal_crossing',
+           'anatomical_axial_image', 'axial_planes', 'make_synthetic', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #3634081b
 GRADE_PROBS = {'spinal': (0.878, 0.075, 0.047), 'foraminal': (0.78, 0.18, 0.04), 'subarticular': (0.714, 0.19, 0.096)}
@@ -191,6 +195,7 @@ def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
                 slope:float|None=None,     # RescaleSlope, when the series stores rescaled values
                 intercept:float|None=None, # RescaleIntercept, with `slope`
                 nslices:int=1,       # ImagesInAcquisition
+                between:float|None=None, # SpacingBetweenSlices (mm), written when given
                ) -> Dataset:
     "A complete MR DICOM dataset for one slice"
     meta = FileMetaDataset()
@@ -208,6 +213,7 @@ def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
     ds.ImageOrientationPatient = [float(x) for x in orientation]
     ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
     ds.SliceThickness = thickness
+    if between is not None: ds.SpacingBetweenSlices = between
     ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = 'MONOCHROME2'
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated = 16; ds.BitsStored = 16; ds.HighBit = 15; ds.PixelRepresentation = 0
@@ -279,6 +285,8 @@ class StudyJob(NamedTuple):
     series_ids:list   # ids of its Sagittal T1, Sagittal T2/STIR and Axial T2 series
     seed:int          # the data set's seed
     image_size:int    # rows and columns of every image
+    phantom:str='middle'   # 'middle' or 'anatomical'
+    difficulty:float=0.5   # how hard the anatomical phantom's marks are to read (0-1)
 
 class Phantom(NamedTuple):
     "The draws of one study"
@@ -300,17 +308,22 @@ class SeriesSpec(NamedTuple):
     spacing:float=1.0     # pixel spacing (mm)
     thickness:float=1.0   # slice thickness (mm)
     nslices:int=1         # slices in the series
+    between:float|None=None  # SpacingBetweenSlices (mm), when written
 
-def _save_slice(ds:Dataset|None, img:np.ndarray, spec:SeriesSpec, instance:int, position, rng) -> Dataset:
+# %% ../nbs/02_synth.ipynb #81ed8fbc
+def _save_slice(ds:Dataset|None, img:np.ndarray, spec:SeriesSpec, instance:int, position, rng, orientation=None) -> Dataset:
     "Store `img` as a slice of `spec`'s series and write its file; restamp `ds`, the series' last slice, when given"
     con = spec.contrast
     px = _store(img, con=con, rng=rng)
-    if ds is not None: restamp(ds, px, instance=instance, position=position, seed=spec.seed)
+    if ds is not None:
+        restamp(ds, px, instance=instance, position=position, seed=spec.seed)
+        if orientation is not None: ds.ImageOrientationPatient = [float(x) for x in orientation]
     else:
         rescale = dict(slope=con.slope, intercept=con.intercept) if con.rescale else {}
         ds = dicom_slice(px, study_id=spec.study_id, series_id=spec.series_id, instance=instance, description=spec.description,
-                         position=position, orientation=spec.orientation, spacing=spec.spacing, thickness=spec.thickness,
-                         seed=spec.seed, nslices=spec.nslices, **rescale)
+                         position=position, orientation=spec.orientation if orientation is None else orientation,
+                         spacing=spec.spacing, thickness=spec.thickness, seed=spec.seed, nslices=spec.nslices,
+                         between=spec.between, **rescale)
     ds.save_as(spec.folder/f'{instance}.dcm', enforce_file_format=True)
     return ds
 
@@ -361,23 +374,338 @@ def _write_axial(spec:SeriesSpec, ph:Phantom, origin:tuple, rng) -> list:
 # %% ../nbs/02_synth.ipynb #639da2e4
 SERIES_KINDS = {'Sagittal T1': 'T1', 'Sagittal T2/STIR': 'T2', 'Axial T2': 'AX'}
 
-def _write_study(job:StudyJob) -> dict:
-    "Write the three series of one study; return its table rows"
-    rng = np.random.default_rng([job.seed, job.index])
-    ph = Phantom(grades=sample_grades(rng), missing=missing_mask(rng), lay=_layout(rng), fov=rng.uniform(260, 320))
+def _write_series(job:StudyJob, grades:dict, missing:dict, write, rng, noise:float=1.0) -> dict:
+    "Write a study's three series with `write(spec, kind)` (its coordinate rows); return the study's table rows"
     series_rows, coords = [], []
     for (desc, kind), sid in zip(SERIES_KINDS.items(), job.series_ids):
         folder = Path(job.root)/f'{job.split}_images'/str(job.study_id)/str(sid)
         folder.mkdir(parents=True, exist_ok=True)
         series_rows.append((job.study_id, sid, desc))
+        con = _series_contrast(rng, job.image_size)
         spec = SeriesSpec(folder=folder, study_id=job.study_id, series_id=sid, description=desc, seed=job.seed,
-                          size=job.image_size, contrast=_series_contrast(rng, job.image_size))
-        origin = (-ph.fov/2 + rng.uniform(-5, 5), ph.fov/2 + rng.uniform(-5, 5))
-        if kind == 'AX': coords += _write_axial(spec, ph=ph, origin=origin, rng=rng)
-        else: coords += _write_sagittal(spec, kind=kind, ph=ph, origin=origin, rng=rng)
-    labels = {'study_id': job.study_id, **{c: (None if ph.missing[c] else GRADES[g]) for c, g in ph.grades.items()}}
-    coords = [r for r in coords if not ph.missing[label_column(r[3], r[4])]]
+                          size=job.image_size, contrast=con if noise == 1 else con._replace(noise=con.noise*noise))
+        coords += write(spec, kind)
+    labels = {'study_id': job.study_id, **{c: (None if missing[c] else GRADES[g]) for c, g in grades.items()}}
+    coords = [r for r in coords if not missing[label_column(r[3], r[4])]]
     return dict(labels=labels, series=series_rows, coords=coords)
+
+def _write_study(job:StudyJob) -> dict:
+    "Write the three series of one study of the middle phantom; return its table rows"
+    rng = np.random.default_rng([job.seed, job.index])
+    ph = Phantom(grades=sample_grades(rng), missing=missing_mask(rng), lay=_layout(rng), fov=rng.uniform(260, 320))
+    def write(spec, kind):
+        origin = (-ph.fov/2 + rng.uniform(-5, 5), ph.fov/2 + rng.uniform(-5, 5))
+        if kind == 'AX': return _write_axial(spec, ph=ph, origin=origin, rng=rng)
+        return _write_sagittal(spec, kind=kind, ph=ph, origin=origin, rng=rng)
+    return _write_series(job, grades=ph.grades, missing=ph.missing, write=write, rng=rng)
+
+# %% ../nbs/02_synth.ipynb #f91015a4
+LEVEL_SHIFT = (-0.8, -0.45, 0.0, 0.55, 0.45)  # mean latent degeneration by level: L4/L5 and L5/S1 wear most
+DEGENERATION = (0.30, 0.20)  # shares of a label's latent variance from its study and from its level
+
+def _cuts(p:tuple, shift=LEVEL_SHIFT) -> tuple:
+    "Latent cut points of Moderate and Severe that give the grade shares `p` over levels of mean latent `shift`"
+    above = lambda t: np.mean([0.5*math.erfc((t - m)/math.sqrt(2)) for m in shift])
+    def solve(q, lo=-8.0, hi=8.0):
+        for _ in range(60): lo, hi = ((lo + hi)/2, hi) if above((lo + hi)/2) > q else (lo, (lo + hi)/2)
+        return (lo + hi)/2
+    return solve(p[1] + p[2]), solve(p[2])
+
+GRADE_CUTS = {g: _cuts(p) for g, p in GRADE_PROBS.items()}
+
+def degenerated_grades(rng:np.random.Generator) -> tuple:
+    "Grade index per label column, correlated through the study's degeneration; and that degeneration (about N(0, 1))"
+    (rs, rl), study, level = DEGENERATION, rng.standard_normal(), rng.standard_normal(5)
+    deg = np.array(LEVEL_SHIFT) + math.sqrt(rs)*study + math.sqrt(rl)*level
+    grades = {}
+    for c in LABEL_COLUMNS:
+        z = deg[LEVELS.index(split_column(c)[1])] + math.sqrt(1 - rs - rl)*rng.standard_normal()
+        t1, t2 = GRADE_CUTS[condition_group(c)]
+        grades[c] = int(z > t1) + int(z > t2)
+    return grades, float(study)
+
+# %% ../nbs/02_synth.ipynb #78b980f9
+DIFFICULTY = 0.5                # default difficulty of the anatomical phantom's marks
+GRADE_SEVERITY = (0.0, 0.5, 1.0)  # a grade's severity at difficulty 0
+
+def mark_severity(grades:dict, difficulty:float, rng:np.random.Generator) -> dict:
+    "Severity of each label's mark: its grade's, shrunk and jittered by `difficulty` (0 easy .. 1 hard)"
+    span, sd = 1 - 0.6*difficulty, 0.04 + 0.2*difficulty
+    return {c: float(np.clip(GRADE_SEVERITY[g]*span + rng.normal(0, sd), -0.3, 1.2)) for c, g in grades.items()}
+
+# %% ../nbs/02_synth.ipynb #c9046d27
+FORAMEN_OFFSET = (14.9, 15.7, 16.7, 17.8, 18.9)  # mm from the midline to the foramina, L1/L2..L5/S1 (ANATOMY.md)
+DISC_TILT = (-4.0, 0.0, 4.0, 10.0, 22.0)         # degrees about the patient x axis; the study adds +/-4
+
+class Spine(NamedTuple):
+    "A study's lumbar spine in the patient frame (LPS, mm)"
+    x:float             # the midline: x of the canal's sagittal plane
+    canal:np.ndarray    # (5, 3) canal centre at each disc, L1/L2 first: the spinal labels' points
+    tilt:np.ndarray     # (5,) disc angles about the patient x axis (rad; > 0: the disc's anterior edge lower)
+    foramen:np.ndarray  # (5,) distance of each level's foramina from the midline (mm)
+    recess:float        # distance of the subarticular recesses from the midline (mm)
+    scale:float         # body size
+
+    def disc(self, i:int) -> np.ndarray:
+        "Centre of disc `i`: in front of the canal, in the disc's plane"
+        return self.canal[i] - 28*self.scale*np.array([0, math.cos(self.tilt[i]), math.sin(self.tilt[i])])
+
+    def foramen_point(self, i:int, side:int) -> np.ndarray:
+        "The foramen of level `i` on `side` (+1 left, -1 right)"
+        return self.canal[i] + np.array([side*self.foramen[i], -3*self.scale, 5*self.scale])
+
+def draw_spine(rng:np.random.Generator) -> Spine:
+    "Draw a study's `Spine`: size, height, lordosis, disc tilts and lateral offsets"
+    scale, i, x = rng.uniform(0.92, 1.08), np.arange(5), rng.uniform(-6, 6)
+    z = rng.uniform(-15, 15) + (2 - i)*37*scale + rng.uniform(-1.5, 1.5, 5)
+    y = rng.uniform(20, 40) - rng.uniform(6, 16)*np.sin(np.pi*(i + 0.5)/5)
+    return Spine(x=x, canal=np.stack([np.full(5, x), y, z], axis=1), tilt=np.radians(np.array(DISC_TILT) + rng.uniform(-4, 4, 5)),
+                 foramen=np.array(FORAMEN_OFFSET)*rng.uniform(0.96, 1.04) + rng.uniform(-0.5, 0.5, 5),
+                 recess=rng.uniform(8, 10)*scale, scale=scale)
+
+# %% ../nbs/02_synth.ipynb #4e489448
+def _add_rblob(img:np.ndarray, cu, cv, ru, rv, amp, angle:float=0.0) -> np.ndarray:
+    "`_add_blob` turned by `angle` (radians, counter-clockwise on screen): its `ru` axis runs along (cos, -sin) in (u, v)"
+    n, r = img.shape[0], 2.2*max(ru, rv)
+    c0, c1 = max(0, int((cu - r)*n)), min(n, int((cu + r)*n) + 2)
+    r0, r1 = max(0, int((cv - r)*n)), min(n, int((cv + r)*n) + 2)
+    if c0 >= c1 or r0 >= r1: return img
+    du = (np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5)/n - cu
+    dv = (np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5)/n - cv
+    ca, sa = math.cos(angle), math.sin(angle)
+    r2 = ((du*ca - dv*sa)/ru)**2 + ((du*sa + dv*ca)/rv)**2
+    img[r0:r1, c0:c1] += amp*np.exp(-r2*r2)
+    return img
+
+class SagGrid(NamedTuple):
+    "Where the pixels of a sagittal series lie in the patient's (y, z) plane"
+    y0:float   # y of the first column (ImagePositionPatient[1])
+    z0:float   # z of the first row (ImagePositionPatient[2])
+    ps:float   # pixel spacing (mm)
+    n:int      # rows = columns
+
+    def uv(self, p) -> tuple:
+        "Normalised image position (u across, v down) of the patient point `p`; times `n`, a label's x and y"
+        return ((p[1] - self.y0)/self.ps + 0.5)/self.n, ((self.z0 - p[2])/self.ps + 0.5)/self.n
+
+    def blob(self, img:np.ndarray, p, ry:float, rz:float, amp:float, angle:float=0.0) -> np.ndarray:
+        "Add a soft ellipse on the patient point `p`, radii `ry` along the disc and `rz` across it (mm), turned by `angle`"
+        return _add_rblob(img, *self.uv(p), ry/(self.ps*self.n), rz/(self.ps*self.n), amp, angle)
+
+# %% ../nbs/02_synth.ipynb #72c4e747
+class Anatomy(NamedTuple):
+    "The draws of one study of the anatomical phantom"
+    grades:dict        # grade index per label column
+    missing:dict       # which labels are left empty
+    sev:dict           # severity of each label's mark (`mark_severity`)
+    desic:np.ndarray   # (5,) disc desiccation by level, 0-1: the weak study-level cue
+    spine:Spine
+    fat:float          # brightness of the foraminal fat
+    csf:float          # brightness of the CSF
+    size:float         # size of the foramina and recesses
+
+def draw_anatomy(rng:np.random.Generator, difficulty:float=DIFFICULTY) -> Anatomy:
+    "Draw one study of the anatomical phantom"
+    grades, study = degenerated_grades(rng)
+    missing, spine = missing_mask(rng), draw_spine(rng)
+    sev = mark_severity(grades, difficulty=difficulty, rng=rng)
+    desic = 1/(1 + np.exp(-(1.2*study + 0.5*np.array(LEVEL_SHIFT) + rng.normal(0, 0.6, 5))))
+    v = 0.35*difficulty
+    return Anatomy(grades=grades, missing=missing, sev=sev, desic=desic, spine=spine, fat=rng.uniform(1 - v, 1 + v),
+                   csf=rng.uniform(1 - v, 1 + v), size=rng.uniform(1 - 0.6*v, 1 + 0.6*v))
+
+# %% ../nbs/02_synth.ipynb #3f4ffe26
+def _sag_canal(grid:SagGrid, an:Anatomy, t1:bool) -> np.ndarray:
+    "The canal of a sagittal series: a CSF tube through the canal points, pinched at each level on T2"
+    q = an.spine.canal
+    ext = np.concatenate([[2*q[0] - q[1]], q, [2*q[4] - q[3]]])
+    z = grid.z0 - np.arange(grid.n)*grid.ps
+    yc = np.interp(z, ext[::-1, 2], ext[::-1, 1])
+    pinch = np.zeros_like(z)
+    if not t1:
+        for i, l in enumerate(LEVELS): pinch += np.clip(an.sev[f'spinal_canal_stenosis_{l}'], 0, 1.2)*np.exp(-((z - q[i, 2])/5)**2)
+    y = grid.y0 + np.arange(grid.n)*grid.ps
+    half = 7*an.spine.scale*(1 - 0.55*pinch)
+    tube = np.exp(-(((y[None, :] - yc[:, None])/half[:, None])**4))
+    return (tube*((0.08 if t1 else 0.7*an.csf)*(1 - 0.6*pinch))[:, None]).astype(np.float32)
+
+def _vertebrae(sp:Spine) -> list:
+    "Centre, half height and tilt of each vertebral body, L1 to S1, from the discs around it"
+    d = [sp.disc(i) for i in range(5)]
+    mids = [(d[0] + (d[0] - d[1])/2, sp.tilt[0])] + [((a + b)/2, (sp.tilt[i] + sp.tilt[i + 1])/2) for i, (a, b) in enumerate(zip(d[:-1], d[1:]))]
+    s1 = d[4] - 20*sp.scale*np.array([0, -math.sin(sp.tilt[4]), math.cos(sp.tilt[4])])
+    return [(c, 13*sp.scale, t) for c, t in mids] + [(s1, 15*sp.scale, sp.tilt[4])]
+
+# %% ../nbs/02_synth.ipynb #f4abf6fc
+SAG_FADE = {'bone': lambda dx: np.exp(-(dx/26)**6), 'canal': lambda dx: np.exp(-(dx/7)**4),
+            'post': lambda dx: np.exp(-(dx/7)**2), 'lateral': lambda dx: np.exp(-((abs(dx) - 17)/6)**2)}
+
+def anatomical_sagittal_layers(grid:SagGrid, t1:bool, an:Anatomy) -> dict:
+    "The layers of a sagittal series of the anatomical phantom (T1 or T2/STIR), to be mixed by `SAG_FADE`"
+    sp, s = an.spine, an.spine.scale
+    q, c = sp.canal, sp.canal.mean(axis=0)
+    base = np.broadcast_to(0.06 + 0.04*np.arange(grid.n, dtype=np.float32)[:, None]/grid.n, (grid.n, grid.n)).copy()
+    for dy, ry, amp in ((-110, 100, (0.16, 0.13)), (45, 28, (0.20, 0.14)), (88, 12, (0.50, 0.36))):   # belly, muscle, fat
+        grid.blob(base, c + (0, dy, 0), ry, 260, amp[0] if t1 else amp[1])
+    bone, post, lateral = (np.zeros_like(base) for _ in range(3))
+    for k, (ctr, half, tilt) in enumerate(_vertebrae(sp)):
+        grid.blob(bone, ctr, 20*s, half, 0.5 if t1 else 0.36, angle=tilt)
+        if k < 5:
+            qm = (q[max(k - 1, 0)] + q[k])/2 if k else q[0] + (q[0] - q[1])/2
+            grid.blob(post, qm + (0, 32*s, -3*s), 12*s, 8*s, 0.35 if t1 else 0.25)    # spinous process
+            grid.blob(lateral, qm + (0, -2*s, 3*s), 8*s, 7*s, 0.3 if t1 else 0.22)    # pedicle
+    for i in range(5):
+        grid.blob(bone, sp.disc(i), 21*s, 4.5*s, 0.22 if t1 else 0.55*(1 - 0.6*an.desic[i]), angle=sp.tilt[i])
+        grid.blob(lateral, q[i] + (0, 14*s, s), 6*s, 8*s, 0.28 if t1 else 0.2)        # facet joint
+    return dict(base=base, bone=bone, canal=_sag_canal(grid, an=an, t1=t1), post=post, lateral=lateral)
+
+# %% ../nbs/02_synth.ipynb #dc2e3a87
+def anatomical_sagittal_slice(layers:dict, grid:SagGrid, t1:bool, an:Anatomy, dx:float) -> np.ndarray:
+    "A sagittal slice `dx` mm left (+) or right (-) of the midline, float32 in about [0, 1]"
+    img = layers['base'] + sum(float(f(dx))*layers[k] for k, f in SAG_FADE.items())
+    sp, s = an.spine, an.spine.scale
+    for i, l in enumerate(LEVELS):
+        for side, name in ((1, 'left'), (-1, 'right')):
+            p = math.exp(-((dx - side*sp.foramen[i])/3.5)**2)
+            if p > 0.01:
+                sev = an.sev[f'{name}_neural_foraminal_narrowing_{l}'] if t1 else 0.3
+                k, fp = (1 - 0.35*sev)*an.size, sp.foramen_point(i, side)
+                grid.blob(img, fp, 4.5*s*k, 7*s*k, p*(0.6*an.fat if t1 else 0.3)*(1 - 0.8*sev))
+                grid.blob(img, fp + (0, 0, 2.5*s), 1.6*s, 1.6*s, -0.12*p)
+            p = math.exp(-((dx - side*sp.recess)/3)**2)
+            if not t1 and p > 0.01:
+                sev = an.sev[f'{name}_subarticular_stenosis_{l}']
+                grid.blob(img, sp.canal[i] + (0, -4*s, 0), 3*s*an.size, 3.5*s*an.size, p*0.3*an.csf*(1 - 0.5*sev))
+    return img
+
+# %% ../nbs/02_synth.ipynb #463a45de
+class Plane(NamedTuple):
+    "Where one slice lies in the patient frame"
+    ipp:np.ndarray   # ImagePositionPatient: centre of the first pixel (mm)
+    row:np.ndarray   # direction of increasing column index (first half of ImageOrientationPatient)
+    col:np.ndarray   # direction of increasing row index (second half)
+    ps:float         # pixel spacing (mm)
+    n:int            # rows = columns
+
+    @property
+    def normal(self) -> np.ndarray: return np.cross(self.row, self.col)
+    @property
+    def orientation(self) -> tuple: return tuple(round(float(v), 6) for v in (*self.row, *self.col))
+
+    def pixel(self, p) -> tuple:
+        "(x, y) of the patient point `p` in this slice's pixels, in the labels' convention (pixel i spans i to i+1)"
+        d = np.asarray(p, float) - self.ipp
+        return float(d@self.row/self.ps + 0.5), float(d@self.col/self.ps + 0.5)
+
+def canal_crossing(plane:Plane, sp:Spine) -> np.ndarray:
+    "Where the canal's centre line crosses `plane`"
+    q = sp.canal
+    ext = np.concatenate([[2*q[0] - q[1]], q, [2*q[4] - q[3]]])
+    d = (ext - plane.ipp)@plane.normal
+    for a in range(len(ext) - 1):
+        if d[a]*d[a + 1] <= 0 and d[a] != d[a + 1]: return ext[a] + d[a]/(d[a] - d[a + 1])*(ext[a + 1] - ext[a])
+    e = ext[0] if abs(d[0]) < abs(d[-1]) else ext[-1]
+    return e - ((e - plane.ipp)@plane.normal)*plane.normal
+
+# %% ../nbs/02_synth.ipynb #9a6e7757
+def anatomical_axial_image(plane:Plane, an:Anatomy) -> np.ndarray:
+    "One axial T2 slice of the anatomical phantom, float32 in about [0, 1]"
+    sp, s, n, ps = an.spine, an.spine.scale, plane.n, plane.ps
+    d = (sp.canal - plane.ipp)@plane.normal
+    i = int(np.argmin(abs(d))); w, l = math.exp(-(d[i]/4)**2), LEVELS[i]
+    cx, cy = plane.pixel(canal_crossing(plane, sp))
+    img = np.broadcast_to(0.06 + 0.04*np.arange(n, dtype=np.float32)[:, None]/n, (n, n)).copy()
+    def blob(dx, dy, rx, ry, amp): _add_blob(img, cu=(cx + dx/ps)/n, cv=(cy + dy/ps)/n, ru=rx/(ps*n), rv=ry/(ps*n), amp=amp)
+    blob(0, -60, 150, 110, 0.13); blob(0, 78, 130, 10, 0.36)                       # belly, subcutaneous fat
+    blob(0, -28*s, 22*s, 16*s, (1 - w)*0.34 + w*0.55*(1 - 0.6*an.desic[i]))       # body or disc
+    pinch = np.clip(an.sev[f'spinal_canal_stenosis_{l}'], 0, 1.2)*w
+    blob(0, 0, 9*s*(1 - 0.45*pinch), 7*s*(1 - 0.45*pinch), 0.7*an.csf*(1 - 0.5*pinch))   # canal
+    blob(0, 24*s, 5*s, 14*s, 0.25)                                                 # spinous process
+    for side, name in ((1, 'left'), (-1, 'right')):
+        blob(side*28, 38, 22, 22, 0.12); blob(side*38, -25, 16, 20, 0.08)         # back muscles, psoas
+        blob(side*15*s, 9*s, 6*s, 5*s, 0.28); blob(side*16*s, -6*s, 4*s, 8*s, 0.3*(1 - w))   # facet, pedicle
+        sev = an.sev[f'{name}_subarticular_stenosis_{l}']
+        k = (1 - 0.35*sev*w)*an.size
+        blob(side*sp.recess, -3*s, 3.2*s*k, 2.8*s*k, 0.6*an.csf*(w*(1 - 0.8*sev) + (1 - w)*0.5))   # recess
+    return img
+
+# %% ../nbs/02_synth.ipynb #c8df2c90
+def axial_planes(sp:Spine, size:int, rng:np.random.Generator) -> tuple:
+    "The planes of an axial series, top to bottom, and their spacing (mm)"
+    ps, row = rng.uniform(200, 250)/size, np.array([1., 0., 0.])
+    shift, half = np.array([rng.uniform(-5, 5), -rng.uniform(15, 30)]), (size - 1)/2*ps
+    plane = lambda centre, col: Plane(ipp=centre - half*(row + col), row=row, col=col, ps=ps, n=size)
+    if rng.random() < 0.35:
+        step, col = rng.uniform(3.5, 5.0), np.array([0., 1., 0.])
+        top, bottom = sp.canal[0, 2] + rng.uniform(8, 16), sp.canal[4, 2] - rng.uniform(8, 16)
+        cy = sp.canal[:, 1].mean() + shift[1]
+        return [plane(np.array([sp.x + shift[0], cy, z]), col) for z in np.arange(top, bottom, -step)], step
+    step, tilted, planes = rng.uniform(3.5, 4.5), rng.random() < 0.6, []
+    for i in range(5):
+        m, phi = int(rng.integers(3, 6)), sp.tilt[i] + rng.uniform(-0.05, 0.05) if tilted else 0.0
+        col, normal = np.array([0., math.cos(phi), math.sin(phi)]), np.array([0., -math.sin(phi), math.cos(phi)])
+        centre = sp.canal[i] + shift[0]*row + shift[1]*col + rng.uniform(-0.5, 0.5)*normal
+        planes += [plane(centre + ((m - 1)/2 - j)*step*normal, col) for j in range(m)]
+    return planes, step
+
+# %% ../nbs/02_synth.ipynb #3aed4bf7
+def _write_anat_sagittal(spec:SeriesSpec, kind:str, an:Anatomy, rng) -> list:
+    "Write a sagittal series of the anatomical phantom (`kind` 'T1' or 'T2'); return its coordinate rows"
+    sp, t1 = an.spine, kind == 'T1'
+    n, step, fov = int(rng.integers(15, 22)), rng.uniform(3.5, 5.5), rng.uniform(300, 360)
+    c = sp.canal.mean(axis=0) + (0, -0.1*fov + rng.uniform(-10, 10), rng.uniform(-15, 15))
+    ps = fov/spec.size
+    grid = SagGrid(y0=c[1] - (spec.size - 1)/2*ps, z0=c[2] + (spec.size - 1)/2*ps, ps=ps, n=spec.size)
+    xs = sp.x + rng.uniform(-1, 1) + (np.arange(n) - (n - 1)/2)*step
+    inst = _instance_order(n, rng)
+    spec = spec._replace(orientation=SAG_ORIENT, spacing=ps, thickness=round(step*rng.uniform(0.8, 1.0), 2), between=round(step, 4), nslices=n)
+    layers, ds = anatomical_sagittal_layers(grid, t1=t1, an=an), None
+    for k in range(n):
+        img = np.power(np.clip(anatomical_sagittal_slice(layers, grid=grid, t1=t1, an=an, dx=xs[k] - sp.x), 0, None), spec.contrast.gamma, dtype=np.float32)
+        ds = _save_slice(ds, img, spec=spec, instance=int(inst[k]), position=(xs[k], grid.y0, grid.z0), rng=rng)
+    at = lambda x: int(inst[int(np.argmin(abs(xs - x)))])
+    rows = []
+    for i, l in enumerate(LEVELS):
+        marks = [('spinal_canal_stenosis', sp.x, sp.canal[i])] if not t1 else \
+                [(f'{name}_neural_foraminal_narrowing', sp.x + side*sp.foramen[i], sp.foramen_point(i, side)) for side, name in ((1, 'left'), (-1, 'right'))]
+        rows += [(spec.study_id, spec.series_id, at(x), cond, l, *(np.array(grid.uv(p))*spec.size)) for cond, x, p in marks]
+    return rows
+
+# %% ../nbs/02_synth.ipynb #ad0f4913
+def _write_anat_axial(spec:SeriesSpec, an:Anatomy, rng) -> list:
+    "Write the axial series of the anatomical phantom; return its coordinate rows"
+    sp, s = an.spine, an.spine.scale
+    planes, step = axial_planes(sp, size=spec.size, rng=rng)
+    inst = _instance_order(len(planes), rng)
+    spec = spec._replace(orientation=planes[0].orientation, spacing=planes[0].ps, thickness=round(step*rng.uniform(0.8, 1.0), 2),
+                         between=round(step, 4), nslices=len(planes))
+    ds = None
+    for k, pl in enumerate(planes):
+        img = np.power(np.clip(anatomical_axial_image(pl, an=an), 0, None), spec.contrast.gamma, dtype=np.float32)
+        ds = _save_slice(ds, img, spec=spec, instance=int(inst[k]), position=pl.ipp, rng=rng, orientation=pl.orientation)
+    rows = []
+    for i, l in enumerate(LEVELS):
+        k = int(np.argmin([abs((sp.canal[i] - p.ipp)@p.normal) for p in planes]))
+        cx, cy = planes[k].pixel(canal_crossing(planes[k], sp))
+        rows += [(spec.study_id, spec.series_id, int(inst[k]), f'{name}_subarticular_stenosis', l,
+                  cx + side*sp.recess/planes[k].ps, cy - 3*s/planes[k].ps) for side, name in ((1, 'left'), (-1, 'right'))]
+    return rows
+
+# %% ../nbs/02_synth.ipynb #be3b1052
+PHANTOMS = ('middle', 'anatomical')
+
+def _write_anatomical(job:StudyJob) -> dict:
+    "Write the three series of one study of the anatomical phantom; return its table rows"
+    rng = np.random.default_rng([job.seed, job.index])
+    an = draw_anatomy(rng, difficulty=job.difficulty)
+    def write(spec, kind):
+        if kind == 'AX': return _write_anat_axial(spec, an=an, rng=rng)
+        return _write_anat_sagittal(spec, kind=kind, an=an, rng=rng)
+    return _write_series(job, grades=an.grades, missing=an.missing, write=write, rng=rng, noise=1 + job.difficulty)
+
+def _write_job(job:StudyJob) -> dict:
+    "Write one study with the writer of its phantom"
+    return _write_anatomical(job) if job.phantom == 'anatomical' else _write_study(job)
 
 # %% ../nbs/02_synth.ipynb #483e24ac
 def _ids(rng, n:int, taken:set) -> list:
@@ -388,14 +716,14 @@ def _ids(rng, n:int, taken:set) -> list:
         if i not in taken: taken.add(i); out.append(i)
     return out
 
-def _study_jobs(dest:Path, n_train:int, n_test:int, seed:int, image_size:int) -> list:
+def _study_jobs(dest:Path, n_train:int, n_test:int, seed:int, image_size:int, phantom:str='middle', difficulty:float=DIFFICULTY) -> list:
     "The `StudyJob` of every study: train studies first, ids drawn from `seed`"
     rng = np.random.default_rng(seed)
     taken = set()
     study_ids = _ids(rng, n=n_train + n_test, taken=taken)
     series_ids = [_ids(rng, n=3, taken=taken) for _ in study_ids]
     return [StudyJob(root=str(dest), split='train' if i < n_train else 'test', index=i, study_id=s, series_ids=series_ids[i],
-                     seed=seed, image_size=image_size) for i, s in enumerate(study_ids)]
+                     seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty) for i, s in enumerate(study_ids)]
 
 def _write_tables(dest:Path, train:list, test:list):
     "Write the five CSV files and `test_labels.csv` from the rows of the train and test studies"
@@ -419,19 +747,23 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    image_size:int=384,    # rows and columns of every image
                    n_workers:int|None=None, # processes (default: one per core, at most 8)
                    overwrite:bool=False,  # replace an existing data set in `dest`
+                   phantom:str='middle',  # 'middle' (every grade on the middle slices) or 'anatomical' (where it shows in real MRI)
+                   difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
                   ) -> Path:
     "Write a synthetic RSNA data set in the Kaggle layout"
+    if phantom not in PHANTOMS: raise ValueError(f"phantom must be one of {', '.join(PHANTOMS)}, not {phantom!r}")
+    if not 0 <= difficulty <= 1: raise ValueError(f"difficulty must be between 0 and 1, not {difficulty}")
     dest = Path(dest)
     if (dest/'train.csv').exists() or (dest/'train_images').exists():
         if not overwrite: raise FileExistsError(f"{dest}: already holds a data set; pass overwrite=True (--overwrite) to replace it")
         for p in ('train_images', 'test_images'): shutil.rmtree(dest/p, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     if image_size < 32: raise ValueError(f"image_size must be at least 32, not {image_size}")
-    jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty)
     n_workers = min(os.cpu_count() or 1, 8) if n_workers is None else n_workers
     if n_workers > 1 and len(jobs) > 2:
-        with ProcessPoolExecutor(n_workers) as ex: res = list(ex.map(_write_study, jobs, chunksize=max(1, len(jobs)//(4*n_workers))))
-    else: res = [_write_study(j) for j in jobs]
+        with ProcessPoolExecutor(n_workers) as ex: res = list(ex.map(_write_job, jobs, chunksize=max(1, len(jobs)//(4*n_workers))))
+    else: res = [_write_job(j) for j in jobs]
     _write_tables(dest, train=res[:n_train], test=res[n_train:])
     return dest
 
@@ -444,10 +776,13 @@ def synth_cli(dest:str,              # folder to write
               image_size:int=384,    # rows and columns of every image
               workers:int=None,      # processes (default: one per core)
               overwrite:bool=False,  # replace an existing data set in DEST
+              phantom:str='middle',  # 'middle' or 'anatomical' (grades where they show in real lumbar MRI)
+              difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"
     t0 = time.perf_counter()
-    try: make_synthetic(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, n_workers=workers, overwrite=overwrite)
+    try: make_synthetic(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, n_workers=workers, overwrite=overwrite,
+                        phantom=phantom, difficulty=difficulty)
     except (FileExistsError, ValueError) as e:
         print(f'lsdc synth: {e}'); return 1
     n = sum(1 for _ in Path(dest).rglob('*.dcm'))

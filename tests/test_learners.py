@@ -303,3 +303,58 @@ def test_merges_of_two_shards_never_lose_a_column(tmp_path, monkeypatch):
     for t in ts: t.join(30)
     assert sorted(json.loads((m/'manifest.json').read_text())['columns']) == sorted(COLS)
     assert sorted(pd.read_csv(m/'results.csv').column) == sorted(COLS)
+
+
+def _hold_device(k, device):
+    "A stand-in for a column's training: when it held which device"
+    import os, time
+    t0 = time.time(); time.sleep(0.5)
+    return k, device, t0, time.time(), os.getpid()
+
+
+def test_each_worker_trains_on_a_device_of_its_own(tmp_path):
+    # two worker processes, two GPUs (names only: nothing touches CUDA), six columns: at every moment the columns that
+    # run at once hold different devices, and both devices are used
+    import lsdc.learners as L
+    devices = L.worker_devices(2, n_gpus=2)
+    with L._pool(2, 1) as ex:
+        res = [f.result() for f in [ex.submit(L._leased, _hold_device, tmp_path, devices, k) for k in range(6)]]
+    assert sorted(r[0] for r in res) == list(range(6)) and {r[1] for r in res} == {'cuda:0', 'cuda:1'}
+    assert len({r[4] for r in res}) == 2
+    for a in res:
+        for b in res:
+            if a is not b and a[2] < b[3] and b[2] < a[3]: assert a[1] != b[1], (a, b)   # overlapping: different GPUs
+
+
+def test_cache_and_png_loaders_train_the_same_model(converted, labels, tmp_path):
+    # without augmentation, at the PNGs' own size, both data paths feed the same batches in the same order
+    kw = dict(TINY, arch='resnet18', aug=False, columns=[COLS[0]])
+    recs = {ld: train_columns(converted, tmp_path/ld, labels=labels, loader=ld, **kw).set_index('column').loc[COLS[0]]
+            for ld in ('png', 'cache')}
+    assert recs['png'].loader == 'png' and recs['cache'].loader == 'cache' and recs['cache'].device == 'cpu'
+    assert recs['png'].valid_log_loss == pytest.approx(recs['cache'].valid_log_loss, abs=1e-5)
+    assert recs['png'].valid_accuracy == recs['cache'].valid_accuracy
+    assert len(list((Path(converted)/'cache').glob('64px-*.npy'))) == 1      # one cache, shared by every run
+
+
+def test_two_shard_processes_into_one_folder(converted, synth, tmp_path):
+    # two `lsdc train` processes started together into one models folder (as two array tasks of a cluster job): every
+    # column is in the manifest with the SHA-256 of its files, and the image cache they both asked for was built once
+    cols = ['spinal_canal_stenosis_l1_l2', 'spinal_canal_stenosis_l2_l3', 'left_neural_foraminal_narrowing_l1_l2',
+            'right_neural_foraminal_narrowing_l2_l3']
+    m = tmp_path/'models'
+    cmd = [sys.executable, '-c', 'import sys; from lsdc.cli import main; sys.exit(main(sys.argv[1:]))', 'train',
+           str(converted), str(m), '--data', str(synth), '--columns', ','.join(cols), '--shard', 'auto', '--arch', 'resnet18',
+           '--size', '32', '--no-pretrained', '--epochs', '1,1,1', '--lr-find-iters', '5', '--bs', '16', '--calibration', 'none']
+    env = lambda i: {**__import__('os').environ, 'SLURM_ARRAY_TASK_ID': str(i + 1), 'SLURM_ARRAY_TASK_MIN': '1',
+                     'SLURM_ARRAY_TASK_COUNT': '2'}
+    procs = [subprocess.Popen(cmd, env=env(i), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    man = json.loads((m/'manifest.json').read_text())['columns']
+    assert sorted(man) == sorted(cols)
+    for c, r in man.items():
+        assert file_sha256(m/r['pickle']) == r['sha256'] and file_sha256(m/r['safetensors']) == r['safetensors_sha256']
+    assert sorted(pd.read_csv(m/'results.csv').column) == sorted(cols)
+    assert len(list((Path(converted)/'cache').glob('32px-*.npy'))) == 1
+    assert 'FutureWarning' not in ''.join(outs) and '\r' not in ''.join(outs)   # plain lines in a log
