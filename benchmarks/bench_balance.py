@@ -68,7 +68,7 @@ if __name__ == '__main__':
     s, t0 = CPU, time.perf_counter()
     data = root/'data'
     if not (data/'test_labels.csv').exists():
-        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=a.seed, image_size=s.image_size, n_workers=2)
+        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=a.seed, image_size=s.image_size, n_workers=2, phantom='middle')
     d = load_rsna(data)
     conv = root/'converted'
     for split in ('train', 'test'):

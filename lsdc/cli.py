@@ -17,6 +17,8 @@ COMMANDS = {
     'synth':   ('lsdc.synth', 'synth_cli', 'write a synthetic RSNA data set in the Kaggle layout'),
     'check':   ('lsdc.data', 'check_cli', 'load and validate an RSNA data folder'),
     'convert': ('lsdc.dicom', 'convert_cli', 'convert the middle slice of each series to an 8-bit PNG'),
+    'localize': ('lsdc.localize', 'localize_cli', 'train the level localiser and locate the five disc levels of each study'),
+    'crops':   ('lsdc.crops', 'crops_cli', 'cut the level crops of every label column around the level points'),
     'train':   ('lsdc.learners', 'train_cli', 'train one learner per label column'),
     'calibrate': ('lsdc.inference', 'calibrate_cli', 'fit the calibration of every trained column on its validation studies'),
     'predict': ('lsdc.inference', 'predict_cli', 'write a Kaggle submission from trained learners'),

@@ -18,16 +18,35 @@ from .data import load_rsna
 from .synth import make_synthetic
 from .dicom import convert_dataset
 from .learners import Schedule, pretrain_body, train_columns
+from .levels import LevelSettings, prepare_levels
 from .inference import predict, evaluate_models, calibrate_models
 from .metrics import SCORE_TERMS, competition_score, baseline_score, format_scores
 from .report import write_reports, load_learners, submission_studies
 
 # %% auto #0
-__all__ = ['CPU', 'FULL', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo_body', 'demo', 'demo_cli']
+__all__ = ['INPUTS', 'CPU', 'FULL', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo_body', 'demo', 'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #bde64df8
 def _step(msg:str, t0:float, progress:bool):
     if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+INPUTS = ('levels', 'middle')   # the learners' inputs: level crops (`lsdc.levels`), or the middle slices (seed 001)
+
+def _training_inputs(d, out:Path, size:int, inputs:str, levels:LevelSettings|None, n_workers, progress:bool, t0:float,
+                     pretrained:bool=True, weights=None) -> Path:
+    "Convert the training studies and, for the levels method, locate the levels and cut the crops; the folder the learners read"
+    if inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+    conv = out/'converted'/'train'
+    if inputs == 'middle':
+        _step('convert the training studies', t0, progress)
+        convert_dataset(d, conv, split='train', size=size, n_workers=n_workers, progress=progress)
+        return conv
+    s = (levels or LevelSettings())._replace(crop_size=size)
+    _step('convert the middle sagittal slices of the training studies (for the level localiser)', t0, progress)
+    convert_dataset(d, conv, split='train', size=s.loc_size, n_workers=n_workers, progress=progress)
+    _step(f'locate the five levels ({s.folds} folds) and cut the level crops ({s.crop_mm:g} mm, {size} px)', t0, progress)
+    return prepare_levels(d, conv, out/'models', out/'crops'/'train', settings=s, n_workers=n_workers, progress=progress,
+                          pretrained=pretrained and weights is None)
 
 @delegates(train_columns, but=['converted', 'models', 'data', 'labels', 'columns', 'progress', 'index'])
 def run_pipeline(data,                   # Kaggle-layout data folder
@@ -37,6 +56,8 @@ def run_pipeline(data,                   # Kaggle-layout data folder
                  n_workers:int|None=None,# conversion workers
                  max_reports:int|None=20,# reports for at most this many test studies
                  calibration:str='condition', # temperatures per 'condition' or per 'column' (`calibrate_models`), or 'none'
+                 inputs:str='levels',    # 'levels': each column on its level crop; 'middle': the middle slices (seed 001)
+                 levels:LevelSettings|None=None, # the levels method's localiser and crops (default `LevelSettings()`)
                  progress:bool=True,     # progress display
                  **kwargs,               # `train_columns`'s options: size, arch, pretrained, weights, schedule, balance, jobs, ...
                 ) -> dict:
@@ -47,25 +68,25 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     conv, models = out/'converted', out/'models'
     size = kwargs.get('size', train_columns.__signature__.parameters['size'].default)
     if 'jobs' in kwargs: kwargs['jobs'] = max(1, min(kwargs['jobs'], os.cpu_count() or 1))
-    _step('convert the training studies', t0, progress)
-    convert_dataset(d, conv/'train', split='train', size=size, n_workers=n_workers, progress=progress)
-    _step(f"train {len(columns) if columns else 25} per-column learners ({kwargs.get('arch', 'resnet34')}, {size} px)", t0, progress)
-    res = train_columns(conv/'train', models, labels=d.train, columns=columns, progress=progress, **kwargs)
+    src = _training_inputs(d, out, size, inputs, levels, n_workers=n_workers, progress=progress, t0=t0,
+                           pretrained=kwargs.get('pretrained', True), weights=kwargs.get('weights'))
+    _step(f"train {len(columns) if columns else 25} per-column learners ({kwargs.get('arch', 'resnet34')}, {size} px, {inputs})", t0, progress)
+    res = train_columns(src, models, labels=d.train, columns=columns, progress=progress, **kwargs)
     series = manifest_series(read_manifest(models))
     if not series: raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
     if calibration != 'none':
         _step(f'calibrate on the validation studies (one temperature per {calibration})', t0, progress)
-        calibrate_models(models, conv/'train', d.train, scope=calibration)
+        calibrate_models(models, src, d.train, scope=calibration)
     _step('evaluate on the validation studies', t0, progress)
-    evaluation = evaluate_models(models, conv/'train', d.train, out=out)
+    evaluation = evaluate_models(models, src, d.train, out=out)
     _step('predict the test studies', t0, progress)
     t1 = time.perf_counter()
     sub = predict(d, models, out/'submission.csv', converted=conv/'test', n_workers=n_workers, progress=progress)
     n_test = len(submission_studies(sub))
-    summary = dict(out=str(out), submission=str(out/'submission.csv'), models=str(models), reports=str(out/'reports'/'index.html'),
+    summary = dict(out=str(out), inputs=inputs, submission=str(out/'submission.csv'), models=str(models), reports=str(out/'reports'/'index.html'),
                    n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_test=n_test,
                    predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1), calibration=calibration)
-    raw = predict(d, models, out/'submission_raw.csv', converted=conv/'test', n_workers=n_workers, calibration='none',
+    raw = predict(d, models, out/'submission_raw.csv', converted=conv/'test', crops=out/'submission_crops', n_workers=n_workers, calibration='none',
                   progress=False) if calibration != 'none' else sub
     lab = None
     if test_labels is not None:
@@ -76,8 +97,9 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     _step('write the reports', t0, progress)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
+        crops = out/'submission_crops' if inputs == 'levels' else None
         write_reports(sub, conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab, series=series,
-                      coords=d.coords, progress=False)
+                      coords=d.coords, progress=False, crops=crops, points=crops/'points.csv' if crops else None)
     cal = pd.read_csv(out/'calibration.csv')
     summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'),
                    mean_valid_accuracy=float(evaluation.accuracy.mean()),
@@ -124,6 +146,9 @@ class DemoSettings:
     pretrain_studies:int = 0    # studies of a second synthetic set a body is pretrained on first (0: none)
     pretrain_epochs:int = 0     # epochs of that pretraining
     max_reports:int = 20        # reports for at most this many test studies
+    phantom:str = 'anatomical'  # the synthetic set's phantom (`lsdc.synth.PHANTOMS`)
+    inputs:str = 'levels'       # the learners' inputs: 'levels' (crops around each level) or 'middle' (seed 001)
+    levels:LevelSettings = LevelSettings() # the levels method's localiser and crops (its crop size is the learners' `size`)
 
     def __post_init__(self):
         ok = train_columns.__signature__.parameters
@@ -156,7 +181,8 @@ def demo_body(out:Path,            # the demo's output folder (the body goes to 
     if weights.exists(): return weights
     if progress: print(f"\n== pretrain a {arch} body on {s.pretrain_studies} other synthetic studies (seed {seed + 1000})", flush=True)
     if not (pre/'data'/'train.csv').exists():
-        make_synthetic(pre/'data', n_train=s.pretrain_studies, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers)
+        make_synthetic(pre/'data', n_train=s.pretrain_studies, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers,
+                       phantom=s.phantom)
     convert_dataset(pre/'data', pre/'converted', split='train', size=size, n_workers=n_workers, progress=False)
     return pretrain_body(pre/'converted', load_rsna(pre/'data', splits=('train',)).train, weights, arch=arch, size=size,
                          epochs=s.pretrain_epochs, bs=s.train.get('bs', 32), seed=seed, progress=progress)
@@ -175,11 +201,12 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
     t0 = time.perf_counter()
     if progress: print(f"== synthesise {s.n_train} training and {s.n_test} test studies into {data}", flush=True)
     if not (data/'test_labels.csv').exists():
-        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers)
+        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers,
+                       phantom=s.phantom)
     train = dict(s.train)
-    if s.pretrain_studies: train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
+    if s.pretrain_studies and s.inputs == 'middle': train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
     summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
-                           max_reports=s.max_reports, progress=progress, **train)
+                           max_reports=s.max_reports, progress=progress, inputs=s.inputs, levels=s.levels, **train)
     summary['seconds'] = time.perf_counter() - t0
     write_json(summary, out/'summary.json')
     if progress: print('\n' + format_summary(summary), flush=True)
@@ -194,9 +221,11 @@ def demo_cli(out:str='lsdc-demo',   # output folder
              seed:int=0,            # seed of the synthetic data set
              workers:int=None,      # workers of synthesis and conversion
              jobs:int=None,         # columns trained at once in worker processes (default 2 on CPU, 1 with --full)
+             inputs:str='levels',   # 'levels': each column on a crop around its level; 'middle': the middle slices (seed 001)
+             phantom:str='anatomical', # the synthetic phantom: 'anatomical', or 'middle' (the grades drawn on the middle slices)
              quiet:bool=False,      # no progress display
             ) -> int:
     "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners, submission, score, reports"
-    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs).items() if v}
+    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom).items() if v}
     s = demo(out, full=full, seed=seed, n_workers=workers, progress=not quiet, **changes)
     return int(s['n_failed'] > 0)

@@ -19,6 +19,9 @@ from .calibration import (Calibration, metric_factors, fit_calibration, calibrat
                               plot_reliability)
 from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock
 from .sampling import column_images
+from .levels import read_levels, level_crops
+from .data import load_rsna
+from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
@@ -242,10 +245,22 @@ def sweep_temp_files(*dests) -> list[Path]:
     return gone
 
 # %% ../nbs/06_inference.ipynb #cf14cad3
+def _test_inputs(d, models, converted:Path, crops:Path, split:str, n_workers, progress:bool) -> pd.DataFrame:
+    "Convert the split's studies and, for models trained on level crops, locate their levels and cut their crops; the index to predict from"
+    man = read_manifest(models)
+    if not man.get('levels'):
+        descs = sorted(set(manifest_series(man).values())) or list(SAGITTAL)
+        convert_dataset(d, converted, split=split, descriptions=descs, n_workers=n_workers, progress=progress)
+        return read_index(converted)
+    s, _ = read_levels(models)   # the crops are cut as the training crops were, with the localiser the manifest lists
+    convert_dataset(d, converted, split=split, descriptions=SAGITTAL, size=s.loc_size, n_workers=n_workers, progress=progress)
+    return read_index(level_crops(d, models, converted, crops, split=split, n_workers=n_workers, progress=progress))
+
 def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNAData`
             models,               # models folder
             out,                  # submission CSV to write
             converted=None,       # folder for the converted test PNGs (default: next to `out`)
+            crops=None,           # folder for the test studies' level crops, for models trained on them (default: next to `out`)
             split:str='test',     # which split's studies to predict
             bs:int=64,            # batch size
             n_workers:int|None=None, # conversion workers
@@ -254,19 +269,17 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
             trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
            ) -> pd.DataFrame:
     "Convert the test studies, predict every study and column, and write the submission (its `attrs['prior']`: `PriorFallback`)"
-    from lsdc.data import load_rsna
-    from lsdc.dicom import convert_dataset
     t0 = time.perf_counter()
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
     out = Path(out)
     sources = out.parent/f'{out.stem}_sources.csv'
     sweep_temp_files(out, sources)
     converted = Path(converted) if converted is not None else out.parent/f'{out.stem}_png'
-    descs = sorted(set(manifest_series(read_manifest(models)).values())) or list(SAGITTAL)
-    convert_dataset(d, converted, split=split, descriptions=descs, n_workers=n_workers, progress=progress)
+    index = _test_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
+                         n_workers=n_workers, progress=progress)
     sids, row_ids = _submission_rows(d, split)
     priors = column_priors(models, labels=_prior_labels(d))
-    preds = predict_columns(models, read_index(converted), sids, priors=priors, bs=bs, calibration=calibration,
+    preds = predict_columns(models, index, sids, priors=priors, bs=bs, calibration=calibration,
                             progress=progress, trust_pickles=trust_pickles)
     sub = to_submission(preds, row_ids, priors=priors)
     write_csv(sub, out, float_format='%.6f')

@@ -29,7 +29,7 @@ from .metrics import weighted_log_loss, short_name, plot_training_curves
 from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
                        torch_worker_init)
 from .files import (ModelIntegrityError, read_index, file_sha256, now, write_json, result_file, write_result, read_results)
-from .sampling import pick_images, training_table, split_frame, write_splits
+from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
 
 # %% auto #0
@@ -802,7 +802,8 @@ def _with_cache(options:dict, loader:str, index:pd.DataFrame, labels:pd.DataFram
     size = options.get('size', inspect.signature(train_column).parameters['size'].default)
     descs = {series_for_condition(c, series) for c in LABEL_COLUMNS}   # every column's series, so that all shards share it
     ids = set(labels.study_id.map(as_id))
-    images = index[index.series_description.isin(descs) & index.study_id.map(as_id).isin(ids)].image.tolist()
+    use = index.study_id.map(as_id).isin(ids) & (True if is_crop_index(index) else index.series_description.isin(descs))
+    images = index[use].image.tolist()
     t0 = time.perf_counter()
     try: fn = build_cache(images, size, folder)
     except OSError as e:
@@ -892,12 +893,23 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               no_resume:bool=False,          # retrain columns that already have a pickle
               jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine; GPUs: one each)
               loader:str='cache',            # 'cache': each image decoded once into an image cache; 'png': every epoch (former path)
+              inputs:str='middle',           # 'middle': CONVERTED's middle slices (seed 001); 'levels': locate the levels, cut crops, train on them
+              crops:str=None,                # --inputs levels: the training crops' folder (default: beside CONVERTED, `crops/<name>`)
+              loc_size:int=96,               # --inputs levels: the level localiser's image size
+              loc_epochs:int=15,             # --inputs levels: the level localiser's epochs
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     from lsdc.data import load_rsna
-    labels = load_rsna(data, splits=('train',), check_images=False).train
+    if inputs not in ('middle', 'levels'): print(f"lsdc train: --inputs must be 'middle' or 'levels', got {inputs!r}", file=sys.stderr); return 2
+    d = load_rsna(data, splits=('train',), check_images=inputs == 'levels')
+    labels = d.train
+    if inputs == 'levels':   # the CLI composes the steps: stage 1 and the crops come before the learners
+        from lsdc.levels import LevelSettings, prepare_levels
+        crops = crops or Path(converted).parent/'crops'/Path(converted).name
+        converted = prepare_levels(d, converted, models, crops, settings=LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs), seed=seed,
+                                   progress=not quiet, pretrained=pretrained and not weights)
     df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
                        series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
                        resume=not no_resume, progress=not quiet, jobs=jobs, loader=loader, schedule=Schedule.parse(epochs, thresholds, keep),

@@ -1,4 +1,4 @@
-"""A per-study report a clinician-researcher can read: findings by condition and level, the middle slices with the levels marked, Grad-CAM heatmaps of the findings above Normal/Mild, as Markdown and self-contained HTML, with an index page.
+"""A per-study report a clinician-researcher can read: findings by condition and level, the middle slices with the levels marked, Grad-CAM heatmaps of the findings above Normal/Mild (on the middle slices, or on the level crops the learners read), as Markdown and self-contained HTML, with an index page.
 
 Docs: https://lsdc-dev.github.io/lsdc/report.html.md"""
 
@@ -19,14 +19,18 @@ from fastai.callback.hook import hook_output
 from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id,
                        label_column, level_key, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
 from .files import read_index, read_manifest, manifest_series
+from .dicom import write_png
+from .crops import POINT_COLUMNS, read_points
 from .inference import load_column_learner
+from .sampling import is_crop_index
 
 # %% auto #0
-__all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'ReportWarning', 'ProblemKind', 'Problem', 'gradcam',
-           'heatmap_peak', 'study_findings', 'StudyImage', 'study_images', 'read_gray', 'png_data_uri', 'draw_levels',
-           'overlay_heatmap', 'coordinate_marks', 'Cam', 'StudyReport', 'study_report', 'Cell', 'Table', 'html_table',
-           'md_table', 'render_study_html', 'render_study_markdown', 'IndexRow', 'submission_studies', 'write_reports',
-           'load_learners', 'find_chromium', 'screenshot', 'report_cli']
+__all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'CROPS_DISCLAIMER', 'ReportWarning', 'ProblemKind', 'Problem',
+           'gradcam', 'heatmap_peak', 'study_findings', 'StudyImage', 'study_images', 'read_gray', 'read_rgb',
+           'centre_channel', 'png_data_uri', 'draw_levels', 'overlay_heatmap', 'coordinate_marks', 'study_points',
+           'CropImage', 'study_crops', 'crop_label', 'Cam', 'StudyReport', 'study_report', 'Cell', 'Table',
+           'html_table', 'md_table', 'render_study_html', 'render_study_markdown', 'IndexRow', 'submission_studies',
+           'write_reports', 'load_learners', 'find_chromium', 'screenshot', 'report_cli']
 
 # %% ../nbs/08_report.ipynb #76f7e810
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ class ProblemKind(Enum):
     no_series = 'no converted series'
     image_missing = 'image missing'
     no_learner = 'no learner given'
+    no_crop = 'no level crop'
     gradcam_failed = 'Grad-CAM failed'
 
 WARN_KINDS = frozenset({ProblemKind.image_missing, ProblemKind.gradcam_failed})  # those that raise a `ReportWarning`
@@ -177,15 +182,27 @@ def study_images(index:pd.DataFrame, # conversion index with `image` (see `lsdc.
     return out
 
 # %% ../nbs/08_report.ipynb #c790acd3
-def read_gray(fn) -> np.ndarray:
-    "A PNG as a 2-D uint8 array (FileNotFoundError/ValueError naming the file)"
+def _imread(fn, flag:int) -> np.ndarray:
     fn = Path(fn)
     if not fn.exists(): raise FileNotFoundError(f"image {fn} does not exist")
-    a = cv2.imread(str(fn), cv2.IMREAD_GRAYSCALE)
+    a = cv2.imread(str(fn), flag)
     if a is None: raise ValueError(f"image {fn} cannot be read as an image")
     return a
 
+def read_gray(fn) -> np.ndarray:
+    "A PNG as a 2-D uint8 array (FileNotFoundError/ValueError naming the file)"
+    return _imread(fn, cv2.IMREAD_GRAYSCALE)
+
+def read_rgb(fn) -> np.ndarray:
+    "A PNG as an (H, W, 3) uint8 RGB array, e.g. a 2.5D level crop; a greyscale PNG gets three equal channels"
+    return cv2.cvtColor(_imread(fn, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+def centre_channel(img:np.ndarray) -> np.ndarray:
+    "The slice to show: a 2-D image as it is, the centre channel (the middle slice) of a 2.5D RGB crop"
+    return img[..., img.shape[2] // 2] if img.ndim == 3 else img
+
 def _upscale(gray:np.ndarray, px:int) -> np.ndarray:
+    gray = centre_channel(gray)
     s = px / max(gray.shape)
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     return cv2.resize(rgb, (round(gray.shape[1]*s), round(gray.shape[0]*s)), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
@@ -223,7 +240,7 @@ def draw_levels(gray:np.ndarray, # the slice, 2-D uint8
     return out
 
 # %% ../nbs/08_report.ipynb #8fed4a2c
-def overlay_heatmap(gray:np.ndarray,    # the slice, 2-D uint8
+def overlay_heatmap(gray:np.ndarray,    # the slice, 2-D uint8 (or an RGB level crop: its centre channel is shown)
                     cam:np.ndarray,     # heatmap in [0, 1], any size (resized to the slice)
                     px:int=384,         # output size (longer side)
                     alpha:float=.45,    # heatmap opacity
@@ -257,6 +274,48 @@ def coordinate_marks(coords:pd.DataFrame|None, # train_label_coordinates-style: 
         out[lvl] = (float(np.clip(d.x.mean() / w, 0, 1)), float(np.clip(d.y.mean() / h, 0, 1)))
     return {l: out[l] for l in LEVELS if l in out}
 
+# %% ../nbs/08_report.ipynb #0bcfa63d
+def study_points(points:pd.DataFrame|None, # points table (`lsdc.crops.read_points`): x and y in DICOM pixels
+                 study_id,                 # the study
+                ) -> pd.DataFrame:
+    "The disc-level points of a study to draw: its located ones, else its annotated ones"
+    if points is None or not len(points): return pd.DataFrame(columns=list(POINT_COLUMNS))
+    p = points[points.study_id.map(as_id) == as_id(study_id, 'study_id')]
+    loc = p[p.source == 'located']
+    return loc if len(loc) else p[p.source == 'annotated']
+
+# %% ../nbs/08_report.ipynb #00c2d1fa
+@dataclass
+class CropImage:
+    "The level crop one column's learner reads for a study, as its report shows it"
+    png: str|None = None             # the crop PNG (None: no crop of this column for this study)
+    series_id: int|None = None       # the series it is cut from
+    description: str|None = None     # that series' description
+    instance_number: int|None = None # the slice at its centre
+    rgb: np.ndarray|None = field(default=None, repr=False) # the crop, (H, W, 3) uint8, once read
+    problem: Problem|None = None     # why it cannot be shown
+
+def _crop_index(crops) -> pd.DataFrame:
+    "A level-crop index given as a DataFrame or a crops folder (ValueError for anything else, e.g. a conversion index)"
+    c = crops if isinstance(crops, pd.DataFrame) else read_index(crops)
+    if not is_crop_index(c): raise ValueError("not a level-crop index (`lsdc crops`): it lacks `column` and `source`")
+    return c
+
+def study_crops(crops:pd.DataFrame, # level-crop index with `image` (`lsdc.files.read_index` of the crops folder)
+                study_id,           # the study
+               ) -> dict:
+    "`{column: CropImage}`: the located crop of each column of a study, the one its learner predicts from"
+    c, sid = _crop_index(crops), as_id(study_id, 'study_id')
+    c = c[(c.study_id.map(as_id) == sid) & (c.source == 'located')].sort_values('series_id').drop_duplicates('column')
+    return {r.column: CropImage(png=str(r.image), series_id=as_id(r.series_id), description=str(r.series_description),
+                                instance_number=as_id(r.instance_number)) for r in c.itertuples()}
+
+def crop_label(col:str, crop:CropImage) -> str:
+    "Where a column's crop comes from, in words: its series, slice, side and level"
+    c, l = split_column(col)
+    side = next((f'{s} ' for s in ('left', 'right') if c.startswith(f'{s}_')), '')
+    return f"{crop.description} series {crop.series_id}, slice {crop.instance_number}, {side}{LEVEL_NAMES[l]}"
+
 # %% ../nbs/08_report.ipynb #93159950
 class Cam(NamedTuple):
     "The Grad-CAM heatmap of one finding, or why there is none"
@@ -264,6 +323,7 @@ class Cam(NamedTuple):
     grade: str                    # the grade it explains: the predicted one
     cam: np.ndarray|None = None   # heatmap (H, W) in [0, 1]
     problem: Problem|None = None  # why there is none
+    crop: CropImage|None = None   # the level crop it is computed on (None: the middle slice of `description`)
 
 @dataclass
 class StudyReport:
@@ -274,6 +334,7 @@ class StudyReport:
     cams: dict = field(default_factory=dict)      # {column: Cam}
     problems: list = field(default_factory=list)  # the `Problem`s printed on the page
     gradcam_used: bool = False                    # learners were given and Grad-CAM was computed
+    crops_used: bool = False                      # level crops were given: the learners read them
 
     @property
     def summary(self) -> str:
@@ -303,33 +364,54 @@ def _learner_class(learn, grade:str):
     vocab = [str(v) for v in getattr(learn.dls, 'vocab', [])]
     return grade if grade in vocab else GRADES.index(grade)
 
-def _finding_cam(learn, im:StudyImage, col:str, desc:str, grade:str) -> Cam:
-    "The Grad-CAM of one finding (column `col`, read on `desc`), or the problem that prevents it"
-    if learn is None: return Cam(desc, grade, problem=Problem(ProblemKind.no_learner, col, 'no learner given'))
-    if im.gray is None: return Cam(desc, grade, problem=im.problem)
-    try: return Cam(desc, grade, cam=gradcam(learn, im.gray, _learner_class(learn, grade)))
-    except Exception as e:
-        return Cam(desc, grade, problem=Problem(ProblemKind.gradcam_failed, col, f"Grad-CAM failed ({type(e).__name__}: {e})"))
+def _read_crop(col:str, crop:CropImage|None) -> CropImage:
+    "A copy of `crop` with its pixels read, or with the problem that prevents it"
+    if crop is None or crop.png is None: return CropImage(problem=Problem(ProblemKind.no_crop, col, 'no level crop for this study'))
+    try: return replace(crop, rgb=read_rgb(crop.png), problem=None)
+    except (FileNotFoundError, ValueError) as e: return replace(crop, problem=Problem(ProblemKind.image_missing, col, f"level crop missing: {e}"))
 
-def _study_cams(findings:pd.DataFrame, images:dict, learners:dict, series=None) -> dict:
-    "`{column: Cam}` of every finding of a study"
+def _finding_cam(learn, im:StudyImage|CropImage, col:str, desc:str, grade:str) -> Cam:
+    "The Grad-CAM of one finding (column `col`, read on `desc` or on a level crop), or the problem that prevents it"
+    crop = im if isinstance(im, CropImage) else None
+    pixels = im.gray if crop is None else crop.rgb
+    if learn is None: return Cam(desc, grade, crop=crop, problem=Problem(ProblemKind.no_learner, col, 'no learner given'))
+    if pixels is None: return Cam(desc, grade, crop=crop, problem=im.problem)
+    try: return Cam(desc, grade, cam=gradcam(learn, pixels, _learner_class(learn, grade)), crop=crop)
+    except Exception as e:
+        return Cam(desc, grade, crop=crop, problem=Problem(ProblemKind.gradcam_failed, col, f"Grad-CAM failed ({type(e).__name__}: {e})"))
+
+def _study_cams(findings:pd.DataFrame, images:dict, learners:dict, series=None, crops:dict|None=None) -> dict:
+    "`{column: Cam}` of every finding of a study: on its series' middle slice, or on its level crop when `crops` are given"
     cams = {}
     for r in findings.itertuples():
-        d = _series_of(r.column, series)
-        cams[r.column] = _finding_cam(learners.get(r.column), images[d], col=r.column, desc=d, grade=r.grade)
+        d, learn = _series_of(r.column, series), learners.get(r.column)
+        if crops is None: im = images[d]
+        else:
+            im = CropImage() if learn is None else _read_crop(r.column, crops.get(r.column))
+            d = im.description or d
+        cams[r.column] = _finding_cam(learn, im, col=r.column, desc=d, grade=r.grade)
     return cams
 
+def _crop_problems(cams:dict, crops:dict|None) -> list:
+    "The crop problems of a study: one for the columns without a crop, one per crop that cannot be read"
+    ps = [c.crop.problem for c in cams.values() if c.crop is not None and c.crop.problem is not None]
+    none = [p.subject for p in ps if p.kind is ProblemKind.no_crop]
+    text = f"no level crop for {', '.join(none)}" if crops else 'no level crops for this study'
+    return ([Problem(ProblemKind.no_crop, 'level crops', text)] if none else []) + [p for p in ps if p.kind is not ProblemKind.no_crop]
+
 # %% ../nbs/08_report.ipynb #9bcafe1e
-def _mark_levels(images:dict, cams:dict, coords:pd.DataFrame|None, sid:int) -> dict:
-    "The images with their level marks: from the label coordinates, else from the Grad-CAM peaks"
-    out = {}
+def _mark_levels(images:dict, cams:dict, coords:pd.DataFrame|None, sid:int, points:pd.DataFrame|None=None) -> dict:
+    "The images with their level marks: from the disc-level points, else the label coordinates, else the Grad-CAM peaks"
+    pts, out = study_points(points, sid), {}
     for d, im in images.items():
         if im.gray is None: out[d] = im; continue
+        marks = coordinate_marks(pts, sid, im)
+        if marks: out[d] = replace(im, marks=marks, mark_source=f'{pts.source.iloc[0]} points'); continue
         marks = coordinate_marks(coords, sid, im)
         if marks: out[d] = replace(im, marks=marks, mark_source='label coordinates'); continue
         for lvl in LEVELS:
             cam = next((c.cam for c in (cams.get(label_column(k, lvl)) for k in CONDITIONS)
-                        if c is not None and c.description == d and c.cam is not None), None)
+                        if c is not None and c.crop is None and c.description == d and c.cam is not None), None)
             pk = heatmap_peak(cam)
             if pk is not None: marks[lvl] = pk
         out[d] = replace(im, marks=marks, mark_source='Grad-CAM peaks') if marks else im
@@ -343,21 +425,28 @@ def study_report(study_id,                   # the study
                  coords:pd.DataFrame|None=None, # optional label coordinates (train_label_coordinates-style)
                  labels:pd.DataFrame|None=None, # optional true grades (train.csv-style)
                  series=None,                # series mapping (see `lsdc.core.series_for_condition`)
+                 crops:pd.DataFrame|dict|None=None, # level crops the learners read: a crop index or `study_crops(...)`
+                 points:pd.DataFrame|None=None, # disc-level points (`lsdc.localize`) to mark on their series
                 ) -> StudyReport:
     "Collect the findings, marked images and Grad-CAM heatmaps of one study"
     sid = as_id(study_id, 'study_id')
     findings = study_findings(preds, sid, labels)
     ims = _read_images(images, sid, series)
-    cams = _study_cams(findings, ims, learners or {}, series)
+    if isinstance(crops, pd.DataFrame): crops = study_crops(crops, sid)
+    cams = _study_cams(findings, ims, learners or {}, series, crops)
     failed = [c.problem for c in cams.values() if c.problem and c.problem.kind is ProblemKind.gradcam_failed]
     for p in failed: log.warning("study %s %s", sid, p)
-    problems = [im.problem for im in ims.values() if im.problem] + failed
-    return StudyReport(sid, findings, _mark_levels(ims, cams, coords, sid), cams, problems, gradcam_used=bool(learners))
+    problems = [im.problem for im in ims.values() if im.problem] + _crop_problems(cams, crops) + failed
+    return StudyReport(sid, findings, _mark_levels(ims, cams, coords, sid, points), cams, problems,
+                       gradcam_used=bool(learners), crops_used=crops is not None)
 
 # %% ../nbs/08_report.ipynb #cdba7149
 DISCLAIMER = ("This report comes from a research model. It is not a diagnosis and must not be used to make decisions "
               "about the care of a patient. The grades are estimates of the model from a single middle slice per series; "
               "a qualified radiologist must read the full study.")
+CROPS_DISCLAIMER = DISCLAIMER.replace('a single middle slice per series', 'one small crop around each disc level')  # level crops
+
+def _disclaimer(crops_used:bool) -> str: return CROPS_DISCLAIMER if crops_used else DISCLAIMER
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2330;line-height:1.45}
@@ -498,12 +587,22 @@ def _images_html(rep:StudyReport, px:int) -> str:
             continue
         img = draw_levels(im.gray, im.marks, px)
         if im.mark_source == 'label coordinates': how = 'levels marked at the label coordinates'
+        elif im.mark_source in ('located points', 'annotated points'): how = f'levels marked at the {im.mark_source} of the discs'
         elif im.mark_source == 'Grad-CAM peaks': how = ('levels marked at the Grad-CAM peak of each level\'s learner '
                                                         '(where the model looked, not a located disc)')
         else: how = 'levels not marked: no coordinates' + (' on this series' if rep.gradcam_used else ' and no learners were given')
         figs.append(f'<figure><img alt="{_esc(d)} middle slice" src="{png_data_uri(img)}">'
                     f'<figcaption><b>{_esc(d)}</b>, middle slice (series {_esc(im.series_id or "?")}); {_esc(how)}.</figcaption></figure>')
     return f'<div class="figs">{"".join(figs)}</div>'
+
+def _cam_source(col:str, c:Cam) -> str:
+    "What a finding's heatmap is computed on, in words"
+    if c.crop is None: return c.description
+    return f'the level crop of {crop_label(col, c.crop)} (its centre slice shown)' if c.crop.png else 'its level crop'
+
+def _cam_image(rep:StudyReport, c:Cam, px:int) -> np.ndarray:
+    "A finding's heatmap over the image it is computed on: its level crop, else its series' middle slice"
+    return overlay_heatmap(rep.images[c.description].gray if c.crop is None else c.crop.rgb, c.cam, px)
 
 def _cams_html(rep:StudyReport, px:int) -> str:
     above = rep.findings[rep.findings.grade != GRADES[0]]
@@ -515,12 +614,12 @@ def _cams_html(rep:StudyReport, px:int) -> str:
     for r in above.itertuples():
         c = rep.cams[r.column]
         cap = (f'<b>{_esc(_finding_name(r.column))}</b>: <b>{_esc(r.grade)}</b> (p = {_fmt_p(r.probability)}). '
-               f'Grad-CAM of the column\'s learner for &ldquo;{_esc(r.grade)}&rdquo; on {_esc(c.description)}')
+               f'Grad-CAM of the column\'s learner for &ldquo;{_esc(r.grade)}&rdquo; on {_esc(_cam_source(r.column, c))}')
         if c.cam is None:
             figs.append(f'<figure>{_missing_box("no heatmap: " + c.problem.text)}<figcaption>{cap}: '
                         f'not available ({_esc(c.problem.text)}).</figcaption></figure>')
         else:
-            img = overlay_heatmap(rep.images[c.description].gray, c.cam, px)
+            img = _cam_image(rep, c, px)
             figs.append(f'<figure data-column="{_esc(r.column)}"><img alt="Grad-CAM {_esc(r.column)}" src="{png_data_uri(img)}">'
                         f'<figcaption>{cap}; circle: the peak.</figcaption></figure>')
     legend = '<div class="legend">low <span class="bar"></span> high: influence on the predicted grade</div>'
@@ -544,7 +643,7 @@ def render_study_html(rep:StudyReport,     # from `study_report`
     notes = ''.join(f'<p class="note">{_esc(p)}</p>' for p in rep.problems)
     body = f"""{back}<h1>Lumbar spine MRI: study {rep.study_id}</h1>
 <p class="sub">{_esc(rep.summary)}</p>
-<div class="disclaimer">{_esc(DISCLAIMER)}</div>
+<div class="disclaimer">{_esc(_disclaimer(rep.crops_used))}</div>
 {notes}
 <h2>Findings by condition and level</h2>
 <p>Each cell: the most probable grade and the model's probability for it.</p>
@@ -555,19 +654,29 @@ def render_study_html(rep:StudyReport,     # from `study_report`
 {_cams_html(rep, px)}
 <h2>All probabilities</h2>
 {_detail_html(rep)}
-<footer>{_esc(DISCLAIMER)} Generated by lsdc (research software).</footer>"""
+<footer>{_esc(_disclaimer(rep.crops_used))} Generated by lsdc (research software).</footer>"""
     return _page(f'Study {rep.study_id}: research model report', body)
 
 # %% ../nbs/08_report.ipynb #95c1f63f
-def _images_md(rep:StudyReport) -> list[str]:
-    "One line per image and one for the heatmaps: what the HTML page shows"
+def _crop_cams_md(rep:StudyReport, above, figures:dict|None) -> list[str]:
+    "One line per heatmap of a finding above Normal/Mild on a level crop, linking its PNG (`figures`) when written"
+    out = ['- Grad-CAM heatmaps for the findings above Normal/Mild, on their level crops:']
+    for col in above:
+        c, f = rep.cams[col], (figures or {}).get(col)
+        if c.cam is None: out.append(f'  - {_finding_name(col)}: not available ({c.problem.text})'); continue
+        out.append(f'  - {_finding_name(col)} on {_cam_source(col, c)}' + (f': ![Grad-CAM {col}]({f})' if f else ' (in the HTML page)'))
+    return out
+
+def _images_md(rep:StudyReport, figures:dict|None=None) -> list[str]:
+    "One line per image and for the heatmaps: what the HTML page shows"
     out = []
     for d, im in rep.images.items():
         if im.gray is None: out.append(f'- {d}: {im.problem.text}')
         else: out.append(f'- {d}, middle slice of series {im.series_id or "?"}: '
                          + (f'levels marked at the {im.mark_source}' if im.mark_source else 'levels not marked (no coordinates and no Grad-CAM)'))
     above = rep.findings[rep.findings.grade != GRADES[0]]
-    if len(above):
+    if len(above) and rep.crops_used and rep.gradcam_used: out += _crop_cams_md(rep, above.column, figures)
+    elif len(above):
         out.append('- Grad-CAM heatmaps for the findings above Normal/Mild: ' + (
             ', '.join(f'{_finding_name(c)} ({"shown" if rep.cams[c].cam is not None else rep.cams[c].problem.text})' for c in above.column)
             if rep.gradcam_used else 'not computed (no learners given)'))
@@ -575,15 +684,17 @@ def _images_md(rep:StudyReport) -> list[str]:
 
 def render_study_markdown(rep:StudyReport,          # from `study_report`
                           html_name:str|None=None,   # the study's HTML page, linked for the images
+                          figures:dict|None=None,    # {column: PNG file name} of the crop heatmaps written beside it
                          ) -> str:
     "A Markdown report of one study: the disclaimer, the findings tables, and what the images show"
-    out = [f'# Lumbar spine MRI: study {rep.study_id}', '', f'**{DISCLAIMER}**', '', rep.summary, '']
+    disclaimer = _disclaimer(rep.crops_used)
+    out = [f'# Lumbar spine MRI: study {rep.study_id}', '', f'**{disclaimer}**', '', rep.summary, '']
     out += [f'> Note: {p}' for p in rep.problems] + ([''] if rep.problems else [])
     out += ['## Findings by condition and level', '']
     for c in CONDITIONS: out += [f'### {_cond_name(c)}', '', md_table(_detail_table(rep, c)), '']
-    out += ['## Images', '', *_images_md(rep)]
+    out += ['## Images', '', *_images_md(rep, figures)]
     if html_name: out += ['', f'The images are in [{html_name}]({html_name}).']
-    out += ['', f'_{DISCLAIMER}_', '']
+    out += ['', f'_{disclaimer}_', '']
     return '\n'.join(out)
 
 # %% ../nbs/08_report.ipynb #80c53383
@@ -593,6 +704,7 @@ class IndexRow(NamedTuple):
     summary: str               # `StudyReport.summary`, or 'report failed'
     notes: tuple = ()          # what its report lacks, or why it failed, in words
     pages: dict|None = None    # {format: file name} of its pages (None: not written)
+    files: tuple = ()          # the other files written for it: the heatmap PNGs of its level crops
 
 def _index_table(rows:list) -> Table:
     "Each study linked to its pages, with its summary and notes"
@@ -600,30 +712,39 @@ def _index_table(rows:list) -> Table:
                  [(Cell(str(r.study_id), links=r.pages), Cell(r.summary), Cell('; '.join(r.notes) or '–')) for r in rows],
                  row_data=[{'study-id': r.study_id} for r in rows])
 
-def _index_html(rows:list) -> str:
+def _index_html(rows:list, crops_used:bool=False) -> str:
     body = (f'<h1>Lumbar spine MRI reports</h1><p class="sub">{len(rows)} stud{"y" if len(rows) == 1 else "ies"}</p>'
-            f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>{html_table(_index_table(rows))}'
+            f'<div class="disclaimer">{_esc(_disclaimer(crops_used))}</div>{html_table(_index_table(rows))}'
             f'<footer>Generated by lsdc (research software).</footer>')
     return _page('Lumbar spine MRI reports (research model)', body)
 
-def _index_md(rows:list) -> str:
-    return '\n'.join(['# Lumbar spine MRI reports', '', f'**{DISCLAIMER}**', '', md_table(_index_table(rows))]) + '\n'
+def _index_md(rows:list, crops_used:bool=False) -> str:
+    return '\n'.join(['# Lumbar spine MRI reports', '', f'**{_disclaimer(crops_used)}**', '', md_table(_index_table(rows))]) + '\n'
 
 # %% ../nbs/08_report.ipynb #c822d7f7
 def submission_studies(submission:pd.DataFrame) -> list[int]:
     "The study ids of a submission, in order of first appearance"
     return list(dict.fromkeys(parse_row_id(r)[0] for r in submission.row_id))
 
+def _write_figures(rep:StudyReport, out:Path, px:int) -> dict:
+    "Write the heatmap of each finding above Normal/Mild that has one as `study_{id}_{column}.png`; `{column: file name}`"
+    above = rep.findings.column[rep.findings.grade != GRADES[0]]
+    figs = {c: f'study_{rep.study_id}_{c}.png' for c in above if rep.cams[c].cam is not None}
+    for c, f in figs.items(): write_png(_cam_image(rep, rep.cams[c], px), out/f, compression=6)
+    return figs
+
 def _write_study(sid:int, sub:pd.DataFrame, index:pd.DataFrame, out:Path, learners=None, coords=None, labels=None,
-                 series=None, px:int=384) -> IndexRow:
-    "Write the HTML and Markdown pages of one study into `out`; its line of the index"
-    rep = study_report(sid, sub, study_images(index, sid, series), learners=learners, coords=coords, labels=labels, series=series)
+                 series=None, px:int=384, crops:dict|None=None, points:pd.DataFrame|None=None) -> IndexRow:
+    "Write the HTML and Markdown pages of one study (and its crop heatmaps) into `out`; its line of the index"
+    rep = study_report(sid, sub, study_images(index, sid, series), learners=learners, coords=coords, labels=labels,
+                       series=series, crops=crops, points=points)
     pages = {'html': f'study_{sid}.html', 'md': f'study_{sid}.md'}
+    figures = _write_figures(rep, out, px) if rep.crops_used else {}
     write_text(render_study_html(rep, px), out/pages['html'])
-    write_text(render_study_markdown(rep, pages['html']), out/pages['md'])
+    write_text(render_study_markdown(rep, pages['html'], figures), out/pages['md'])
     for p in rep.problems:
         if p.kind in WARN_KINDS: warnings.warn(f"study {sid}: {p}", ReportWarning)
-    return IndexRow(sid, rep.summary, tuple(map(str, rep.problems)), pages)
+    return IndexRow(sid, rep.summary, tuple(map(str, rep.problems)), pages, tuple(figures.values()))
 
 # %% ../nbs/08_report.ipynb #c32fc5bb
 def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal_mild, moderate, severe) or its CSV
@@ -637,26 +758,33 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
                   series=None,                      # series mapping (see `lsdc.core.series_for_condition`)
                   px:int=384,                       # image size in the pages
                   progress:bool=False,              # print one line per study
+                  crops=None,                       # level-crop index or folder (`lsdc crops`): Grad-CAM on each column's crop
+                  points:pd.DataFrame|str|Path|None=None, # disc-level points (`lsdc localize`) or their CSV, to mark
                  ) -> list[Path]:
     "Write one HTML and one Markdown report per study and an index; the paths written (index.html last)"
     sub = pd.read_csv(submission) if isinstance(submission, (str, Path)) else submission
     index = converted if isinstance(converted, pd.DataFrame) else read_index(converted)
+    pts = None if points is None else read_points(points)
+    cx = None if crops is None else _crop_index(crops)
+    crop_of = {} if cx is None else {s: d for s, d in cx.groupby(cx.study_id.map(as_id))}   # split once, not per study
     ids = submission_studies(sub) if studies is None else [as_id(s, 'study_id') for s in studies]
     if max_studies is not None: ids = ids[:int(max_studies)]
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     paths, rows = [], []
     for k, sid in enumerate(ids, 1):
         try:
-            row = _write_study(sid, sub, index, out, learners=learners, coords=coords, labels=labels, series=series, px=px)
-            paths += [out/p for p in row.pages.values()]
+            cr = None if cx is None else study_crops(crop_of.get(sid, cx.iloc[:0]), sid)
+            row = _write_study(sid, sub, index, out, learners=learners, coords=coords, labels=labels, series=series, px=px,
+                               crops=cr, points=pts)
+            paths += [out/p for p in (*row.pages.values(), *row.files)]
         except Exception as e:
             log.exception("study %s: report failed", sid)
             row = IndexRow(sid, 'report failed', (f"{type(e).__name__}: {e}",))
             warnings.warn(f"study {sid}: report not written: {type(e).__name__}: {e}", ReportWarning)
         rows.append(row)
         if progress: print(f"[{k}/{len(ids)}] study {sid}: {row.summary}", flush=True)
-    paths.append(write_text(_index_md(rows), out/'index.md'))
-    paths.append(write_text(_index_html(rows), out/'index.html'))
+    paths.append(write_text(_index_md(rows, cx is not None), out/'index.md'))
+    paths.append(write_text(_index_html(rows, cx is not None), out/'index.html'))
     return paths
 
 # %% ../nbs/08_report.ipynb #c88869c7
@@ -717,6 +845,8 @@ def report_cli(submission:str,         # submission CSV (row_id, normal_mild, mo
                px:int=384,             # image size in the pages
                quiet:bool=False,       # no progress output
                trust_pickles:bool=False, # load the models' pickles, which run code: only for a models folder you trust
+               crops:str=None,         # level-crop folder (`lsdc crops`) of learners trained on crops: Grad-CAM on each column's crop
+               points:str=None,        # disc-level points CSV (`lsdc localize`) to mark the located levels
               ) -> int:
     "Write per-study HTML and Markdown reports (and an index) for a submission"
     try:
@@ -730,12 +860,13 @@ def report_cli(submission:str,         # submission CSV (row_id, normal_mild, mo
         lab = pd.read_csv(labels) if labels else None
         co = pd.read_csv(coords) if coords else None
         index = read_index(converted)
+        cx, pts = _crop_index(crops) if crops else None, read_points(points) if points else None
     except Exception as e:
         print(f"lsdc report: {type(e).__name__}: {e}", file=sys.stderr); return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', ReportWarning)
         paths = write_reports(sub, index, out, learners, studies=ids, max_studies=max_studies, coords=co, labels=lab,
-                              series=series, px=px, progress=not quiet)
+                              series=series, px=px, progress=not quiet, crops=cx, points=pts)
     bad = [w for w in caught if issubclass(w.category, ReportWarning)]
     for w in bad: print(f"lsdc report: {w.message}", file=sys.stderr)
     if not quiet: print(f"{len(paths) - 2} study files and the index written: {Path(out)/'index.html'}")

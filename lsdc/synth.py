@@ -668,7 +668,8 @@ def _write_anat_sagittal(spec:SeriesSpec, kind:str, an:Anatomy, rng) -> list:
     for i, l in enumerate(LEVELS):
         marks = [('spinal_canal_stenosis', sp.x, sp.canal[i])] if not t1 else \
                 [(f'{name}_neural_foraminal_narrowing', sp.x + side*sp.foramen[i], sp.foramen_point(i, side)) for side, name in ((1, 'left'), (-1, 'right'))]
-        rows += [(spec.study_id, spec.series_id, at(x), cond, l, *(np.array(grid.uv(p))*spec.size)) for cond, x, p in marks]
+        # coordinates count pixel centres from 0, as DICOM does (ImagePositionPatient is the centre of the first pixel)
+        rows += [(spec.study_id, spec.series_id, at(x), cond, l, *(np.array(grid.uv(p))*spec.size - 0.5)) for cond, x, p in marks]
     return rows
 
 # %% ../nbs/02_synth.ipynb #ad0f4913
@@ -688,7 +689,7 @@ def _write_anat_axial(spec:SeriesSpec, an:Anatomy, rng) -> list:
         k = int(np.argmin([abs((sp.canal[i] - p.ipp)@p.normal) for p in planes]))
         cx, cy = planes[k].pixel(canal_crossing(planes[k], sp))
         rows += [(spec.study_id, spec.series_id, int(inst[k]), f'{name}_subarticular_stenosis', l,
-                  cx + side*sp.recess/planes[k].ps, cy - 3*s/planes[k].ps) for side, name in ((1, 'left'), (-1, 'right'))]
+                  cx + side*sp.recess/planes[k].ps - 0.5, cy - 3*s/planes[k].ps - 0.5) for side, name in ((1, 'left'), (-1, 'right'))]
     return rows
 
 # %% ../nbs/02_synth.ipynb #be3b1052
@@ -747,7 +748,7 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    image_size:int=384,    # rows and columns of every image
                    n_workers:int|None=None, # processes (default: one per core, at most 8)
                    overwrite:bool=False,  # replace an existing data set in `dest`
-                   phantom:str='middle',  # 'middle' (every grade on the middle slices) or 'anatomical' (where it shows in real MRI)
+                   phantom:str='anatomical', # 'anatomical' (each grade where it shows in real MRI) or 'middle' (every grade on the middle slices)
                    difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
                   ) -> Path:
     "Write a synthetic RSNA data set in the Kaggle layout"
@@ -776,7 +777,7 @@ def synth_cli(dest:str,              # folder to write
               image_size:int=384,    # rows and columns of every image
               workers:int=None,      # processes (default: one per core)
               overwrite:bool=False,  # replace an existing data set in DEST
-              phantom:str='middle',  # 'middle' or 'anatomical' (grades where they show in real lumbar MRI)
+              phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (seed 001's premise)
               difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"

@@ -229,9 +229,9 @@ def test_same_seed_same_bytes(tmp_path):
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             h.update(str(f.relative_to(d)).encode()); h.update(f.read_bytes())
         return h.hexdigest()
-    a = make_synthetic(tmp_path / "a", 3, 1, seed=7, image_size=48, n_workers=1)
-    b = make_synthetic(tmp_path / "b", 3, 1, seed=7, image_size=48, n_workers=2)
-    c = make_synthetic(tmp_path / "c", 3, 1, seed=8, image_size=48, n_workers=1)
+    a = make_synthetic(tmp_path / "a", 3, 1, seed=7, image_size=48, n_workers=1, phantom='middle')
+    b = make_synthetic(tmp_path / "b", 3, 1, seed=7, image_size=48, n_workers=2, phantom='middle')
+    c = make_synthetic(tmp_path / "c", 3, 1, seed=8, image_size=48, n_workers=1, phantom='middle')
     assert digest(a) == digest(b) != digest(c)
 
 

@@ -82,7 +82,7 @@ def synth(request, tmp_path_factory):
     try: return Path(request.getfixturevalue('synth_data'))
     except pytest.FixtureLookupError:
         from lsdc.synth import make_synthetic
-        return make_synthetic(tmp_path_factory.mktemp('synth'), n_train=16, n_test=3, image_size=128, seed=0)
+        return make_synthetic(tmp_path_factory.mktemp('synth'), n_train=16, n_test=3, image_size=128, seed=0, phantom='middle')
 
 
 # ---------------------------------------------------------------- real files, every transfer syntax

@@ -23,7 +23,8 @@ def synth(request, tmp_path_factory):
     try: return Path(request.getfixturevalue('synth_data'))
     except pytest.FixtureLookupError:
         from lsdc.synth import make_synthetic
-        return Path(make_synthetic(tmp_path_factory.mktemp('synth'), n_train=16, n_test=3, image_size=128, seed=0, n_workers=1))
+        return Path(make_synthetic(tmp_path_factory.mktemp('synth'), n_train=16, n_test=3, image_size=128, seed=0, n_workers=1,
+                                         phantom='middle'))
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,80 @@
+"""The levels method end to end at tiny size, through the `lsdc` command: synth (anatomical) -> convert -> train
+--inputs levels (localiser, crops, learners) -> predict -> report; and what keeps it honest."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+import pandas as pd, pytest
+
+from lsdc.core import LABEL_COLUMNS, GRADE_KEYS
+from lsdc.files import read_index, file_sha256, ModelIntegrityError
+
+COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l4_l5', 'right_subarticular_stenosis_l4_l5']
+
+
+def lsdc(*args, check=True):
+    r = subprocess.run([sys.executable, '-m', 'lsdc.cli', *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check and r.returncode != 0: raise AssertionError(f"lsdc {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    w = tmp_path_factory.mktemp('levels')
+    data = w/'data'
+    lsdc('synth', data, '--n-train', 24, '--n-test', 3, '--image-size', 96, '--workers', 1)
+    lsdc('convert', data, w/'conv'/'train', '--split', 'train', '--size', 64, '--workers', 1, '--quiet')
+    train = lsdc('train', w/'conv'/'train', w/'models', '--data', data, '--inputs', 'levels', '--columns', ','.join(COLS),
+                 '--size', 32, '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5,
+                 '--bs', 16, '--loc-size', 48, '--loc-epochs', 3)
+    lsdc('predict', data, w/'models', w/'submission.csv', '--converted', w/'conv'/'test', '--workers', 1)
+    return dict(w=w, data=data, train=train.stdout)
+
+
+def test_manifest_lists_the_levels_files(run):
+    m = run['w']/'models'
+    man = json.loads((m/'manifest.json').read_text())
+    assert {c: e['inputs'] for c, e in man['columns'].items()} == {c: 'levels' for c in COLS}
+    assert man['levels']['sha256'] == file_sha256(m/'levels.json')
+    lv = json.loads((m/'levels.json').read_text())
+    assert lv['settings']['crop_size'] == 32 and lv['localizer']
+    for name, h in lv['localizer'].items(): assert file_sha256(m/'localizer'/name) == h
+
+
+def test_validation_sees_located_crops_training_annotated(run):
+    # the training part of each column reads annotated crops, its validation part the located ones (as at test time)
+    w = run['w']
+    crops = read_index(w/'conv'/'crops'/'train')
+    split = pd.read_csv(w/'models'/'split.csv')
+    for col in COLS:
+        c = crops[crops.column == col]
+        valid = set(split[(split.column == col) & (split.split == 'valid')].study_id)
+        assert valid and valid <= set(c[c.source == 'located'].study_id)
+        assert set(c.source) == {'annotated', 'located'}
+
+
+def test_submission_from_test_crops(run):
+    w, data = run['w'], run['data']
+    sub = pd.read_csv(w/'submission.csv')
+    ss = pd.read_csv(data/'sample_submission.csv')
+    assert sub.row_id.tolist() == ss.row_id.tolist()
+    assert (sub[list(GRADE_KEYS)].sum(1) - 1).abs().max() < 1e-5
+    tc = read_index(w/'submission_crops')
+    assert set(tc.source) == {'located'} and set(COLS) <= set(tc.column)
+    src = pd.read_csv(w/'submission_sources.csv')
+    assert (src[src.column.isin(COLS)].source == 'model').mean() > 0.5     # the crops were found and predicted
+
+
+def test_report_shows_the_crops(run):
+    w = run['w']
+    lsdc('report', w/'submission.csv', w/'conv', w/'reports', '--models', w/'models', '--crops', w/'submission_crops',
+         '--points', w/'submission_crops'/'points.csv', '--px', 128, '--quiet')
+    pages = sorted((w/'reports').glob('study_*.html'))
+    assert pages and any('crop' in p.read_text().lower() for p in pages)
+
+
+def test_tampered_levels_file_is_refused(run, tmp_path):
+    w = run['w']
+    m = tmp_path/'models'; shutil.copytree(w/'models', m)
+    lv = json.loads((m/'levels.json').read_text()); lv['settings']['crop_mm'] = 80.
+    (m/'levels.json').write_text(json.dumps(lv))
+    r = lsdc('predict', run['data'], m, tmp_path/'sub.csv', '--converted', w/'conv'/'test', '--workers', 1, check=False)
+    assert r.returncode != 0 and 'levels.json' in (r.stdout + r.stderr)
