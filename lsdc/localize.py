@@ -398,7 +398,9 @@ def load_localizer(models, cpu:bool=True):
     pkl = folder/rec['file']
     if not pkl.is_file() or file_sha256(pkl) != rec['sha256']:
         raise ModelIntegrityError(f"{pkl}: missing, or its SHA-256 does not match {folder/RECORD_FILE}")
-    return load_learner(pkl, cpu=cpu), rec
+    with warnings.catch_warnings():   # fastai warns that pickles can run code: this one is the file its record names
+        warnings.filterwarnings('ignore', message='load_learner` uses Python', category=UserWarning)
+        return load_learner(pkl, cpu=cpu), rec
 
 def _studies(data, index:pd.DataFrame) -> set:
     "The studies the data set lists (every split it holds), else those of the conversion"

@@ -28,9 +28,9 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(synth):
-    "The localizer trained on the synthetic set (2 folds and a final model, 64 px), and its record"
+    "The localizer trained on the synthetic set (2 folds and a final model, 64 px, 30 epochs), and its record"
     models = synth.root/"models"
-    rec = train_localizer(synth.conv, synth.rsna.coords, models, data=synth.data, size=64, epochs=15, bs=4, folds=2,
+    rec = train_localizer(synth.conv, synth.rsna.coords, models, data=synth.data, size=64, epochs=30, bs=4, folds=2,
                           seed=0, progress=False, device="cpu")
     return SimpleNamespace(models=models, rec=rec, folder=localizer_dir(models))
 
