@@ -48,6 +48,7 @@ def _training_inputs(d, out:Path, size:int, inputs:str, levels:LevelSettings|Non
     return prepare_levels(d, conv, out/'models', out/'crops'/'train', settings=s, n_workers=n_workers, progress=progress,
                           pretrained=pretrained and weights is None)
 
+# %% ../nbs/10_demo.ipynb #4b5299c2
 @delegates(train_columns, but=['converted', 'models', 'data', 'labels', 'columns', 'progress', 'index'])
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder

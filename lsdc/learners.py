@@ -749,6 +749,7 @@ def _leased(fn:Callable, folder, devices:list, *args):
     "`fn(*args, device=d)` on the device `d` of a slot of `folder` held for the call"
     with _device_slot(folder, devices) as d: return fn(*args, device=d)
 
+# %% ../nbs/05_learners.ipynb #07145ed2
 def _train_serial(jobs:list, tags:list, say:Callable) -> None:
     "Train the `ColumnJob`s one after the other in this process; a line as each starts and ends"
     for tag, job in zip(tags, jobs):
@@ -867,6 +868,7 @@ def _pair(s, what:str) -> tuple:
     if len(v) != 2: raise ValueError(f"{what} needs 2 comma-separated values, got {s!r}")
     return float(v[0]), float(v[1])
 
+# %% ../nbs/05_learners.ipynb #9e2114e0
 @call_parse
 def train_cli(converted:str,                 # conversion folder (holds index.csv)
               models:str,                    # models folder to write
