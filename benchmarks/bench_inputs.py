@@ -5,12 +5,13 @@
 One synthetic data set with the anatomical phantom (`lsdc synth`'s default: the foramina on the parasagittal T1
 slices, the subarticular recesses on the axial T2 slices through each disc, the canal on the mid-sagittal T2 slices)
 at the demo's size, then the demo's pipeline (`lsdc.demo.run_pipeline` with the `CPU` settings: the same learners,
-schedule and calibration) twice, once per input:
+schedule and calibration, each input's body pretrained on its own images of a second synthetic set) twice, once per
+input:
   - middle: each column's learner on the middle slice of its series (seed 001);
   - levels: the level localiser, then each column's learner on its 2.5D crop around its level.
 Both are scored on the same test studies with the competition metric. It prints the four-term table of each side by
-side, the prior-only baseline, the wall time of each run, and last the line `levels vs middle score ratio: <r>`
-(lower is better).
+side, the prior-only baseline, the wall time of each run (with its body's pretraining), and last the line
+`levels vs middle score ratio: <r>` (lower is better).
 """
 import argparse, shutil, sys, tempfile, time, warnings
 from pathlib import Path
@@ -40,10 +41,9 @@ if __name__ == '__main__':
                        phantom='anatomical')
     res = {}
     for inputs in ('middle', 'levels'):
-        train = dict(s.train)
-        if inputs == 'middle' and s.pretrain_studies:   # as `lsdc demo --inputs middle` does
-            train['weights'] = demo_body(root/inputs, s.but(inputs='middle'), seed=args.seed, n_workers=args.workers, progress=False)
-        t = time.perf_counter()
+        train, t = dict(s.train), time.perf_counter()
+        if s.pretrain_studies:   # as `lsdc demo` does: a body pretrained on another synthetic set, on this input's images
+            train['weights'] = demo_body(root/inputs, s.but(inputs=inputs), seed=args.seed, n_workers=args.workers, progress=False)
         res[inputs] = run_pipeline(data, root/inputs, test_labels=data/'test_labels.csv', n_workers=args.workers,
                                    max_reports=0, progress=False, inputs=inputs, **train)
         res[inputs]['wall'] = time.perf_counter() - t

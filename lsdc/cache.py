@@ -6,16 +6,14 @@ Docs: https://lsdc-dev.github.io/lsdc/cache.html.md"""
 
 # %% ../nbs/04a_cache.ipynb #17cddcad
 from __future__ import annotations
-import contextlib, hashlib, json, logging, os
+import hashlib, json, logging, os
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastcore.parallel import parallel as fc_parallel
 from fastai.vision.all import PILImage, Resize, TfmdDL, TensorImage, TensorCategory
-try: import fcntl   # one builder per cache file at a time (POSIX)
-except ImportError: fcntl = None
 from .core import atomic_path
-from .files import write_json
+from .files import file_lock, write_json
 
 # %% auto #0
 __all__ = ['log', 'CACHE_FORMAT', 'cache_key', 'decode_image', 'build_cache', 'ImageCache', 'CacheDL', 'attach_cache']
@@ -64,12 +62,6 @@ def _channels(images:list) -> int:
         except Exception: pass   # an unreadable image is recorded when it is decoded
     return 1
 
-@contextlib.contextmanager
-def _locked(fn:Path):
-    with open(fn, 'a') as f:
-        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
 # %% ../nbs/04a_cache.ipynb #0f63c391
 def build_cache(images:list,      # image files (duplicates are cached once)
                 size:int,         # side of the cached images
@@ -81,7 +73,7 @@ def build_cache(images:list,      # image files (duplicates are cached once)
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(images, size)
     fn = folder/f'{size}px-{key[:20]}.npy'
-    with _locked(folder/'.build.lock'):
+    with file_lock(folder/'.build.lock'):
         if _finished(fn): return fn
         c, n_workers = _channels(images), n_workers or os.cpu_count() or 1
         with atomic_path(fn) as tmp:

@@ -19,6 +19,7 @@ from .synth import make_synthetic
 from .dicom import convert_dataset
 from .learners import Schedule, pretrain_body, train_columns
 from .levels import LevelSettings, prepare_levels
+from .crops import make_crops, annotated_points
 from .inference import predict, evaluate_models, calibrate_models
 from .metrics import SCORE_TERMS, competition_score, baseline_score, format_scores
 from .report import write_reports, load_learners, submission_studies
@@ -171,21 +172,29 @@ FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
 
 # %% ../nbs/10_demo.ipynb #2bbb48ef
 def demo_body(out:Path,            # the demo's output folder (the body goes to `out/pretrain`)
-              s:DemoSettings,      # the settings: studies, epochs, and the learners' arch, size and batch size
+              s:DemoSettings,      # the settings: studies, epochs, inputs, and the learners' arch, size and batch size
               seed:int,            # the demo's seed; the pretraining set uses `seed + 1000`
-              n_workers=None,      # workers of synthesis and conversion
+              n_workers=None,      # workers of synthesis, conversion and crops
               progress:bool=True,  # a line per step and epoch
              ) -> Path:
-    "Pretrain the learners' body on a second synthetic data set once (reused when it exists); the weights file"
+    "Pretrain the learners' body on a second synthetic data set once, on the inputs they will see (reused when it exists)"
     pre, arch, size = out/'pretrain', s.train.get('arch', 'resnet34'), s.train.get('size', 256)
-    weights = pre/f"{arch}_body.pth"
+    weights = pre/(f"{arch}_body.pth" if s.inputs == 'middle' else f"{arch}_crops_body.pth")
     if weights.exists(): return weights
-    if progress: print(f"\n== pretrain a {arch} body on {s.pretrain_studies} other synthetic studies (seed {seed + 1000})", flush=True)
+    if progress: print(f"\n== pretrain a {arch} body on {s.pretrain_studies} other synthetic studies (seed {seed + 1000}, "
+                       f"{s.inputs} inputs)", flush=True)
     if not (pre/'data'/'train.csv').exists():
         make_synthetic(pre/'data', n_train=s.pretrain_studies, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers,
                        phantom=s.phantom)
-    convert_dataset(pre/'data', pre/'converted', split='train', size=size, n_workers=n_workers, progress=False)
-    return pretrain_body(pre/'converted', load_rsna(pre/'data', splits=('train',)).train, weights, arch=arch, size=size,
+    d = load_rsna(pre/'data', splits=('train',))
+    if s.inputs == 'middle':
+        images = pre/'converted'
+        convert_dataset(d, images, split='train', size=size, n_workers=n_workers, progress=False)
+    else:   # the crops around the radiologist's points: the body learns what each column's crop shows
+        images = pre/'crops'
+        make_crops(d, annotated_points(d), images, split='train', size=size, crop_mm=s.levels.crop_mm, neighbours=s.levels.neighbours,
+                   jitter_mm=s.levels.jitter_mm, n_workers=n_workers, seed=seed)
+    return pretrain_body(images, d.train, weights, arch=arch, size=size,
                          epochs=s.pretrain_epochs, bs=s.train.get('bs', 32), seed=seed, progress=progress)
 
 def demo(out='lsdc-demo',              # output folder (data, converted PNGs, models, submission, evaluation, reports)
@@ -205,7 +214,7 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
         make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers,
                        phantom=s.phantom)
     train = dict(s.train)
-    if s.pretrain_studies and s.inputs == 'middle': train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
+    if s.pretrain_studies: train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
     summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
                            max_reports=s.max_reports, progress=progress, inputs=s.inputs, levels=s.levels, **train)
     summary['seconds'] = time.perf_counter() - t0

@@ -6,15 +6,17 @@ Docs: https://lsdc-dev.github.io/lsdc/files.html.md"""
 
 # %% ../nbs/00a_files.ipynb #3c933b5e
 from __future__ import annotations
-import hashlib, json, logging
+import contextlib, hashlib, json, logging
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import LABEL_COLUMNS, as_id, series_for_condition, write_text
+try: import fcntl   # advisory file locks (POSIX); elsewhere `file_lock` does not lock
+except ImportError: fcntl = None
 
 # %% auto #0
-__all__ = ['log', 'INDEX_COLUMNS', 'FAILURE_COLUMNS', 'index_files', 'with_images', 'read_index', 'file_sha256', 'now',
-           'json_default', 'write_json', 'result_file', 'write_result', 'read_results', 'ModelIntegrityError',
+__all__ = ['log', 'INDEX_COLUMNS', 'FAILURE_COLUMNS', 'index_files', 'with_images', 'read_index', 'file_sha256', 'file_lock',
+           'now', 'json_default', 'write_json', 'result_file', 'write_result', 'read_results', 'ModelIntegrityError',
            'read_manifest', 'manifest_series']
 
 # %% ../nbs/00a_files.ipynb #f369f760
@@ -56,6 +58,16 @@ def file_sha256(fn) -> str:
     with open(fn, 'rb') as f:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00a_files.ipynb #b9a7a0ec
+@contextlib.contextmanager
+def file_lock(fn, # the lock file (created if needed)
+             ):
+    "Hold an exclusive advisory lock on `fn` for the block, waiting for other holders (POSIX; elsewhere no lock)"
+    fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True)
+    with open(fn, 'a') as f:
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
+        yield fn
 
 # %% ../nbs/00a_files.ipynb #295c2fae
 def now() -> str:

@@ -28,7 +28,8 @@ from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
 from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
                        torch_worker_init)
-from .files import (ModelIntegrityError, read_index, file_sha256, now, write_json, result_file, write_result, read_results)
+from .files import (ModelIntegrityError, read_index, file_sha256, file_lock, now, write_json, result_file, write_result,
+                        read_results)
 from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
 
@@ -183,6 +184,7 @@ def grade_targets(index:pd.DataFrame,   # conversion index with `image` (`lsdc.f
                  ) -> pd.DataFrame:
     "One row per labelled image: `image` and `targets`, the grade index of every label column read from its series (-1: none)"
     lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
+    if is_crop_index(index): return _crop_targets(index, lab)
     rows = []
     for desc in sorted({series_for_condition(c, series) for c in LABEL_COLUMNS}):
         cols = [i for i, c in enumerate(LABEL_COLUMNS) if series_for_condition(c, series) == desc and c in lab.columns]
@@ -194,6 +196,16 @@ def grade_targets(index:pd.DataFrame,   # conversion index with `image` (`lsdc.f
                 g = lab.at[r.study_id, LABEL_COLUMNS[i]]
                 if isinstance(g, str) and g in GRADES: y[i] = GRADES.index(g)
             rows.append((r.image, y))
+    return pd.DataFrame(rows, columns=['image', 'targets'])
+
+def _crop_targets(index:pd.DataFrame, lab:pd.DataFrame) -> pd.DataFrame:
+    "Targets of a level-crop index's training (annotated) crops: each knows the grade of its own column only"
+    rows = []
+    for r in index[index.source == 'annotated'].itertuples():
+        g = lab[r.column].get(as_id(r.study_id)) if r.column in lab.columns else None
+        if not (isinstance(g, str) and g in GRADES): continue
+        y = np.full(len(LABEL_COLUMNS), -1); y[LABEL_COLUMNS.index(r.column)] = GRADES.index(g)
+        rows.append((r.image, y))
     return pd.DataFrame(rows, columns=['image', 'targets'])
 
 def masked_grade_loss(out, targ):
@@ -210,7 +222,7 @@ class _EpochLine(Callback):
         print(f"{self.tag} epoch {self.epoch + 1}/{self.n_epoch}: loss {float(self.recorder.values[-1][0]):.3f}, "
               f"{time.perf_counter() - self._t0:.1f} s", flush=True)
 
-def pretrain_body(converted,               # conversion folder of the pretraining studies (index.csv)
+def pretrain_body(converted,               # conversion or level-crop folder of the pretraining studies (index.csv)
                   labels:pd.DataFrame,     # their train.csv-style labels
                   dest,                    # state dict file to write
                   arch:str='resnet18',     # torchvision architecture
@@ -563,19 +575,12 @@ def plot_results(df:pd.DataFrame, # `results_table`
     with atomic_path(fname) as tmp: fig.savefig(tmp, format='png', dpi=100)
     return Path(fname)
 
-@contextlib.contextmanager
-def _one_at_a_time(models:Path):
-    "An exclusive lock of `models/.collect.lock` (POSIX), so that merges of several writers never interleave"
-    with open(models/'.collect.lock', 'a') as f:
-        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
 def collect_results(models, plots:bool=True) -> pd.DataFrame:
     "Rebuild `manifest.json`, `results.csv`, `split.csv` and (with `plots`) `results.png`, `training_curves.png` from the per-column files"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     # one merge at a time: a shard that read the records before another shard's newest one must not write its older
     # manifest after that shard's complete one (every writer writes its record first, so the last merge sees them all)
-    with _one_at_a_time(models):
+    with file_lock(models/'.collect.lock'):
         recs = read_results(models)
         df = results_table(recs)
         man, lv = manifest(recs), models/'levels.json'   # the levels method's localiser and crop settings (`lsdc.levels`)
@@ -892,7 +897,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               train_bn:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # BatchNorm trains while the body is frozen
               balance:str='upsample',        # the imbalance: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
               calibration:str='condition',   # then fit temperatures on the validation studies: per 'condition', per 'column', or 'none'
-              no_resume:bool=False,          # retrain columns that already have a pickle
+              no_resume:bool=False,          # retrain columns that already have a pickle (and, with --inputs levels, the localiser)
               jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine; GPUs: one each)
               loader:str='cache',            # 'cache': each image decoded once into an image cache; 'png': every epoch (former path)
               inputs:str='middle',           # 'middle': CONVERTED's middle slices (seed 001); 'levels': locate the levels, cut crops, train on them
@@ -911,7 +916,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
         from lsdc.levels import LevelSettings, prepare_levels
         crops = crops or Path(converted).parent/'crops'/Path(converted).name
         converted = prepare_levels(d, converted, models, crops, settings=LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs), seed=seed,
-                                   progress=not quiet, pretrained=pretrained and not weights)
+                                   progress=not quiet, pretrained=pretrained and not weights, resume=not no_resume)
     df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
                        series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
                        resume=not no_resume, progress=not quiet, jobs=jobs, loader=loader, schedule=Schedule.parse(epochs, thresholds, keep),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
 from .core import write_csv
-from .files import file_sha256, write_json, read_manifest, ModelIntegrityError
+from .files import file_sha256, file_lock, write_json, read_manifest, ModelIntegrityError
 from .data import load_rsna
 from .crops import Offsets, learn_offsets, make_crops, annotated_points
 from .localize import train_localizer, locate_levels
@@ -47,22 +47,23 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
                    progress:bool=True,     # a line per step
                    **kwargs,               # `train_localizer`'s options: pretrained, weights, ...
                   ) -> Path:
-    "Train the localiser, learn the offsets and cut the training studies' crops into `dest`; `dest`"
+    "Train the localiser (or reuse a finished one), learn the offsets and cut the training studies' crops into `dest`; `dest`"
     s, models, dest = settings, Path(models), Path(dest)
     d = data if hasattr(data, 'series') else load_rsna(data)
     say = (lambda m: print(m, flush=True)) if progress else log.info
-    t0 = time.perf_counter()
-    rec = train_localizer(converted, d, models, arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs, folds=s.folds,
-                          seed=seed, progress=progress, **kwargs)
-    say(f"localiser: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
-    points = locate_levels(models, converted, d)
-    pts = pd.concat([annotated_points(d), points[points.source == 'located']], ignore_index=True)
-    offsets = learn_offsets(d, n_workers=n_workers)
-    t1 = time.perf_counter()
-    idx, fail = make_crops(d, pts, dest, split='train', size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours,
-                           jitter_mm=s.jitter_mm, offsets=offsets, n_workers=n_workers, seed=seed)
-    say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
-    write_levels(models, s, offsets)
+    with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localiser and the crops
+        t0 = time.perf_counter()
+        rec = train_localizer(converted, d, models, arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs, folds=s.folds,
+                              seed=seed, progress=progress, **kwargs)
+        say(f"localiser: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
+        points = locate_levels(models, converted, d, split='train')
+        pts = pd.concat([annotated_points(d), points[points.source == 'located']], ignore_index=True)
+        offsets = learn_offsets(d, n_workers=n_workers)
+        t1 = time.perf_counter()
+        idx, fail = make_crops(d, pts, dest, split='train', size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours,
+                               jitter_mm=s.jitter_mm, offsets=offsets, n_workers=n_workers, seed=seed)
+        say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
+        write_levels(models, s, offsets)
     return dest
 
 # %% ../nbs/05d_levels.ipynb #943238a0
@@ -102,7 +103,7 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
     "Locate the levels of `split`'s studies with the final localiser and cut their crops as the models were trained; `dest`"
     s, offsets = read_levels(models)
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
-    points = locate_levels(models, converted, d)
+    points = locate_levels(models, converted, d, split=split)
     idx, fail = make_crops(d, points[points.source == 'located'], dest, split=split, size=s.crop_size, crop_mm=s.crop_mm,
                            neighbours=s.neighbours, offsets=offsets, n_workers=n_workers)
     write_csv(points, Path(dest)/'points.csv')   # where the levels were found, for the reports

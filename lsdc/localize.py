@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/localize.html.md"""
 
 # %% ../nbs/05c_localize.ipynb #c85d957a
 from __future__ import annotations
-import argparse, json, logging, sys, time, warnings
+import argparse, hashlib, json, logging, os, sys, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, NamedTuple
@@ -346,6 +346,26 @@ def _plot_fold0(table:pd.DataFrame, rel, v:dict, fname) -> Path:
     return plot_levels(t, (rel[k] + 1) / 2 * np.stack([t.width, t.height], -1)[:, None], fname,
                        title=f"Out-of-fold levels (x) and annotations (o): median {med}")
 
+# %% ../nbs/05c_localize.ipynb #b070ddfe
+def _inputs_key(table:pd.DataFrame, settings:LocalizerSettings, seed:int, folds:int, valid_ids=None) -> str:
+    "SHA-256 of what the localisers learn from: settings, seed, folds, each study's series, slice, image (path, size, mtime), points"
+    h = hashlib.sha256(json.dumps(dict(settings=settings._asdict(), seed=seed, folds=folds,
+                                       valid_ids=None if valid_ids is None else sorted(int(as_id(v)) for v in valid_ids))).encode())
+    for r in table.itertuples():
+        st = os.stat(r.image)
+        h.update(f"{r.study_id}\t{r.series_id}\t{r.instance_number}\t{r.image}\t{st.st_size}\t{st.st_mtime_ns}\t"
+                 f"{np.round(np.asarray(r.points, float), 3).tolist()}\n".encode())
+    return h.hexdigest()
+
+def _finished(models, key:str) -> dict|None:
+    "The record of a finished localiser trained on inputs of SHA-256 `key`, its pickle intact; else None"
+    folder = localizer_dir(models)
+    try: rec = json.loads((folder/RECORD_FILE).read_text())
+    except (OSError, ValueError): return None
+    pkl = folder/str(rec.get('file', MODEL_FILE))
+    ok = rec.get('inputs_sha256') == key and (folder/OOF_FILE).is_file() and pkl.is_file() and file_sha256(pkl) == rec.get('sha256')
+    return rec if ok else None
+
 # %% ../nbs/05c_localize.ipynb #dbd6b453
 def train_localizer(converted,             # conversion folder (index.csv, or train/ and test/), from `lsdc convert`
                     coords,                # `train_label_coordinates` (or `RSNAData`, which also gives `data`)
@@ -363,6 +383,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
                     seed:int=0,            # seed of the folds and of training
                     folds:int=2,           # folds of the out-of-fold points
                     device=None,           # torch device (default: CUDA when present)
+                    resume:bool=True,      # reuse a finished localiser of the same inputs instead of training again
                     progress:bool=True,    # a line per model
                    ) -> dict:
     "Train the out-of-fold and final localizers into `models/localizer/`; the record written to `localizer.json`"
@@ -375,6 +396,9 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     table = level_targets(read_index(converted), coords)
     skipped = table.attrs['skipped']
     table['fold'] = table.study_id.map(study_folds(table.study_id, folds=folds, seed=seed, valid_ids=valid_ids))
+    key = _inputs_key(table, s, seed=seed, folds=folds, valid_ids=valid_ids)
+    if resume and (rec := _finished(models, key)):
+        say(f"localizer: reused {folder} (trained on the same images, points and settings)"); return rec
     rel, fold_recs = _out_of_fold(table, settings=s, seed=seed, device=device, say=say)
     t1 = time.perf_counter()
     final = fit_localizer(table, settings=s, seed=seed + folds, device=device)
@@ -384,7 +408,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     v = _validation(table, rel, data)
     _plot_fold0(table, rel, v, folder/FIGURE_FILE)
     rec = dict(file=MODEL_FILE, sha256=file_sha256(pkl), settings=s._asdict(), seed=seed, folds=folds, method='heatmap soft-argmax',
-               series=LOCATE_SERIES, n_studies=len(table), n_skipped=len(skipped), skipped={str(k): why for k, why in skipped.items()},
+               inputs_sha256=key, series=LOCATE_SERIES, n_studies=len(table), n_skipped=len(skipped), skipped={str(k): why for k, why in skipped.items()},
                validation=v, fold_models=fold_recs, seconds=time.perf_counter() - t0, lsdc_version=__version__, finished=now())
     write_json(rec, folder/RECORD_FILE)
     return rec
@@ -402,18 +426,20 @@ def load_localizer(models, cpu:bool=True):
         warnings.filterwarnings('ignore', message='load_learner` uses Python', category=UserWarning)
         return load_learner(pkl, cpu=cpu), rec
 
-def _studies(data, index:pd.DataFrame) -> set:
-    "The studies the data set lists (every split it holds), else those of the conversion"
+def _studies(data, index:pd.DataFrame, split:str|None=None) -> set:
+    "The studies the data set lists for `split` (default: every split it holds), else those of the conversion"
     if data is None: return set(index.study_id)
-    d = data if hasattr(data, 'path') else load_rsna(data, splits=[s for s in ('train', 'test')
-                                                                  if (Path(data)/f'{s}_series_descriptions.csv').exists()], check_images=False)
-    tabs = [t for t in (getattr(d, 'train_series', None), getattr(d, 'test_series', None)) if t is not None]
-    return {as_id(s) for t in tabs for s in t.study_id}
+    splits = [split] if split else [s for s in ('train', 'test')
+                                    if (Path(getattr(data, 'path', data))/f'{s}_series_descriptions.csv').exists()]
+    d = data if hasattr(data, 'path') else load_rsna(data, splits=splits, check_images=False)
+    tabs = [getattr(d, f'{s}_series', None) for s in splits]
+    return {as_id(s) for t in tabs if t is not None for s in t.study_id}
 
 # %% ../nbs/05c_localize.ipynb #18a670bc
 def locate_levels(models,      # models folder with `localizer/`
                   converted,   # conversion folder of the studies to locate
                   data=None,   # RSNA data folder or `RSNAData`: its studies without a Sagittal T2/STIR series are named
+                  split:str|None=None, # the split of `data` whose studies are expected (default: every split it holds)
                   cpu:bool|None=None, # run the final model on the CPU (default: when there is no GPU)
                  ) -> pd.DataFrame:
     "The five level points (`POINT_COLUMNS`, source `located`) of each study with a converted Sagittal T2/STIR series"
@@ -423,7 +449,7 @@ def locate_levels(models,      # models folder with `localizer/`
     trained = set(zip(oof.study_id, oof.series_id))
     t2 = index[index.series_description == LOCATE_SERIES]
     t2 = _pick_series(t2, pd.Series([(s, r) in trained for s, r in zip(t2.study_id, t2.series_id)]))
-    missing = sorted(_studies(data, index) - set(t2.study_id))
+    missing = sorted(_studies(data, index, split) - set(t2.study_id))
     if missing: warnings.warn(f"{len(missing)} studies have no converted {LOCATE_SERIES} series, so no level points: "
                               f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}")
     seen = pd.Series([(s, r) in trained for s, r in zip(t2.study_id, t2.series_id)], index=t2.index)
@@ -453,13 +479,15 @@ def localize_cli(converted:str,                # conversion folder (index.csv, o
                  pretrained:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # ImageNet weights (torch.hub cache or download)
                  weights:str=None,             # local state dict file of the full model (no download)
                  seed:int=0,                   # random seed
+                 no_resume:bool=False,         # train again even when a localiser of the same inputs is finished
                  quiet:bool=False,             # no progress output
                 ) -> int:
     "Train the level localizer (out-of-fold and final models) and write MODELS/localizer/points.csv"
     try:
         d = load_rsna(data, check_images=False)
         rec = train_localizer(converted, d, models, arch=arch, size=size, epochs=epochs, folds=folds, lr=lr, bs=bs,
-                              pretrained=pretrained, weights=weights, seed=seed, progress=not quiet)
+                              pretrained=pretrained, weights=weights, seed=seed, resume=not no_resume,
+                              progress=not quiet)
         fn = write_points(pd.concat([locate_levels(models, converted, d), annotated_points(d)], ignore_index=True), localizer_dir(models))
     except (DataError, ValueError, OSError, ModelIntegrityError) as e:
         print(f"lsdc localize: {e}", file=sys.stderr); return 2

@@ -16,17 +16,21 @@ def lsdc(*args, check=True):
     return r
 
 
+def train_args(w, data):
+    return ('train', w/'conv'/'train', w/'models', '--data', data, '--inputs', 'levels', '--columns', ','.join(COLS),
+            '--size', 32, '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5,
+            '--bs', 16, '--loc-size', 48, '--loc-epochs', 3)
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     w = tmp_path_factory.mktemp('levels')
     data = w/'data'
     lsdc('synth', data, '--n-train', 24, '--n-test', 3, '--image-size', 96, '--workers', 1)
     lsdc('convert', data, w/'conv'/'train', '--split', 'train', '--size', 64, '--workers', 1, '--quiet')
-    train = lsdc('train', w/'conv'/'train', w/'models', '--data', data, '--inputs', 'levels', '--columns', ','.join(COLS),
-                 '--size', 32, '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5,
-                 '--bs', 16, '--loc-size', 48, '--loc-epochs', 3)
-    lsdc('predict', data, w/'models', w/'submission.csv', '--converted', w/'conv'/'test', '--workers', 1)
-    return dict(w=w, data=data, train=train.stdout)
+    train = lsdc(*train_args(w, data))
+    pred = lsdc('predict', data, w/'models', w/'submission.csv', '--converted', w/'conv'/'test', '--workers', 1)
+    return dict(w=w, data=data, train=train.stdout, predict=pred.stdout + pred.stderr)
 
 
 def test_manifest_lists_the_levels_files(run):
@@ -56,9 +60,10 @@ def test_submission_from_test_crops(run):
     sub = pd.read_csv(w/'submission.csv')
     ss = pd.read_csv(data/'sample_submission.csv')
     assert sub.row_id.tolist() == ss.row_id.tolist()
-    assert (sub[list(GRADE_KEYS)].sum(1) - 1).abs().max() < 1e-5
+    assert (sub[list(GRADE_KEYS)].sum(axis=1) - 1).abs().max() < 1e-5
     tc = read_index(w/'submission_crops')
     assert set(tc.source) == {'located'} and set(COLS) <= set(tc.column)
+    assert 'no converted' not in run['predict']     # only the test studies are expected to have been located
     src = pd.read_csv(w/'submission_sources.csv')
     assert (src[src.column.isin(COLS)].source == 'model').mean() > 0.5     # the crops were found and predicted
 
@@ -78,3 +83,13 @@ def test_tampered_levels_file_is_refused(run, tmp_path):
     (m/'levels.json').write_text(json.dumps(lv))
     r = lsdc('predict', run['data'], m, tmp_path/'sub.csv', '--converted', w/'conv'/'test', '--workers', 1, check=False)
     assert r.returncode != 0 and 'levels.json' in (r.stdout + r.stderr)
+
+
+def test_second_run_reuses_the_localiser_and_crops(run):
+    "Training into the same models folder again (a resumed run, or another shard) reuses the localiser and the crops"
+    w = run['w']
+    pkl = w/'models'/'localizer'/'localizer.pkl'
+    before = (file_sha256(pkl), pkl.stat().st_mtime_ns)
+    out = lsdc(*train_args(w, run['data'])).stdout
+    assert 'localizer: reused' in out and '(0 new)' in out, out[-3000:]
+    assert (file_sha256(pkl), pkl.stat().st_mtime_ns) == before
