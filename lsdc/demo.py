@@ -147,6 +147,7 @@ class DemoSettings:
     train:dict = field(default_factory=dict) # keyword options of `train_columns` (size, arch, schedule, jobs, ...)
     pretrain_studies:int = 0    # studies of a second synthetic set a body is pretrained on first (0: none)
     pretrain_epochs:int = 0     # epochs of that pretraining
+    pretrain_crop_studies:int = 0 # for the level crops, studies of that set (0: `pretrain_studies`): 25 crops a study, not 3 slices
     max_reports:int = 20        # reports for at most this many test studies
     phantom:str = 'anatomical'  # the synthetic set's phantom (`lsdc.synth.PHANTOMS`)
     inputs:str = 'levels'       # the learners' inputs: 'levels' (crops around each level) or 'middle' (seed 001)
@@ -163,7 +164,7 @@ class DemoSettings:
         own = {k: v for k, v in changes.items() if k in names}
         return dataclasses.replace(self, **own, train={**self.train, **{k: v for k, v in changes.items() if k not in names}})
 
-CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=8, max_reports=20,
+CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=8, pretrain_crop_studies=150, max_reports=20,
                    train=dict(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
                               schedule=Schedule(first=1, short=2, long=3), train_bn=False, jobs=2))
 FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
@@ -179,15 +180,15 @@ def demo_body(out:Path,            # the demo's output folder (the body goes to 
              ) -> Path:
     "Pretrain the learners' body on a second synthetic data set once, on the inputs they will see (reused when it exists)"
     pre, arch, size = out/'pretrain', s.train.get('arch', 'resnet34'), s.train.get('size', 256)
-    weights = pre/(f"{arch}_body.pth" if s.inputs == 'middle' else f"{arch}_crops_body.pth")
+    middle = s.inputs == 'middle'
+    weights, data = (pre/f"{arch}_body.pth", pre/'data') if middle else (pre/f"{arch}_crops_body.pth", pre/'crops_data')
+    n = s.pretrain_studies if middle else s.pretrain_crop_studies or s.pretrain_studies
     if weights.exists(): return weights
-    if progress: print(f"\n== pretrain a {arch} body on {s.pretrain_studies} other synthetic studies (seed {seed + 1000}, "
-                       f"{s.inputs} inputs)", flush=True)
-    if not (pre/'data'/'train.csv').exists():
-        make_synthetic(pre/'data', n_train=s.pretrain_studies, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers,
-                       phantom=s.phantom)
-    d = load_rsna(pre/'data', splits=('train',))
-    if s.inputs == 'middle':
+    if progress: print(f"\n== pretrain a {arch} body on {n} other synthetic studies (seed {seed + 1000}, {s.inputs} inputs)", flush=True)
+    if not (data/'train.csv').exists():
+        make_synthetic(data, n_train=n, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers, phantom=s.phantom)
+    d = load_rsna(data, splits=('train',))
+    if middle:
         images = pre/'converted'
         convert_dataset(d, images, split='train', size=size, n_workers=n_workers, progress=False)
     else:   # the crops around the radiologist's points: the body learns what each column's crop shows
