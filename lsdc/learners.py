@@ -904,6 +904,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               crops:str=None,                # --inputs levels: the training crops' folder (default: beside CONVERTED, `crops/<name>`)
               loc_size:int=96,               # --inputs levels: the level localiser's image size
               loc_epochs:int=15,             # --inputs levels: the level localiser's epochs
+              train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
@@ -915,8 +916,9 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     if inputs == 'levels':   # the CLI composes the steps: stage 1 and the crops come before the learners
         from lsdc.levels import LevelSettings, prepare_levels
         crops = crops or Path(converted).parent/'crops'/Path(converted).name
-        converted = prepare_levels(d, converted, models, crops, settings=LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs), seed=seed,
-                                   progress=not quiet, pretrained=pretrained and not weights, resume=not no_resume)
+        ls = LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops)
+        converted = prepare_levels(d, converted, models, crops, settings=ls, seed=seed, progress=not quiet,
+                                   pretrained=pretrained and not weights, resume=not no_resume)
     df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
                        series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
                        resume=not no_resume, progress=not quiet, jobs=jobs, loader=loader, schedule=Schedule.parse(epochs, thresholds, keep),

@@ -35,6 +35,8 @@ class LevelSettings(NamedTuple):
     loc_arch:str = 'resnet18'   # the localiser's architecture
     loc_epochs:int = 15         # the localiser's epochs
     folds:int = 2               # folds of the localiser's out-of-fold points
+    train_crops:str = 'annotated' # what the learners train on: crops around the radiologist's points, jittered
+                                  # ('annotated'), or around the 'located' ones (as validation and test see them)
 
 # %% ../nbs/05d_levels.ipynb #7aa17865
 def prepare_levels(data,                   # RSNA data folder or `RSNAData` (training coordinates)
@@ -49,6 +51,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
                   ) -> Path:
     "Train the localiser (or reuse a finished one), learn the offsets and cut the training studies' crops into `dest`; `dest`"
     s, models, dest = settings, Path(models), Path(dest)
+    if s.train_crops not in ('located', 'annotated'): raise ValueError(f"train_crops must be 'located' or 'annotated', got {s.train_crops!r}")
     d = data if hasattr(data, 'series') else load_rsna(data)
     say = (lambda m: print(m, flush=True)) if progress else log.info
     with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localiser and the crops
@@ -57,7 +60,8 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
                               seed=seed, progress=progress, **kwargs)
         say(f"localiser: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
         points = locate_levels(models, converted, d, split='train')
-        pts = pd.concat([annotated_points(d), points[points.source == 'located']], ignore_index=True)
+        pts = points[points.source == 'located']
+        if s.train_crops == 'annotated': pts = pd.concat([annotated_points(d), pts], ignore_index=True)
         offsets = learn_offsets(d, n_workers=n_workers)
         t1 = time.perf_counter()
         idx, fail = make_crops(d, pts, dest, split='train', size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours,

@@ -53,6 +53,25 @@ def test_validation_sees_located_crops_training_annotated(run):
         valid = set(split[(split.column == col) & (split.split == 'valid')].study_id)
         assert valid and valid <= set(c[c.source == 'located'].study_id)
         assert set(c.source) == {'annotated', 'located'}
+    assert json.loads((w/'models'/'levels.json').read_text())['settings']['train_crops'] == 'annotated'
+
+
+def test_train_crops_located_cuts_only_located_crops(run, tmp_path, capsys):
+    # train_crops='located': the learners train on the crops the localiser gives; the finished localiser (same seed as
+    # `lsdc train`'s 42) is reused
+    from lsdc.levels import LevelSettings, prepare_levels
+    w = run['w']
+    models = tmp_path/'models'
+    shutil.copytree(w/'models', models)
+    s = LevelSettings(crop_size=32, loc_size=48, loc_epochs=3, train_crops='located')
+    with pytest.raises(ValueError, match='train_crops'):
+        prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'bad', settings=s._replace(train_crops='both'))
+    dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False)
+    assert 'reused' in capsys.readouterr().out
+    crops = read_index(dest)
+    assert len(crops) and set(crops.source) == {'located'}
+    assert set(crops.column) == set(LABEL_COLUMNS)
+    assert json.loads((models/'levels.json').read_text())['settings']['train_crops'] == 'located'
 
 
 def test_submission_from_test_crops(run):
