@@ -320,6 +320,8 @@ class CropOptions(NamedTuple):
     p_hi: float = 99.       # upper clipping percentile
     compression: int = 1    # PNG deflate level 0-9
     max_mm: float = 10.     # farthest an axial image may lie from a level, mm
+    slice_jitter_mm: float = 0. # random move of an annotated level point along the patient's superior axis before its
+                                # axial slice is chosen, up to this many mm (the localiser's error moves the slice too)
 
 class CropJob(NamedTuple):
     "The crops of one study"
@@ -389,15 +391,24 @@ class _Study:
         if not out: raise errs[0]
         return out
 
-    def site(self, col:str, point:tuple) -> CropSite:
-        "Where the crop of `col` is cut, from the level's point `(series_id, instance, x, y)`"
+    def site(self, col:str, point:tuple, src:str='located') -> CropSite:
+        "Where the crop of `col` is cut, from the level's point `(series_id, instance, x, y)` of source `src`"
         sid, inst, x, y = point; grp = condition_group(col); t2 = self.slices(sid)
         i = t2.find(inst); P, off = pixel_to_patient(t2.geoms[i], x, y), self.job.offsets.of(col)
         if grp == 'spinal': return spinal_site(t2, P, index=i)
         series = self.readable(self.ids(CROP_SERIES[grp]))
         if grp == 'foraminal': return foraminal_site(series[0], P, off)
-        at = self._near.get(point) or self._near.setdefault(point, axial_slice(series, P, self.job.opts.max_mm))
+        P = P + self.slice_shift(src, split_column(col)[1])
+        key = (point, *P.round(6))
+        at = self._near.get(key) or self._near.setdefault(key, axial_slice(series, P, self.job.opts.max_mm))
         return subarticular_site(series, P, off, at=at)
+
+    def slice_shift(self, src:str, level:str) -> np.ndarray:
+        "An annotated point's move along the patient's superior axis before its axial slice is chosen (seeded per study and level)"
+        o = self.job.opts
+        if o.slice_jitter_mm <= 0 or src != 'annotated': return np.zeros(3)   # located points are used as at test time
+        rng = np.random.default_rng([o.seed, self.job.study_id, LEVELS.index(level), zlib.crc32(b'slice')])
+        return rng.uniform(-o.slice_jitter_mm, o.slice_jitter_mm) * np.asarray(SUPERIOR, float)
 
     def pixels(self, s) -> np.ndarray:
         o = self.job.opts
@@ -432,7 +443,7 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
         fp = _fingerprints([st.fingerprint(s) for s in [pt[0], *st.ids(desc)]])
         why, info = _stale(png, params, fp) if j.resume else ('overwrite', None)
         if info is not None: return CropResult(key, info=info)
-        site = st.site(col, pt)
+        site = st.site(col, pt, src)
         centre = _jitter(j, col, src, site)
         img, g = st.image(site, centre), site.series.geoms[site.index]
         c = patient_to_pixel(g, centre)
@@ -471,8 +482,8 @@ def _offsets(offsets, data, n_workers=None) -> Offsets:
 def _check_options(o:CropOptions):
     _check_percentiles(o.p_lo, o.p_hi)
     if o.neighbours not in (0, 1): raise ValueError(f'neighbours must be 0 or 1 (a PNG holds three channels), not {o.neighbours}')
-    if o.size < 8 or o.crop_mm <= 0 or o.jitter_mm < 0 or o.max_mm <= 0:
-        raise ValueError(f'size must be at least 8, crop_mm and max_mm positive and jitter_mm not negative: {o}')
+    if o.size < 8 or o.crop_mm <= 0 or o.jitter_mm < 0 or o.max_mm <= 0 or o.slice_jitter_mm < 0:
+        raise ValueError(f'size must be at least 8, crop_mm and max_mm positive and jitter_mm and slice_jitter_mm not negative: {o}')
 
 def crop_jobs(series:pd.DataFrame, points:pd.DataFrame, root, split:str, dest, opts:CropOptions, offsets:Offsets, resume:bool=True) -> list:
     "One `CropJob` per study of `series` (a split's series table), with its points"
@@ -507,9 +518,11 @@ def make_crops(data,                    # `RSNAData` from `lsdc.data.load_rsna`,
                p_hi:float=99.,          # upper clipping percentile
                compression:int=1,       # PNG deflate level 0-9
                max_mm:float=10.,        # farthest an axial image may lie from a level, mm
+               slice_jitter_mm:float=0.,# random move of each annotated point along the superior axis before its axial slice is chosen
               ) -> tuple:
     "Cut the level crops of every study of `split`; write and return `(index, failures)`"
-    opts = CropOptions(int(size), float(crop_mm), int(neighbours), float(jitter_mm), int(seed), float(p_lo), float(p_hi), int(compression), float(max_mm))
+    opts = CropOptions(int(size), float(crop_mm), int(neighbours), float(jitter_mm), int(seed), float(p_lo), float(p_hi), int(compression),
+                       float(max_mm), float(slice_jitter_mm))
     _check_options(opts)
     data, dest = _load(data, split), Path(dest)
     _check_dest(dest); _clean_temp(dest)
@@ -534,6 +547,7 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
               crop_mm:float=40.,     # side of the crops, mm
               neighbours:int=1,      # slices on each side of the centre slice: 0 or 1
               jitter_mm:float=0.,    # random shift of each annotated crop's centre, up to this many mm per axis
+              slice_jitter_mm:float=0., # random move of each annotated point along the superior axis before its axial slice is chosen
               offsets:str=None,      # offsets JSON (a crops folder's offsets.json); default: learn from the training coordinates
               seed:int=0,            # seeds the jitter
               max_mm:float=10.,      # farthest an axial image may lie from a level, mm
@@ -545,7 +559,7 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
     "Cut the level crops of every label column around each study's level points"
     t0 = time.perf_counter()
     try: index, failures = make_crops(data, points, dest, split=split, size=size, crop_mm=crop_mm, neighbours=neighbours,
-                                      jitter_mm=jitter_mm, offsets=offsets, seed=seed, max_mm=max_mm, n_workers=workers,
+                                      jitter_mm=jitter_mm, slice_jitter_mm=slice_jitter_mm, offsets=offsets, seed=seed, max_mm=max_mm, n_workers=workers,
                                       resume=not overwrite, progress=not quiet)
     except (DataError, ValueError, OSError) as e:
         print(f'lsdc crops: {e}', file=sys.stderr); return 2

@@ -194,7 +194,7 @@ def demo_body(out:Path,            # the demo's output folder (the body goes to 
     else:   # the crops around the radiologist's points: the body learns what each column's crop shows
         images = pre/'crops'
         make_crops(d, annotated_points(d), images, split='train', size=size, crop_mm=s.levels.crop_mm, neighbours=s.levels.neighbours,
-                   jitter_mm=s.levels.jitter_mm, n_workers=n_workers, seed=seed)
+                   jitter_mm=s.levels.jitter_mm, slice_jitter_mm=s.levels.slice_jitter_mm, n_workers=n_workers, seed=seed)
     return pretrain_body(images, d.train, weights, arch=arch, size=size,
                          epochs=s.pretrain_epochs, bs=s.train.get('bs', 32), seed=seed, progress=progress)
 

@@ -905,6 +905,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               loc_size:int=96,               # --inputs levels: the level localiser's image size
               loc_epochs:int=15,             # --inputs levels: the level localiser's epochs
               train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
+              slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
@@ -916,7 +917,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     if inputs == 'levels':   # the CLI composes the steps: stage 1 and the crops come before the learners
         from lsdc.levels import LevelSettings, prepare_levels
         crops = crops or Path(converted).parent/'crops'/Path(converted).name
-        ls = LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops)
+        ls = LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm)
         converted = prepare_levels(d, converted, models, crops, settings=ls, seed=seed, progress=not quiet,
                                    pretrained=pretrained and not weights, resume=not no_resume)
     df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,

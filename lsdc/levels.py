@@ -31,6 +31,7 @@ class LevelSettings(NamedTuple):
     crop_mm:float = 40.         # crop side in mm, in the slice plane
     neighbours:int = 1          # slices on each side of the centre slice as channels (1: 2.5D, 3 channels)
     jitter_mm:float = 2.        # random shift of the annotated training crops' centres, up to this many mm
+    slice_jitter_mm:float = 0.  # random move of the annotated points along the superior axis before their axial slices are chosen
     loc_size:int = 96           # the localiser's image size
     loc_arch:str = 'resnet18'   # the localiser's architecture
     loc_epochs:int = 15         # the localiser's epochs
@@ -65,7 +66,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         offsets = learn_offsets(d, n_workers=n_workers)
         t1 = time.perf_counter()
         idx, fail = make_crops(d, pts, dest, split='train', size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours,
-                               jitter_mm=s.jitter_mm, offsets=offsets, n_workers=n_workers, seed=seed)
+                               jitter_mm=s.jitter_mm, slice_jitter_mm=s.slice_jitter_mm, offsets=offsets, n_workers=n_workers, seed=seed)
         say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
         write_levels(models, s, offsets)
     return dest
