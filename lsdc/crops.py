@@ -398,9 +398,8 @@ class _Study:
         if grp == 'spinal': return spinal_site(t2, P, index=i)
         series = self.readable(self.ids(CROP_SERIES[grp]))
         if grp == 'foraminal': return foraminal_site(series[0], P, off)
-        P = P + self.slice_shift(src, split_column(col)[1])
-        key = (point, *P.round(6))
-        at = self._near.get(key) or self._near.setdefault(key, axial_slice(series, P, self.job.opts.max_mm))
+        P = P + self.slice_shift(src, split_column(col)[1])   # the same for a level's left and right columns
+        at = self._near.get((point, src)) or self._near.setdefault((point, src), axial_slice(series, P, self.job.opts.max_mm))
         return subarticular_site(series, P, off, at=at)
 
     def slice_shift(self, src:str, level:str) -> np.ndarray:
