@@ -24,22 +24,24 @@ from .geometry import (GeometryError, slice_geometry, slice_normal, pixel_to_pat
                            sagittal_slice_for_offset, nearest_slice)
 
 # %% auto #0
-__all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'LEFT', 'POSTERIOR', 'SUPERIOR',
-           'SAGITTAL_AXES', 'AXIAL_AXES', 'FORAMEN_MM', 'RECESS_MM', 'read_points', 'annotated_points', 'SeriesSlices',
-           'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix', 'crop_slice',
-           'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site', 'Offsets',
-           'default_offsets', 'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'CropJob', 'CropResult',
-           'crop_study', 'crop_jobs', 'make_crops', 'crops_cli']
+__all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'LEFT', 'POSTERIOR',
+           'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'FORAMEN_MM', 'RECESS_MM', 'read_points', 'annotated_points',
+           'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix',
+           'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site',
+           'Offsets', 'default_offsets', 'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'CropJob',
+           'CropResult', 'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs', 'make_crops',
+           'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
 CROP_COLUMNS = ('study_id', 'column', 'source', 'png', 'series_id', 'series_description', 'instance_number', 'x', 'y', 'size_mm')
 CROP_FAILURE_COLUMNS = ('study_id', 'column', 'source', 'reason')
 CROP_SERIES = {'spinal': 'Sagittal T2/STIR', 'foraminal': 'Sagittal T1', 'subarticular': 'Axial T2'}
+AXIAL_COLUMNS = ('axial_series_id', 'axial_instance')  # optional: the axial slice chosen for the level (`lsdc.axial`)
 
 def read_points(points, # a points table: `points.csv` or a DataFrame with `POINT_COLUMNS` (`fold` optional)
                ) -> pd.DataFrame:
-    "The points table checked: integer ids, `lsdc.core` level keys, plain source names, one row per study, level and source"
+    "The points table checked: integer ids, `lsdc.core` level keys, plain source names, one row per study, level and source; `AXIAL_COLUMNS` kept when present"
     where = 'points' if isinstance(points, pd.DataFrame) else str(points)
     df = points.copy() if isinstance(points, pd.DataFrame) else pd.read_csv(points)
     missing = [c for c in POINT_COLUMNS[:-1] if c not in df.columns]
@@ -54,7 +56,10 @@ def read_points(points, # a points table: `points.csv` or a DataFrame with `POIN
     if bad: raise ValueError(f'{where}: source names must be lower-case letters, digits and _, not {bad}')
     dup = df[df.duplicated(['study_id', 'level', 'source'])]
     if len(dup): raise ValueError(f'{where}: several points for study {dup.study_id.iloc[0]}, level {dup.level.iloc[0]}, source {dup.source.iloc[0]}')
-    return df[list(POINT_COLUMNS)].reset_index(drop=True)
+    ax = [c for c in AXIAL_COLUMNS if c in df.columns]
+    if len(ax) == 1: raise ValueError(f'{where}: {ax[0]} without {(set(AXIAL_COLUMNS) - set(ax)).pop()}')
+    for c in ax: df[c] = pd.array([pd.NA if pd.isna(v) else as_id(v, f'{where}: {c}') for v in df[c]], dtype='Int64')
+    return df[list(POINT_COLUMNS) + ax].reset_index(drop=True)
 
 def annotated_points(data, # `RSNAData` with the training coordinates
                     ) -> pd.DataFrame:
@@ -332,6 +337,7 @@ class CropJob(NamedTuple):
     opts: CropOptions
     offsets: Offsets
     resume: bool = True     # keep the crops whose PNG is up to date
+    axial: tuple = ()       # (source, level, series_id, instance_number) of each axial slice chosen for a point
 
 class CropResult(NamedTuple):
     "What became of one crop"
@@ -374,6 +380,7 @@ class _Study:
     def __init__(self, job:CropJob):
         self.job, self.folders = job, {int(s): (d, f) for s, d, f in job.series}
         self.points = {(p[0], p[1]): p[2:] for p in job.points}
+        self.axial = {(a[0], a[1]): (int(a[2]), int(a[3])) for a in job.axial}
         self._fp, self._series, self._px, self._near, self._nb = {}, {}, {}, {}, {}
 
     def fingerprint(self, sid:int) -> str: return _memo(self._fp, sid, lambda: source_fingerprint(self.folders[sid][1]))
@@ -398,9 +405,21 @@ class _Study:
         if grp == 'spinal': return spinal_site(t2, P, index=i)
         series = self.readable(self.ids(CROP_SERIES[grp]))
         if grp == 'foraminal': return foraminal_site(series[0], P, off)
-        P = P + self.slice_shift(src, split_column(col)[1])   # the same for a level's left and right columns
-        at = self._near.get((point, src)) or self._near.setdefault((point, src), axial_slice(series, P, self.job.opts.max_mm))
+        level = split_column(col)[1]
+        P = P + self.slice_shift(src, level)   # the same for a level's left and right columns
+        at = self._near.get((point, src)) or self._near.setdefault((point, src), self.chosen(series, P, src, level))
         return subarticular_site(series, P, off, at=at)
+
+    def chosen(self, series:list, P, src:str, level:str) -> tuple:
+        "`(series, index)` of the level's axial slice: the one the points table names, else the nearest"
+        m = self.job.opts.max_mm
+        if (src, level) not in self.axial: return axial_slice(series, P, m)
+        sid, inst = self.axial[(src, level)]
+        s = next((s for s in series if s.series_id == sid), None)
+        if s is None: raise CropError(f'the chosen axial slice is in series {sid}, not a readable {CROP_SERIES["subarticular"]} series of this study')
+        i = s.find(inst); d = float((np.asarray(P, float) - s.geoms[i].position) @ slice_normal(s.geoms[i]))
+        if abs(d) > m: raise CropError(f'the chosen axial slice (series {sid}, instance {inst}) is {abs(d):.1f} mm from the level, over {m:g} mm')
+        return s, i
 
     def slice_shift(self, src:str, level:str) -> np.ndarray:
         "An annotated point's move along the patient's superior axis before its axial slice is chosen (seeded per study and level)"
@@ -439,6 +458,7 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
     if pt[0] not in st.folders: return _failed(key, png, f"the point's series {pt[0]} is not a series of this study")
     try:
         params = {**o._asdict(), 'point': list(pt), 'offset': j.offsets.of(col)}
+        if desc == CROP_SERIES['subarticular'] and (src, level) in st.axial: params['axial'] = list(st.axial[(src, level)])
         fp = _fingerprints([st.fingerprint(s) for s in [pt[0], *st.ids(desc)]])
         why, info = _stale(png, params, fp) if j.resume else ('overwrite', None)
         if info is not None: return CropResult(key, info=info)
@@ -464,6 +484,55 @@ def crop_study(job:CropJob) -> list:
         warnings.simplefilter('ignore', BlankSliceWarning)
         return [_crop(st, c, s) for s in srcs for c in LABEL_COLUMNS]
 
+# %% ../nbs/03a_crops.ipynb #fd0eb8ae
+class Candidate(NamedTuple):
+    "An axial slice near a level point, and the crop a slice selector sees of it"
+    study_id: int
+    source: str           # the point's source
+    level: str            # the point's level
+    series_id: int        # the slice's series
+    instance: int         # its InstanceNumber
+    distance: float       # signed distance of the point from the slice's plane (along its normal), mm
+    image: np.ndarray     # (size, size, 3) uint8: the crop around the (shifted) point projected on the slice, neighbours as channels
+
+def axial_candidates(axials:list,      # `SeriesSlices` of the study's Axial T2 series
+                     point,            # patient point, mm
+                     window_mm:float=10., # farthest a slice's plane may be from the point, mm
+                    ) -> list:
+    "`(series, index, distance)` of every axial slice whose plane passes within `window_mm` of `point` and whose image holds its projection, nearest first"
+    p, out = np.asarray(point, float), []
+    for s in axials:
+        for i, g in enumerate(s.geoms):
+            d, q = float((p - g.position) @ slice_normal(g)), patient_to_pixel(g, p)
+            if abs(d) <= window_mm and -0.5 <= q.x <= g.columns - 0.5 and -0.5 <= q.y <= g.rows - 0.5: out.append((s, i, d))
+    return sorted(out, key=lambda c: (abs(c[2]), c[0].series_id, c[1]))
+
+def slice_candidates(job:CropJob,          # a study's series and points; `job.opts` sets the crops' size, mm, neighbours and seed
+                     window_mm:float=10.,  # the slices whose plane passes within this many mm of a point
+                     jitter_mm:float=0.,   # annotated points' crops are centred up to this many mm away along each patient axis
+                    ) -> tuple:
+    "`(candidates, failures)`: a `Candidate` per axial slice near each level point of the study; `(study_id, source, level, reason)` where there is none"
+    st, o, out, fails = _Study(job), job.opts, [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', BlankSliceWarning)
+        for (src, level), (sid, inst, x, y) in sorted(st.points.items()):
+            try:
+                ids = st.ids(CROP_SERIES['subarticular'])
+                if not ids: raise CropError(f"no {CROP_SERIES['subarticular']} series")
+                if sid not in st.folders: raise CropError(f"the point's series {sid} is not a series of this study")
+                t2 = st.slices(sid); P = pixel_to_patient(t2.geoms[t2.find(inst)], x, y); c = P
+                if src == 'annotated' and jitter_mm > 0:
+                    c = P + np.random.default_rng([o.seed, job.study_id, LEVELS.index(level), zlib.crc32(b'axial')]).uniform(-jitter_mm, jitter_mm, 3)
+                near = axial_candidates(st.readable(ids), c, window_mm)
+                if not near: raise CropError(f"no {CROP_SERIES['subarticular']} image within {window_mm:g} mm of the level")
+                for s, i, _ in near:
+                    g = s.geoms[i]; centre = in_plane(g, c)
+                    img = st.image(CropSite(s, i, centre, plane_axes(g, *AXIAL_AXES)), centre)
+                    out.append(Candidate(job.study_id, src, level, s.series_id, g.instance, float((P - g.position) @ slice_normal(g)), img))
+            except OSError as e: fails.append((job.study_id, src, level, f'cannot read ({e})'))
+            except ValueError as e: fails.append((job.study_id, src, level, str(e)))   # DicomError, GeometryError, CropError
+    return out, fails
+
 # %% ../nbs/03a_crops.ipynb #84862bb8
 def _offsets(offsets, data, n_workers=None) -> Offsets:
     "`offsets` as an `Offsets`: given, read from JSON, or learned from the training coordinates of `data`"
@@ -485,11 +554,15 @@ def _check_options(o:CropOptions):
         raise ValueError(f'size must be at least 8, crop_mm and max_mm positive and jitter_mm and slice_jitter_mm not negative: {o}')
 
 def crop_jobs(series:pd.DataFrame, points:pd.DataFrame, root, split:str, dest, opts:CropOptions, offsets:Offsets, resume:bool=True) -> list:
-    "One `CropJob` per study of `series` (a split's series table), with its points"
+    "One `CropJob` per study of `series` (a split's series table), with its points and the axial slices chosen for them"
     pts = {s: tuple((r.source, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y)) for r in g.itertuples())
            for s, g in points.groupby('study_id')}
+    ax = {}
+    if set(AXIAL_COLUMNS) <= set(points.columns):
+        for s, g in points.dropna(subset=list(AXIAL_COLUMNS)).groupby('study_id'):
+            ax[s] = tuple((r.source, r.level, int(r.axial_series_id), int(r.axial_instance)) for r in g.itertuples())
     return [CropJob(int(s), tuple((int(r.series_id), r.series_description, str(series_dir(root, split, s, r.series_id))) for r in g.itertuples()),
-                    pts.get(s, ()), str(dest), opts, offsets, resume) for s, g in series.groupby('study_id')]
+                    pts.get(s, ()), str(dest), opts, offsets, resume, ax.get(s, ())) for s, g in series.groupby('study_id')]
 
 # %% ../nbs/03a_crops.ipynb #ac298737
 def _write_crop_index(results:list, dest:Path) -> tuple:

@@ -41,6 +41,52 @@ def test_manifest_lists_the_levels_files(run):
     lv = json.loads((m/'levels.json').read_text())
     assert lv['settings']['crop_size'] == 32 and lv['localizer']
     for name, h in lv['localizer'].items(): assert file_sha256(m/'localizer'/name) == h
+    assert lv['settings']['axial'] == 'learned' and sorted(lv['axial']) == ['axial.json', 'axial.safetensors']
+    for name, h in lv['axial'].items(): assert file_sha256(m/'axial'/name) == h
+    assert 'axial slices: final model' in run['train'] and 'out of fold, the annotated axial slice of' in run['train']
+
+
+def _subarticular_slices(crops):
+    "(study_id, level) -> instance_number of the located subarticular crops, left and right alike"
+    c = crops[(crops.source == 'located') & crops.column.str.contains('subarticular')]
+    per = c.assign(level=c.column.str[-5:]).groupby(['study_id', 'level']).instance_number
+    assert (per.nunique() == 1).all()
+    return {k: int(v) for k, v in per.first().items()}
+
+
+def test_located_subarticular_crops_use_the_chosen_axial_slices(run):
+    # training: the selector's out-of-fold choices; test: the final selector's, written to the crops' points.csv
+    w = run['w']
+    oof = pd.read_csv(w/'models'/'axial'/'oof_slices.csv')
+    assert set(oof.fold) == {0, 1} and len(oof) > 50
+    chosen = {(r.study_id, r.level): r.axial_instance for r in oof.itertuples()}
+    got = _subarticular_slices(read_index(w/'conv'/'crops'/'train'))
+    assert got and all(chosen[k] == v for k, v in got.items())
+    pts = pd.read_csv(w/'submission_crops'/'points.csv')
+    assert {'axial_series_id', 'axial_instance'} <= set(pts.columns) and pts.axial_instance.notna().any()
+    chosen = {(r.study_id, r.level): r.axial_instance for r in pts.dropna(subset=['axial_instance']).itertuples()}
+    got = _subarticular_slices(read_index(w/'submission_crops'))
+    assert got and all(chosen[k] == v for k, v in got.items())
+
+
+def test_axial_nearest_needs_no_selector(run, tmp_path):
+    # axial='nearest' (earlier releases): no selector trained or listed, the crops' PNGs record no chosen slice
+    from lsdc.levels import LevelSettings, prepare_levels, read_levels
+    from lsdc.dicom import png_info
+    w = run['w']
+    models = tmp_path/'models'
+    shutil.copytree(w/'models', models, ignore=shutil.ignore_patterns('axial'))
+    s = LevelSettings(crop_size=32, loc_size=48, loc_epochs=3, axial='nearest')
+    with pytest.raises(ValueError, match="axial must be 'learned' or 'nearest'"):
+        prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'bad', settings=s._replace(axial='best'))
+    dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False)
+    assert not (models/'axial').exists()
+    assert json.loads((models/'levels.json').read_text())['axial'] == {}
+    crops = read_index(dest)
+    sub = crops[(crops.source == 'located') & crops.column.str.contains('subarticular')]
+    assert len(sub) and not any('axial' in png_info(p)['params'] for p in sub.image)
+    r = lsdc(*train_args(w, run['data']), '--axial', 'best', check=False)
+    assert r.returncode == 2 and "--axial must be 'learned' or 'nearest', got 'best'" in r.stderr
 
 
 def test_validation_sees_located_crops_training_annotated(run):
@@ -110,5 +156,5 @@ def test_second_run_reuses_the_localiser_and_crops(run):
     pkl = w/'models'/'localizer'/'localizer.pkl'
     before = (file_sha256(pkl), pkl.stat().st_mtime_ns)
     out = lsdc(*train_args(w, run['data'])).stdout
-    assert 'localizer: reused' in out and '(0 new)' in out, out[-3000:]
+    assert 'localizer: reused' in out and 'axial slices: reused' in out and '(0 new)' in out, out[-3000:]
     assert (file_sha256(pkl), pkl.stat().st_mtime_ns) == before
