@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/axial.html.md"""
 
 # %% ../nbs/05d_axial.ipynb #a21a29b1
 from __future__ import annotations
-import hashlib, json, logging, time
+import hashlib, json, logging, time, warnings
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd, torch
@@ -217,6 +217,8 @@ def train_axial(models,                    # models folder: writes `axial/`
                failed=failures.head(50).to_dict('records'), validation=v, fold_models=fold_recs,
                final_seconds=time.perf_counter() - t1, seconds=time.perf_counter() - t0, lsdc_version=__version__, finished=now())
     write_json(rec, folder/RECORD_FILE)
+    if len(failures): say(f"axial slices: {len(failures)} levels have no axial candidate (first: study {failures.study_id.iloc[0]} "
+                          f"{failures.level.iloc[0]}, {failures.reason.iloc[0]}); see {folder/RECORD_FILE}")
     say(f"axial slices: final model on {int(is_ann.sum())} candidates ({time.perf_counter() - t1:.0f} s) -> {st}; {axial_summary(rec)}")
     return rec
 
@@ -252,7 +254,10 @@ def select_axial(models,                  # models folder with `axial/`
     loc = pts[pts.source == 'located']
     if (split == 'train' if out_of_fold is None else out_of_fold): chosen = pd.read_csv(axial_dir(models)/OOF_FILE)
     else:
-        table, images, _ = axial_candidates_table(data, loc, split, s, n_workers=n_workers)
+        table, images, fail = axial_candidates_table(data, loc, split, s, n_workers=n_workers)
         chosen = choose_slices(table, predict_distances(model, images))
+        if len(fail): warnings.warn(f"axial slices: {len(fail)} located levels have no axial candidate, so no chosen slice: "
+                                    + '; '.join(f"study {r.study_id} {r.level}: {r.reason}" for r in fail.head(5).itertuples())
+                                    + (' ...' if len(fail) > 5 else ''))
     ch = chosen[['study_id', 'source', 'level', *AXIAL_COLUMNS]]
     return read_points(pts.merge(ch, on=['study_id', 'source', 'level'], how='left'))

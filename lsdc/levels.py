@@ -15,7 +15,7 @@ from .files import file_sha256, file_lock, write_json, read_manifest, ModelInteg
 from .data import load_rsna
 from .crops import Offsets, learn_offsets, make_crops, annotated_points
 from .localize import train_localizer, locate_levels
-from .axial import AxialSettings, train_axial, select_axial, axial_summary, axial_dir
+from .axial import AxialSettings, train_axial, select_axial, axial_dir
 
 # %% auto #0
 __all__ = ['log', 'LEVELS_FILE', 'LevelSettings', 'prepare_levels', 'write_levels', 'read_levels', 'level_crops']
