@@ -19,7 +19,7 @@ from .core import as_id, level_key, condition_key, atomic_path, write_csv
 from .files import ModelIntegrityError, file_sha256, now, write_json
 from .data import load_rsna, series_dir
 from .dicom import source_fingerprint
-from .crops import (AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop_jobs, default_offsets, read_points, annotated_points,
+from .crops import (POINT_COLUMNS, AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop_jobs, default_offsets, read_points, annotated_points,
                         slice_candidates, _parallel)
 
 # %% auto #0
@@ -86,7 +86,7 @@ def axial_candidates_table(data,                 # `RSNAData` or an RSNA data fo
     jobs = []
     for src, g in pts.groupby('source'):
         window, jitter = (s.train_window_mm, s.jitter_mm) if src == 'annotated' else (s.window_mm, 0.)
-        js = crop_jobs(d.series(split), g[list(g.columns[:8])], root=d.path, split=split, dest='', opts=opts, offsets=default_offsets())
+        js = crop_jobs(d.series(split), g[list(POINT_COLUMNS)], root=d.path, split=split, dest='', opts=opts, offsets=default_offsets())
         jobs += [(j, window, jitter) for j in js if j.points]
     res = _parallel(_candidates, jobs, n_workers=n_workers, progress=progress)
     cands = [c for cs, _ in res for c in cs]
@@ -172,6 +172,8 @@ def _finished(models, key:str) -> dict|None:
     ok = rec.get('inputs_sha256') == key and (folder/OOF_FILE).is_file() and st.is_file() and file_sha256(st) == rec.get('sha256')
     return rec if ok else None
 
+
+# %% ../nbs/05d_axial.ipynb #36091e42
 def train_axial(models,                    # models folder: writes `axial/`
                 data,                      # `RSNAData` with the training coordinates, or its folder
                 points,                    # the training split's located points (with the localiser's `fold`), `lsdc.localize.locate_levels`
@@ -186,7 +188,7 @@ def train_axial(models,                    # models folder: writes `axial/`
     s, d = settings, data if hasattr(data, 'series') else load_rsna(data)
     say = (lambda m: print(m, flush=True)) if progress else log.info
     folder, t0 = axial_dir(models), time.perf_counter()
-    loc = read_points(points); loc = loc[loc.source == 'located'][list(loc.columns[:8])]
+    loc = read_points(points); loc = loc[loc.source == 'located'][list(POINT_COLUMNS)]
     key = _inputs_key(d, loc, s, seed)
     if resume and (rec := _finished(models, key)):
         say(f"axial slices: reused {folder} (trained on the same points and series)"); return rec
@@ -249,7 +251,7 @@ def select_axial(models,                  # models folder with `axial/`
                  out_of_fold:bool|None=None, # take the training run's out-of-fold choices (default: for the 'train' split)
                 ) -> pd.DataFrame:
     "`points` with `AXIAL_COLUMNS`: the chosen axial slice of each located level (empty where there is no candidate)"
-    pts = read_points(points); pts = pts[list(pts.columns[:8])]
+    pts = read_points(points)[list(POINT_COLUMNS)]   # earlier choices give way
     model, rec = load_axial(models); s = AxialSettings(**rec['settings'])
     loc = pts[pts.source == 'located']
     if (split == 'train' if out_of_fold is None else out_of_fold): chosen = pd.read_csv(axial_dir(models)/OOF_FILE)

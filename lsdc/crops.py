@@ -417,7 +417,7 @@ class _Study:
         sid, inst = self.axial[(src, level)]
         s = next((s for s in series if s.series_id == sid), None)
         if s is None: raise CropError(f'the chosen axial slice is in series {sid}, not a readable {CROP_SERIES["subarticular"]} series of this study')
-        i = s.find(inst); d = float((np.asarray(P, float) - s.geoms[i].position) @ slice_normal(s.geoms[i]))
+        i = s.find(inst); d = nearest_slice([s.geoms[i]], P).distance
         if abs(d) > m: raise CropError(f'the chosen axial slice (series {sid}, instance {inst}) is {abs(d):.1f} mm from the level, over {m:g} mm')
         return s, i
 
@@ -500,11 +500,8 @@ def axial_candidates(axials:list,      # `SeriesSlices` of the study's Axial T2 
                      window_mm:float=10., # farthest a slice's plane may be from the point, mm
                     ) -> list:
     "`(series, index, distance)` of every axial slice whose plane passes within `window_mm` of `point` and whose image holds its projection, nearest first"
-    p, out = np.asarray(point, float), []
-    for s in axials:
-        for i, g in enumerate(s.geoms):
-            d, q = float((p - g.position) @ slice_normal(g)), patient_to_pixel(g, p)
-            if abs(d) <= window_mm and -0.5 <= q.x <= g.columns - 0.5 and -0.5 <= q.y <= g.rows - 0.5: out.append((s, i, d))
+    near = [(s, i, nearest_slice([g], point)) for s in axials for i, g in enumerate(s.geoms)]
+    out = [(s, i, float(r.distance)) for s, i, r in near if r.inside and abs(r.distance) <= window_mm]
     return sorted(out, key=lambda c: (abs(c[2]), c[0].series_id, c[1]))
 
 def slice_candidates(job:CropJob,          # a study's series and points; `job.opts` sets the crops' size, mm, neighbours and seed
@@ -528,7 +525,7 @@ def slice_candidates(job:CropJob,          # a study's series and points; `job.o
                 for s, i, _ in near:
                     g = s.geoms[i]; centre = in_plane(g, c)
                     img = st.image(CropSite(s, i, centre, plane_axes(g, *AXIAL_AXES)), centre)
-                    out.append(Candidate(job.study_id, src, level, s.series_id, g.instance, float((P - g.position) @ slice_normal(g)), img))
+                    out.append(Candidate(job.study_id, src, level, s.series_id, g.instance, float(nearest_slice([g], P).distance), img))
             except OSError as e: fails.append((job.study_id, src, level, f'cannot read ({e})'))
             except ValueError as e: fails.append((job.study_id, src, level, str(e)))   # DicomError, GeometryError, CropError
     return out, fails

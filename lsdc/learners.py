@@ -912,16 +912,14 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     "Train one learner per label column (all 25, a list, or a shard) into MODELS"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     from lsdc.data import load_rsna
-    if inputs not in ('middle', 'levels'): print(f"lsdc train: --inputs must be 'middle' or 'levels', got {inputs!r}", file=sys.stderr); return 2
-    for opt, v, ok in (('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest'))):
+    for opt, v, ok in (('--inputs', inputs, ('middle', 'levels')), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest'))):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     d = load_rsna(data, splits=('train',), check_images=inputs == 'levels')
     labels = d.train
     if inputs == 'levels':   # the CLI composes the steps: stage 1 and the crops come before the learners
         from lsdc.levels import LevelSettings, prepare_levels
         crops = crops or Path(converted).parent/'crops'/Path(converted).name
-        ls = LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm,
-                           axial=axial)
+        ls = LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial)
         converted = prepare_levels(d, converted, models, crops, settings=ls, seed=seed, progress=not quiet,
                                    pretrained=pretrained and not weights, resume=not no_resume)
     df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
