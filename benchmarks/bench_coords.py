@@ -80,18 +80,19 @@ def fit_predict(train:pd.DataFrame, test:pd.DataFrame, cols:list, C:float) -> np
     p = np.full((len(test), 3), np.nan)
     for cond in CONDITIONS:
         a, b = train[train.condition == cond], (test.condition == cond).to_numpy()
+        if a.y.nunique() < 2 or not b.any(): continue   # a condition not trained, or one grade only: left to `fill`
         m = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
         m.fit(design(a, cols), a.y, logisticregression__sample_weight=np.asarray(GRADE_WEIGHTS)[a.y])
         q = np.zeros((b.sum(), 3))
         q[:, m.classes_] = m.predict_proba(design(test[b], cols))
         p[b] = np.clip(q, 1e-6, 1)
-    return p/p.sum(1, keepdims=True)
+    return p/p.sum(1, keepdims=True)   # NaN rows stay NaN
 
 
 def as_submission(t:pd.DataFrame, p:np.ndarray, fill:pd.DataFrame) -> pd.DataFrame:
-    "A submission of `p` for the rows of `t`; the rows `t` lacks come from the submission `fill`"
-    sub = fill.set_index('row_id').copy()
-    sub.loc[[row_id(s, c) for s, c in zip(t.study_id, t.column)], list(GRADE_KEYS)] = p
+    "A submission of `p` for the rows of `t`; the rows `t` lacks, or `p` leaves NaN, come from the submission `fill`"
+    sub, ok = fill.set_index('row_id').copy(), ~np.isnan(p).any(axis=1)
+    sub.loc[[row_id(s, c) for s, c in zip(t.study_id[ok], t.column[ok])], list(GRADE_KEYS)] = p[ok]
     return sub.reset_index()
 
 

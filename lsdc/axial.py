@@ -20,7 +20,7 @@ from .files import ModelIntegrityError, file_sha256, now, write_json
 from .data import load_rsna, series_dir
 from .dicom import source_fingerprint
 from .crops import (POINT_COLUMNS, AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop_jobs, default_offsets, read_points, annotated_points,
-                        slice_candidates, _parallel)
+                        slice_candidates, parallel_map)
 
 # %% auto #0
 __all__ = ['log', 'AXIAL_DIR', 'WEIGHTS_FILE', 'RECORD_FILE', 'OOF_FILE', 'SLICE_COLUMNS', 'CANDIDATE_COLUMNS', 'axial_dir',
@@ -88,7 +88,7 @@ def axial_candidates_table(data,                 # `RSNAData` or an RSNA data fo
         window, jitter = (s.train_window_mm, s.jitter_mm) if src == 'annotated' else (s.window_mm, 0.)
         js = crop_jobs(d.series(split), g[list(POINT_COLUMNS)], root=d.path, split=split, dest='', opts=opts, offsets=default_offsets())
         jobs += [(j, window, jitter) for j in js if j.points]
-    res = _parallel(_candidates, jobs, n_workers=n_workers, progress=progress)
+    res = parallel_map(_candidates, jobs, n_workers=n_workers, progress=progress)
     cands = [c for cs, _ in res for c in cs]
     table = pd.DataFrame([c[:6] for c in cands], columns=list(CANDIDATE_COLUMNS))
     images = np.stack([c.image for c in cands]) if cands else np.zeros((0, s.size, s.size, 3), np.uint8)

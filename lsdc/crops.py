@@ -28,9 +28,9 @@ __all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES
            'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'FORAMEN_MM', 'RECESS_MM', 'read_points', 'annotated_points',
            'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix',
            'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site',
-           'Offsets', 'default_offsets', 'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'CropJob',
-           'CropResult', 'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs', 'make_crops',
-           'crops_cli']
+           'Offsets', 'default_offsets', 'level_point', 'study_offsets', 'parallel_map', 'learn_offsets', 'CropOptions',
+           'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs',
+           'make_crops', 'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
@@ -284,7 +284,7 @@ def study_offsets(root,   # data folder
     return out
 
 # %% ../nbs/03a_crops.ipynb #a93fca29
-def _parallel(f, items:list, n_workers:int|None=None, progress:bool=False) -> list:
+def parallel_map(f, items:list, n_workers:int|None=None, progress:bool=False) -> list:
     "`[f(x) for x in items]` in worker processes (forked where the platform can); 0 or 1 worker, or few items: serially"
     n = min(_cpus(), 8) if n_workers is None else int(n_workers)
     n = 0 if n <= 1 or len(items) < 4 else n
@@ -302,7 +302,7 @@ def learn_offsets(data,                    # `RSNAData` with the training coordi
     data = _load(data, 'train')
     c = data.coords
     jobs = [(data.path, g) for _, g in c.groupby('study_id') if not g.column.str.startswith('spinal').all()]
-    rows = [r for res in _parallel(_study_offsets, jobs, n_workers=n_workers, progress=progress) for r in res]
+    rows = [r for res in parallel_map(_study_offsets, jobs, n_workers=n_workers, progress=progress) for r in res]
     d, counts, learned = default_offsets(), {}, False
     out = {'foraminal': dict(d.foraminal), 'subarticular': dict(d.subarticular)}
     for col in LABEL_COLUMNS[5:]:
@@ -599,7 +599,7 @@ def make_crops(data,                    # `RSNAData` from `lsdc.data.load_rsna`,
     offsets.save(dest/'offsets.json')
     jobs = crop_jobs(data.series(split), pts, root=data.path, split=split, dest=dest, opts=opts, offsets=offsets, resume=resume)
     t0 = time.perf_counter()
-    res = [r for rs in _parallel(crop_study, jobs, n_workers=n_workers, progress=progress) for r in rs]
+    res = [r for rs in parallel_map(crop_study, jobs, n_workers=n_workers, progress=progress) for r in rs]
     index, failures = _write_crop_index(res, dest)
     why = Counter(r.why for r in res if r.why is not None)
     index.attrs.update(made=sum(why.values()), skipped=len(index) - sum(why.values()), failed=len(failures),
