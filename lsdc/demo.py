@@ -164,7 +164,7 @@ class DemoSettings:
         own = {k: v for k, v in changes.items() if k in names}
         return dataclasses.replace(self, **own, train={**self.train, **{k: v for k, v in changes.items() if k not in names}})
 
-CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=8, pretrain_crop_studies=75, max_reports=20,
+CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=8, pretrain_crop_studies=150, max_reports=20,
                    train=dict(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
                               schedule=Schedule(first=1, short=2, long=3), train_bn=False, jobs=2))
 FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
