@@ -93,7 +93,10 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     lab = None
     if test_labels is not None:
         lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
-        summary.update(score=competition_score(lab, sub), score_raw=competition_score(lab, raw), baseline=baseline_score(d.train, lab))
+        # the files as written and read back are scored, as Kaggle scores them, not the probabilities in memory
+        summary.update(score=competition_score(lab, pd.read_csv(out/'submission.csv')),
+                       score_raw=competition_score(lab, pd.read_csv(out/('submission_raw.csv' if calibration != 'none' else 'submission.csv'))),
+                       baseline=baseline_score(d.train, lab))
         write_csv(pd.DataFrame([summary['score'], summary['score_raw'], summary['baseline']], index=['calibrated', 'raw', 'prior_baseline'])
                   .rename_axis('submission').reset_index(), out/'scores.csv')
     _step('write the reports', t0, progress)

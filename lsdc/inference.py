@@ -25,10 +25,10 @@ from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
-__all__ = ['UNTRAINED', 'verified_file', 'load_column_learner', 'column_priors', 'predict_images', 'to_grade_order',
-           'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks', 'predict_columns', 'to_submission',
-           'sweep_temp_files', 'predict', 'predict_cli', 'validation_predictions', 'fit_calibrations',
-           'calibrate_models', 'calibration_table', 'evaluate_models', 'calibrate_cli']
+__all__ = ['UNTRAINED', 'PROB_FORMAT', 'verified_file', 'load_column_learner', 'column_priors', 'predict_images',
+           'to_grade_order', 'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks', 'predict_columns',
+           'to_submission', 'write_submission', 'sweep_temp_files', 'predict', 'predict_cli', 'validation_predictions',
+           'fit_calibrations', 'calibrate_models', 'calibration_table', 'evaluate_models', 'calibrate_cli']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
 def _old_folder(models, col:str) -> str:
@@ -220,6 +220,15 @@ def to_submission(preds:pd.DataFrame,   # long predictions (`predict_columns`)
     v = v/v.sum(1, keepdims=True)
     return pd.DataFrame({'row_id': row_ids, **dict(zip(GRADE_KEYS, v.T))})
 
+# %% ../nbs/06_inference.ipynb #13aa39f6
+PROB_FORMAT = '%.9g'   # probabilities in written CSVs: significant digits, so that no small probability becomes 0
+
+def write_submission(sub:pd.DataFrame, # `to_submission`'s table
+                     dest,             # CSV to write (atomically: a temporary name, then renamed)
+                    ) -> Path:
+    "Write a submission with every probability to `PROB_FORMAT`'s precision"
+    return write_csv(sub, dest, float_format=PROB_FORMAT)
+
 # %% ../nbs/06_inference.ipynb #fe500e9d
 def _prior_labels(d):
     "The training labels whose grade frequencies are the prior of untrained columns: the data's train.csv when there is one"
@@ -282,8 +291,8 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
     preds = predict_columns(models, index, sids, priors=priors, bs=bs, calibration=calibration,
                             progress=progress, trust_pickles=trust_pickles)
     sub = to_submission(preds, row_ids, priors=priors)
-    write_csv(sub, out, float_format='%.6f')
-    write_csv(preds, sources, float_format='%.6f')
+    write_submission(sub, out)
+    write_csv(preds, sources, float_format=PROB_FORMAT)
     sub.attrs['prior'] = fb = prior_fallbacks(preds)
     if progress:
         s = time.perf_counter() - t0
@@ -411,7 +420,7 @@ def evaluate_models(models,              # models folder
     out = Path(models if out is None else out)
     preds = validation_predictions(models, converted, labels, bs=bs, trust_pickles=trust_pickles)
     ev = evaluate(preds[['study_id', 'column', 'grade', *GRADE_KEYS]])
-    write_csv(preds, out/'validation_predictions.csv', float_format='%.6f')
+    write_csv(preds, out/'validation_predictions.csv', float_format=PROB_FORMAT)
     write_csv(ev, out/'evaluation.csv', float_format='%.6f')
     write_csv(calibration_table(preds), out/'calibration.csv', float_format='%.6f')
     plot_confusion_grid(preds, out/'confusion_matrices.png', title='Confusion matrices of the validation studies')
