@@ -25,7 +25,8 @@ from .metrics import SCORE_TERMS, competition_score, baseline_score, format_scor
 from .report import write_reports, load_learners, submission_studies
 
 # %% auto #0
-__all__ = ['INPUTS', 'CPU', 'FULL', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo_body', 'demo', 'demo_cli']
+__all__ = ['INPUTS', 'CPU', 'FULL', 'score_files', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo_body', 'demo',
+           'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #bde64df8
 def _step(msg:str, t0:float, progress:bool):
@@ -48,6 +49,19 @@ def _training_inputs(d, out:Path, size:int, inputs:str, levels:LevelSettings|Non
     _step(f'locate the five levels ({s.folds} folds) and cut the level crops ({s.crop_mm:g} mm, {size} px)', t0, progress)
     return prepare_levels(d, conv, out/'models', out/'crops'/'train', settings=s, n_workers=n_workers, progress=progress,
                           pretrained=pretrained and weights is None)
+
+# %% ../nbs/10_demo.ipynb #a7c3e1d5
+def score_files(out:Path,                 # run folder holding the submission files
+                labels:pd.DataFrame,      # the test studies' true grades (train.csv-style)
+                train_labels:pd.DataFrame,# training labels, for the prior-only baseline
+                sub:str='submission.csv', raw:str='submission_raw.csv', # the calibrated and raw submissions' file names
+               ) -> dict:
+    "Score the submission files as written and read back (as Kaggle scores them), beside the prior-only baseline; writes `scores.csv`"
+    res = dict(score=competition_score(labels, pd.read_csv(out/sub)), score_raw=competition_score(labels, pd.read_csv(out/raw)),
+               baseline=baseline_score(train_labels, labels))
+    write_csv(pd.DataFrame(list(res.values()), index=['calibrated', 'raw', 'prior_baseline']).rename_axis('submission').reset_index(),
+              out/'scores.csv')
+    return res
 
 # %% ../nbs/10_demo.ipynb #4b5299c2
 @delegates(train_columns, but=['converted', 'models', 'data', 'labels', 'columns', 'progress', 'index'])
@@ -93,12 +107,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     lab = None
     if test_labels is not None:
         lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
-        # the files as written and read back are scored, as Kaggle scores them, not the probabilities in memory
-        summary.update(score=competition_score(lab, pd.read_csv(out/'submission.csv')),
-                       score_raw=competition_score(lab, pd.read_csv(out/('submission_raw.csv' if calibration != 'none' else 'submission.csv'))),
-                       baseline=baseline_score(d.train, lab))
-        write_csv(pd.DataFrame([summary['score'], summary['score_raw'], summary['baseline']], index=['calibrated', 'raw', 'prior_baseline'])
-                  .rename_axis('submission').reset_index(), out/'scores.csv')
+        summary.update(score_files(out, lab, d.train, raw='submission_raw.csv' if calibration != 'none' else 'submission.csv'))
     _step('write the reports', t0, progress)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
