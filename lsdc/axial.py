@@ -16,7 +16,7 @@ from safetensors.torch import save_file, load_file
 from fastai.vision.all import DataLoaders, Learner, ConvLayer, Flatten, set_seed
 from . import __version__
 from .core import as_id, level_key, condition_key, atomic_path, write_csv
-from .files import ModelIntegrityError, file_sha256, now, write_json
+from .files import ModelIntegrityError, file_sha256, now, write_json, record_file, listed_file, read_record, checked_settings
 from .data import load_rsna, series_dir
 from .dicom import source_fingerprint
 from .crops import (POINT_COLUMNS, AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop_jobs, default_offsets, read_points, annotated_points,
@@ -24,8 +24,9 @@ from .crops import (POINT_COLUMNS, AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop
 
 # %% auto #0
 __all__ = ['log', 'AXIAL_DIR', 'WEIGHTS_FILE', 'RECORD_FILE', 'OOF_FILE', 'SLICE_COLUMNS', 'CANDIDATE_COLUMNS', 'axial_dir',
-           'AxialSettings', 'ScaleBytes', 'axial_model', 'axial_candidates_table', 'fit_axial', 'predict_distances',
-           'choose_slices', 'slice_figures', 'train_axial', 'axial_summary', 'load_axial', 'select_axial']
+           'AxialSettings', 'axial_settings', 'read_axial_record', 'ScaleBytes', 'axial_model',
+           'axial_candidates_table', 'fit_axial', 'predict_distances', 'choose_slices', 'slice_figures', 'train_axial',
+           'axial_summary', 'load_axial', 'select_axial']
 
 # %% ../nbs/05d_axial.ipynb #6918508c
 log = logging.getLogger(__name__)
@@ -51,6 +52,17 @@ class AxialSettings(NamedTuple):
     epochs:int = 12            # epochs (one cycle)
     lr:float = 3e-3            # peak learning rate
     bs:int = 64                # batch size
+
+_BOUNDS = dict(size=(8, 512), crop_mm=(1., 500.), neighbours=(0, 8), window_mm=(0., 100.), train_window_mm=(0., 100.),
+               jitter_mm=(0., 100.), clip_mm=(0.1, 100.), width=(2, 512), epochs=(1, 1000), lr=(0., 10.), bs=(1, 65536))
+
+def axial_settings(d, name:str='axial settings') -> AxialSettings:
+    "The `AxialSettings` of a record's `settings`, once every value lies within `_BOUNDS` (`lsdc.files.checked_settings`)"
+    return checked_settings(AxialSettings, d, _BOUNDS, name)
+
+def read_axial_record(models, manifest:dict|None=None) -> dict:
+    "The slice selector's record `axial.json` (with `manifest`: once it is listed there with its SHA-256)"
+    return read_record(models, f'{AXIAL_DIR}/{RECORD_FILE}', manifest, "no axial slice selector; train the levels method first")
 
 # %% ../nbs/05d_axial.ipynb #678410c8
 class ScaleBytes(nn.Module):
@@ -164,14 +176,12 @@ def slice_figures(chosen:pd.DataFrame,  # `choose_slices` rows
 
 # %% ../nbs/05d_axial.ipynb #d7854af0
 def _finished(models, key:str) -> dict|None:
-    "The record of a finished selector trained on inputs of SHA-256 `key`, its weights intact; else None"
-    folder = axial_dir(models)
-    try: rec = json.loads((folder/RECORD_FILE).read_text())
-    except (OSError, ValueError): return None
-    st = folder/WEIGHTS_FILE
-    ok = rec.get('inputs_sha256') == key and (folder/OOF_FILE).is_file() and st.is_file() and file_sha256(st) == rec.get('sha256')
-    return rec if ok else None
-
+    "The record of a finished selector trained on inputs of SHA-256 `key`, its files intact; else None"
+    try:
+        rec = read_axial_record(models)
+        for f, h in (('file', 'sha256'), ('oof', 'oof_sha256')): record_file(models, AXIAL_DIR, rec.get(f), rec.get(h))
+    except (OSError, ModelIntegrityError): return None
+    return rec if rec.get('inputs_sha256') == key else None
 
 # %% ../nbs/05d_axial.ipynb #36091e42
 def train_axial(models,                    # models folder: writes `axial/`
@@ -211,10 +221,10 @@ def train_axial(models,                    # models folder: writes `axial/`
     st = folder/WEIGHTS_FILE
     with atomic_path(st) as tmp: save_file({k: v.contiguous() for k, v in final.state_dict().items()}, tmp, metadata={'format': 'pt'})
     oof = pd.concat(chosen, ignore_index=True)
-    write_csv(oof, folder/OOF_FILE)
+    oof_fn = write_csv(oof, folder/OOF_FILE)
     near = choose_slices(table[is_loc], table.distance[is_loc].abs())
     v = dict(selected=slice_figures(oof, d), nearest=slice_figures(near, d))
-    rec = dict(file=WEIGHTS_FILE, sha256=file_sha256(st), settings=s._asdict(), seed=seed, inputs_sha256=key,
+    rec = dict(file=WEIGHTS_FILE, sha256=file_sha256(st), oof=OOF_FILE, oof_sha256=file_sha256(oof_fn), settings=s._asdict(), seed=seed, inputs_sha256=key,
                n_candidates=dict(annotated=int(is_ann.sum()), located=int(is_loc.sum())), n_failed=len(failures),
                failed=failures.head(50).to_dict('records'), validation=v, fold_models=fold_recs,
                final_seconds=time.perf_counter() - t1, seconds=time.perf_counter() - t0, lsdc_version=__version__, finished=now())
@@ -231,16 +241,16 @@ def axial_summary(rec:dict) -> str:
     return f"out of fold, the annotated axial slice of {s['match']:.0%} of {s['n']} levels (the nearest slice: {n['match']:.0%})"
 
 # %% ../nbs/05d_axial.ipynb #d04958de
-def load_axial(models) -> tuple:
-    "The final slice selector of a models folder, once its weights match the SHA-256 of `axial.json`; and the record"
-    folder = axial_dir(models)
-    if not (folder/RECORD_FILE).is_file(): raise FileNotFoundError(f"{folder/RECORD_FILE}: no axial slice selector; train the levels method first")
-    rec = json.loads((folder/RECORD_FILE).read_text())
-    st = folder/rec['file']
-    if not st.is_file() or file_sha256(st) != rec['sha256']:
-        raise ModelIntegrityError(f"{st}: missing, or its SHA-256 does not match {folder/RECORD_FILE}")
-    model = axial_model(AxialSettings(**rec['settings']).width)
-    model.load_state_dict(load_file(st), strict=True)
+def load_axial(models,
+               manifest:dict|None=None, # the models folder's manifest: the selector's files must be listed there too
+              ) -> tuple:
+    "The final slice selector of a models folder, once its weights match the SHA-256 of `axial.json` (and the manifest's); and the record"
+    rec, where = read_axial_record(models, manifest), axial_dir(models)/RECORD_FILE
+    s = axial_settings(rec.get('settings'), where)
+    st = record_file(models, AXIAL_DIR, rec.get('file'), rec.get('sha256'), where, manifest)
+    model = axial_model(s.width)
+    try: model.load_state_dict(load_file(st), strict=True)
+    except RuntimeError as e: raise ModelIntegrityError(f"{st}: does not fit the slice selector of width {s.width} ({str(e)[:300]})") from None
     return model.eval(), rec
 
 def select_axial(models,                  # models folder with `axial/`
@@ -249,12 +259,13 @@ def select_axial(models,                  # models folder with `axial/`
                  split:str='test',        # the split of the points' studies
                  n_workers:int|None=None, # worker processes of the candidates
                  out_of_fold:bool|None=None, # take the training run's out-of-fold choices (default: for the 'train' split)
+                 manifest:dict|None=None, # the models folder's manifest: the selector's files must be listed there too
                 ) -> pd.DataFrame:
     "`points` with `AXIAL_COLUMNS`: the chosen axial slice of each located level (empty where there is no candidate)"
     pts = read_points(points)[list(POINT_COLUMNS)]   # earlier choices give way
-    model, rec = load_axial(models); s = AxialSettings(**rec['settings'])
+    model, rec = load_axial(models, manifest); s = AxialSettings(**rec['settings'])
     loc = pts[pts.source == 'located']
-    if (split == 'train' if out_of_fold is None else out_of_fold): chosen = pd.read_csv(axial_dir(models)/OOF_FILE)
+    if (split == 'train' if out_of_fold is None else out_of_fold): chosen = pd.read_csv(record_file(models, AXIAL_DIR, rec.get('oof'), rec.get('oof_sha256'), axial_dir(models)/RECORD_FILE, manifest))
     else:
         table, images, fail = axial_candidates_table(data, loc, split, s, n_workers=n_workers)
         chosen = choose_slices(table, predict_distances(model, images))

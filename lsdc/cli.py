@@ -6,11 +6,11 @@ Docs: https://lsdc-dev.github.io/lsdc/cli.html.md"""
 
 # %% ../nbs/09_cli.ipynb #0fc77049
 from __future__ import annotations
-import sys, importlib, warnings
+import os, sys, importlib, warnings
 from fastcore.script import anno_parser
 
 # %% auto #0
-__all__ = ['COMMANDS', 'usage', 'main', 'nbdev_test_alias']
+__all__ = ['COMMANDS', 'usage', 'error_line', 'main', 'nbdev_test_alias']
 
 # %% ../nbs/09_cli.ipynb #1119a53d
 COMMANDS = {
@@ -38,8 +38,15 @@ def usage() -> str:
     lines += [f'  {k:<11}{v[2]}' for k, v in _available().items()]
     return '\n'.join(lines)
 
+# %% ../nbs/09_cli.ipynb #de2d53fe
+def error_line(cmd:str, e:BaseException) -> str:
+    "The one line that reports `e` ending `lsdc cmd`: its message, led by its type where the message alone says too little"
+    msg = ' '.join(str(e).split())
+    plain = type(e) in (ValueError, RuntimeError) or isinstance(e, OSError) or type(e).__module__.startswith('lsdc')
+    return f"lsdc {cmd}: {msg if plain and msg else type(e).__name__ + (f': {msg}' if msg else '')}"
+
 def main(argv:list|None=None):
-    "Entry point of the `lsdc` command"
+    "Entry point of the `lsdc` command; a failing sub-command ends in one line (`$LSDC_TRACEBACK=1`: the traceback)"
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
         print(usage()); return 0
@@ -50,10 +57,18 @@ def main(argv:list|None=None):
     mod, fn, _ = cmds[cmd]
     # torch warns on import (through fastai) that `torch.jit.script` is deprecated: nothing a user of lsdc can act on
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-    f = getattr(importlib.import_module(mod), fn)
-    kw = vars(anno_parser(getattr(f, '__wrapped__', f), prog=f'lsdc {cmd}').parse_args(rest))
-    for k in ('pdb', 'xtra'): kw.pop(k, None)
-    res = f(**kw)
+    traceback = os.environ.get('LSDC_TRACEBACK', '') not in ('', '0')
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+        kw = vars(anno_parser(getattr(f, '__wrapped__', f), prog=f'lsdc {cmd}').parse_args(rest))
+        for k in ('pdb', 'xtra'): kw.pop(k, None)
+        res = f(**kw)
+    except KeyboardInterrupt:
+        if traceback: raise
+        print(f'lsdc {cmd}: interrupted', file=sys.stderr); return 130
+    except Exception as e:
+        if traceback: raise
+        print(error_line(cmd, e), file=sys.stderr); return 1
     return res if isinstance(res, int) else 0
 
 # %% ../nbs/09_cli.ipynb #8eb66357

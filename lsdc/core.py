@@ -12,10 +12,10 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'SUBMISSION_COLUMNS', 'LABEL_COLUMNS',
            'CONDITION_NAMES', 'LEVEL_NAMES', 'CONDITION_GROUPS', 'SERIES_DESCRIPTIONS', 'SAGITTAL', 'DEFAULT_SERIES',
-           'KAGGLE_DATA', 'DATA_ENV', 'condition_key', 'level_key', 'label_column', 'split_column', 'condition_label',
-           'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id', 'parse_row_id', 'study_row_ids',
-           'condition_group', 'series_for_condition', 'data_path', 'atomic_path', 'write_csv', 'write_text',
-           'torch_worker_init']
+           'KAGGLE_DATA', 'DATA_ENV', 'HOST', 'FSYNC', 'condition_key', 'level_key', 'label_column', 'split_column',
+           'condition_label', 'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id', 'parse_row_id',
+           'study_row_ids', 'condition_group', 'series_for_condition', 'data_path', 'owner_tag', 'name_owner',
+           'owner_alive', 'fsync_path', 'atomic_path', 'sweep_temp', 'write_csv', 'write_text', 'torch_worker_init']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -144,25 +144,72 @@ def data_path(path=None) -> Path:
     return KAGGLE_DATA
 
 # %% ../nbs/00_core.ipynb #667ac44c
-import tempfile
+import errno, socket, tempfile, time
 from contextlib import contextmanager
 
 _UMASK = os.umask(0); os.umask(_UMASK)
+HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:60] or 'host'   # as it appears in owned names
+FSYNC = {'calls': 0, 'seconds': 0.}   # fsyncs of `atomic_path` in this process, and their time
+
+def owner_tag(pid:int|None=None) -> str:
+    "`{pid}@{host}`: the owner written into the names of this process's temporary files and work folders"
+    return f'{os.getpid() if pid is None else pid}@{HOST}'
+
+_OWNER = re.compile(r'(?:^|\.)(\d+)@([A-Za-z0-9-]+)(?:\.|$)')
+
+def name_owner(name:str) -> tuple|None:
+    "`(pid, host)` of an owned name (`owner_tag` inside it), else None"
+    m = _OWNER.search(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+def owner_alive(pid:int, host:str) -> bool:
+    "Whether an owner may still be running: a process of another host always may; on this host, whether it exists"
+    if host != HOST or pid == os.getpid(): return True
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True   # someone else's live process
+    return True
+
+def fsync_path(p) -> None:
+    "Flush a file's (or a folder's) data to the disk; a no-op where the file system cannot (`LSDC_FSYNC=0`: always)"
+    if os.environ.get('LSDC_FSYNC', '1') == '0': return
+    t0, fd = time.perf_counter(), os.open(p, os.O_RDONLY)
+    try: os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS): raise   # file systems without fsync of folders
+    finally: os.close(fd)
+    FSYNC['calls'] += 1; FSYNC['seconds'] += time.perf_counter() - t0
 
 @contextmanager
 def atomic_path(dest, suffix:str=''):
-    "Yield a temporary path next to `dest`; rename it to `dest` only if the block succeeds"
+    "Yield a temporary path next to `dest` (named for its owner); `fsync` it, rename it to `dest` and `fsync` the folder, only if the block succeeds"
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix=suffix or ''.join(dest.suffixes[-1:]) + '.tmp', dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.{owner_tag()}.', suffix=suffix or ''.join(dest.suffixes[-1:]) + '.tmp', dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
-        if tmp.is_file(): os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
+            fsync_path(tmp)
         os.replace(tmp, dest)
+        fsync_path(dest.parent)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def sweep_temp(folder,                # where to look
+               pattern:str='.*.tmp',  # names of temporary files (`atomic_path`'s)
+               recursive:bool=False,  # also in sub-folders
+              ) -> list[Path]:
+    "Remove the temporary files of `folder` whose owner is dead (`owner_alive`); those removed. Unowned or live ones stay"
+    folder, gone = Path(folder), []
+    if not folder.is_dir(): return gone
+    for p in (folder.rglob if recursive else folder.glob)(pattern):
+        o = name_owner(p.name)
+        if p.is_file() and o is not None and not owner_alive(*o):
+            p.unlink(missing_ok=True); gone.append(p)
+    return gone
 
 def write_csv(df, dest, **kwargs) -> Path:
     "Write a DataFrame to CSV atomically"

@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #2c50fe95
 from __future__ import annotations
-import warnings
+import sys, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -100,12 +100,27 @@ def read_series(fn, kind:str='train_series', issues:list|None=None) -> pd.DataFr
     if unknown: _warn(f"{fn}: unknown series description(s) {_fmt(unknown)}; lsdc uses {list(SERIES_DESCRIPTIONS)}", issues)
     return df.reset_index(drop=True)
 
+def _where(df:pd.DataFrame, i:int) -> str:
+    "Row `i` of a coordinates table as the user sees it: its line in the CSV, study, condition and level"
+    return f'row {i+2} (study {df.study_id.iat[i]} {df.condition.iat[i]} {df.level.iat[i]})'
+
 def read_coords(fn, issues:list|None=None) -> pd.DataFrame:
-    "Read and validate `train_label_coordinates.csv`; adds a `column` with the label column of each row"
+    "Read and validate `train_label_coordinates.csv`: one finite point per study, condition and level; adds a `column` with the label column of each row"
     df = _check_ids(read_table(fn, 'coords', issues), ['study_id', 'series_id', 'instance_number'], fn)
     try: df['column'] = [label_column(c, l) for c, l in zip(df.condition, df.level)]
     except ValueError as e: raise DataError(f"{fn}: {e}") from e
-    for c in ('x', 'y'): df[c] = pd.to_numeric(df[c], errors='raise')
+    for c in ('x', 'y'):
+        v = pd.to_numeric(df[c].str.strip(), errors='coerce')
+        bad = np.flatnonzero(~np.isfinite(v.to_numpy(float)))
+        if len(bad):
+            vals = df[c].fillna('')
+            raise DataError(f"{fn}: {c} must be a finite number; bad value(s) at {_fmt([f'{_where(df, i)}: {vals.iat[i]!r}' for i in bad])}")
+        df[c] = v.astype(float)
+    dup = df[df.duplicated(['study_id', 'column'], keep=False)]
+    if len(dup):
+        where = [f"rows {', '.join(str(i+2) for i in g.index)} (study {s} {g.condition.iat[0]} {g.level.iat[0]})"
+                 for (s, _), g in dup.groupby(['study_id', 'column'], sort=False)]
+        raise DataError(f"{fn}: {len(where)} point(s) given more than once, at {_fmt(where)}; keep one row per study, condition and level")
     return df
 
 def read_submission(fn, issues:list|None=None) -> pd.DataFrame:
@@ -222,8 +237,8 @@ def check_cli(data:str, # data folder (the Kaggle input folder on Kaggle)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', DataWarning)
             d = load_rsna(data, splits=split.split(','))
-    except DataError as e:
-        print(f'lsdc check: {e}'); return 1
+    except (DataError, OSError) as e:
+        print(f'lsdc check: {e}', file=sys.stderr); return 1
     print(d)
     for w in d.warnings: print('warning:', w)
     return 0

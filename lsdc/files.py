@@ -6,18 +6,19 @@ Docs: https://lsdc-dev.github.io/lsdc/files.html.md"""
 
 # %% ../nbs/00a_files.ipynb #3c933b5e
 from __future__ import annotations
-import contextlib, hashlib, json, logging
+import contextlib, errno, hashlib, json, logging, os, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import LABEL_COLUMNS, as_id, series_for_condition, write_text
+from .core import LABEL_COLUMNS, as_id, series_for_condition, write_text, sweep_temp, name_owner, owner_alive
 try: import fcntl   # advisory file locks (POSIX); elsewhere `file_lock` does not lock
 except ImportError: fcntl = None
 
 # %% auto #0
-__all__ = ['log', 'INDEX_COLUMNS', 'FAILURE_COLUMNS', 'index_files', 'with_images', 'read_index', 'file_sha256', 'file_lock',
-           'now', 'json_default', 'write_json', 'result_file', 'write_result', 'read_results', 'ModelIntegrityError',
-           'read_manifest', 'manifest_series']
+__all__ = ['log', 'INDEX_COLUMNS', 'FAILURE_COLUMNS', 'index_files', 'inside', 'with_images', 'read_index', 'file_sha256',
+           'LockError', 'file_lock', 'now', 'json_default', 'write_json', 'result_file', 'write_result', 'read_results',
+           'ModelIntegrityError', 'read_manifest', 'manifest_series', 'contained', 'verified_path', 'listed_file',
+           'record_file', 'read_record', 'checked_settings', 'sweep_leftovers']
 
 # %% ../nbs/00a_files.ipynb #f369f760
 log = logging.getLogger(__name__)
@@ -35,13 +36,27 @@ def index_files(converted) -> list[Path]:
     if not fns: raise FileNotFoundError(f"{converted}: no index.csv (nor train/index.csv, test/index.csv); run `lsdc convert` first")
     return fns
 
+def inside(folder,  # a folder
+           name,    # a path relative to it, as a file names it
+          ) -> bool:
+    "Whether `name` is a relative path that stays inside `folder` once symlinks are resolved"
+    n = str(name)
+    if not n or n in ('.', 'nan') or os.path.isabs(n) or '\\' in n or '\0' in n: return False
+    f = os.path.realpath(folder)
+    return os.path.realpath(os.path.join(f, n)).startswith(f + os.sep)
+
 def with_images(index:pd.DataFrame, # a conversion index
                 root,               # the folder its `png` paths are relative to
                ) -> pd.DataFrame:
-    "`index` with an `image` column: the absolute path of each PNG"
+    "`index` with an `image` column: the absolute path of each PNG; rows whose `png` leads outside `root` are left out, with a warning"
     missing = [c for c in _INDEX_NEEDED if c not in index.columns]
     if missing: raise ValueError(f"conversion index lacks columns {missing}")
     root = Path(root).resolve()
+    ok = np.array([inside(root, p) for p in index.png], bool)
+    if not ok.all():
+        bad = index.png[~ok].astype(str).tolist()
+        warnings.warn(f"{root/'index.csv'}: {len(bad)} rows name an image outside the folder (e.g. {bad[0]!r}); they are left out")
+        index = index[ok]
     return index.assign(study_id=index.study_id.map(as_id).astype('int64'),
                         series_id=index.series_id.map(as_id).astype('int64'),
                         image=[str(root/p) for p in index.png])
@@ -60,14 +75,29 @@ def file_sha256(fn) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00a_files.ipynb #b9a7a0ec
+class LockError(OSError):
+    "A file system that refuses the `flock` locks lsdc coordinates its writers with"
+
+_NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
 @contextlib.contextmanager
-def file_lock(fn, # the lock file (created if needed)
+def file_lock(fn,                  # the lock file (created if needed)
+              blocking:bool=True,  # wait for other holders; else yield None at once when another holds it
+              shared:bool=False,   # a shared lock (many holders) instead of an exclusive one
              ):
-    "Hold an exclusive advisory lock on `fn` for the block, waiting for other holders (POSIX; elsewhere no lock)"
+    "Hold an advisory lock on `fn` for the block (POSIX; elsewhere no lock); yields `fn`, or None when not `blocking` and it is held"
     fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True)
     with open(fn, 'a') as f:
-        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
-        yield fn
+        got = fn
+        if fcntl is not None:
+            try: fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError: got = None
+            except OSError as e:
+                if e.errno not in _NO_LOCKS: raise
+                raise LockError(e.errno, f"{fn}: this file system refuses flock(2) locks ({e.strerror}); lsdc needs locks that "
+                                "every writer sees: a local disk, NFS v4, Lustre mounted with -o flock, GPFS, BeeGFS or "
+                                "CephFS; or run one lsdc process at a time on this folder") from None
+        yield got
 
 # %% ../nbs/00a_files.ipynb #295c2fae
 def now() -> str:
@@ -106,17 +136,108 @@ def read_results(models) -> dict:
 
 # %% ../nbs/00a_files.ipynb #442054db
 class ModelIntegrityError(ValueError):
-    "A model pickle that is not listed in the manifest or whose SHA-256 does not match it"
+    "A models folder's file that is unlisted, outside the folder, missing, or whose SHA-256 does not match its listing"
 
 def read_manifest(models) -> dict:
     "The `manifest.json` of a models folder"
     fn = Path(models)/'manifest.json'
     if not fn.exists(): raise FileNotFoundError(f"{fn}: no manifest; train with `lsdc train` first")
-    try: return json.loads(fn.read_text())
-    except json.JSONDecodeError as e: raise ModelIntegrityError(f"{fn}: unreadable manifest ({e})") from e
+    try: m = json.loads(fn.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ModelIntegrityError(f"{fn}: unreadable manifest ({e})") from e
+    if not isinstance(m, dict) or not all(isinstance(m.get(k) or {}, dict) for k in ('columns', 'files', 'levels')):
+        raise ModelIntegrityError(f"{fn}: not an lsdc manifest (its 'columns', 'files' and 'levels' must be tables)")
+    return m
 
 def manifest_series(manifest:dict, # from `read_manifest`
                    ) -> dict:
     "`{column: series description}` of every trained column of a manifest"
     return {c: e.get('series') or series_for_condition(c) for c, e in manifest.get('columns', {}).items()
             if c in LABEL_COLUMNS}
+
+# %% ../nbs/00a_files.ipynb #535c743e
+def contained(models, name) -> Path:
+    "`models/name` once `name` is a relative path with no `..` that stays inside `models` (symlinks resolved); else `ModelIntegrityError`"
+    if not (isinstance(name, str) and '..' not in Path(name).parts and inside(models, name)):
+        raise ModelIntegrityError(f"{Path(models)/str(name)}: names a file outside the models folder {models}; refusing to read it")
+    return Path(models)/name
+
+def verified_path(models,         # the models folder
+                  name,           # the file's path in it, as a record or the manifest names it
+                  sha256,         # the SHA-256 it is listed with (None: unlisted)
+                  listed_in=None, # where it is listed, for the message (default: the manifest)
+                  verb:str='read',# what would be done with it, for the message
+                 ) -> Path:
+    "`models/name` once it is a plain path inside `models`, listed with `sha256` and has that SHA-256; else `ModelIntegrityError` naming it"
+    models = Path(models); where = listed_in or 'the manifest'
+    fn = contained(models, name)
+    if not isinstance(sha256, str) or not sha256: raise ModelIntegrityError(f"{fn}: not listed with its SHA-256 in {where}; refusing to {verb} it")
+    if not fn.is_file(): raise ModelIntegrityError(f"{fn}: listed in {where} but missing")
+    got = file_sha256(fn)
+    if got != sha256: raise ModelIntegrityError(f"{fn}: SHA-256 {got[:12]}... does not match {where}'s {sha256[:12]}...; refusing to {verb} it")
+    return fn
+
+def listed_file(models,             # the models folder
+                name:str,           # a file's path in it, e.g. 'localizer/localizer.json'
+                manifest:dict|None=None, # its manifest (default: read it)
+               ) -> Path:
+    "A file listed under the manifest's `files`, verified (`verified_path`)"
+    manifest = read_manifest(models) if manifest is None else manifest
+    return verified_path(models, name, (manifest.get('files') or {}).get(name))
+
+def record_file(models,               # the models folder
+                sub:str,              # the folder of the record, in `models` (e.g. 'localizer')
+                name,                 # the file the record names, in `sub`
+                sha256,               # the SHA-256 the record gives it
+                record=None,          # the record, for the messages
+                manifest:dict|None=None, # the manifest: the file must be listed there too, with the same SHA-256
+               ) -> Path:
+    "A file a stage's record names: a plain path in `models/sub`, of the record's SHA-256, and (with `manifest`) listed there with it"
+    folder, record = Path(models)/sub, record or Path(models)/sub
+    fn = contained(folder, name)
+    if manifest is not None and (manifest.get('files') or {}).get(f'{sub}/{name}') != sha256:
+        raise ModelIntegrityError(f"{fn}: not listed in {Path(models)/'manifest.json'} with the SHA-256 {record} gives; refusing to read it")
+    return verified_path(folder, name, sha256, listed_in=record)
+
+def read_record(models,                  # the models folder
+                name:str,                # the record's path in it, e.g. 'localizer/localizer.json'
+                manifest:dict|None=None, # with it: read only once listed there with its SHA-256
+                missing:str='missing',   # what to say when there is none
+               ) -> dict:
+    "A stage's JSON record in a models folder (verified against `manifest` when given); `ModelIntegrityError` unless it is a JSON table"
+    fn = Path(models)/name
+    if manifest is not None: fn = listed_file(models, name, manifest)
+    elif not fn.is_file(): raise FileNotFoundError(f"{fn}: {missing}")
+    try: rec = json.loads(fn.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ModelIntegrityError(f"{fn}: unreadable ({e})") from None
+    if not isinstance(rec, dict): raise ModelIntegrityError(f"{fn}: not a record (a JSON table)")
+    return rec
+
+# %% ../nbs/00a_files.ipynb #297f5904
+def checked_settings(cls,                # a NamedTuple of settings
+                     d,                  # its fields as read from a file
+                     bounds:dict,        # {field: (low, high)}: a whole number where `low` is an int, else any number
+                     name:str,           # the file (or record), for the messages
+                     choices:dict|None=None, # {field: allowed values}
+                    ):
+    "`cls(**d)` once `d` holds only `cls`'s fields, each bounded one a number within its bounds and each other one an allowed choice"
+    if not isinstance(d, dict) or set(d) - set(cls._fields): raise ModelIntegrityError(f"{name}: settings must be a table of {', '.join(cls._fields)}")
+    s = cls(**d)
+    for k, (lo, hi) in bounds.items():
+        v, whole = getattr(s, k), isinstance(lo, int)
+        if not (isinstance(v, int if whole else (int, float)) and not isinstance(v, bool) and lo <= v <= hi):
+            raise ModelIntegrityError(f"{name}: {k} = {v!r} is not a {'whole ' * whole}number in {lo}..{hi}")
+    for k, ok in (choices or {}).items():
+        if getattr(s, k) not in ok: raise ModelIntegrityError(f"{name}: {k} = {getattr(s, k)!r} is not one of {', '.join(map(repr, ok))}")
+    return s
+
+# %% ../nbs/00a_files.ipynb #628be2ea
+def sweep_leftovers(folder) -> list[Path]:
+    "Remove the temporary files (anywhere below `folder`) and `_work` folders whose owner is dead; what was removed"
+    import shutil
+    folder = Path(folder)
+    gone = sweep_temp(folder, recursive=True)
+    work = folder/'_work'
+    for p in (sorted(work.iterdir()) if work.is_dir() else []):
+        o = name_owner(p.name)
+        if p.is_dir() and o is not None and not owner_alive(*o): shutil.rmtree(p, ignore_errors=True); gone.append(p)
+    return gone

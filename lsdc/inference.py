@@ -7,20 +7,21 @@ Docs: https://lsdc-dev.github.io/lsdc/inference.html.md"""
 # %% ../nbs/06_inference.ipynb #bb48184b
 from __future__ import annotations
 import json, sys, time, warnings
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse
 from fastai.learner import load_learner
 from .core import *
-from .files import (ModelIntegrityError, file_sha256, read_index, read_manifest, manifest_series, read_results,
-                        write_result)
+from .files import (ModelIntegrityError, LockError, file_sha256, read_index, read_manifest, manifest_series, read_results,
+                        write_result, verified_path)
 from .calibration import (Calibration, metric_factors, fit_calibration, calibrated_loss, expected_calibration_error,
                               plot_reliability)
-from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock
+from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock, column_claim
 from .sampling import column_images
 from .levels import read_levels, level_crops
-from .data import load_rsna
+from .data import DataError, load_rsna
 from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
@@ -42,14 +43,10 @@ def verified_file(models, col:str, kind:str='pickle', manifest:dict|None=None) -
     manifest = read_manifest(models) if manifest is None else manifest
     entry = manifest.get('columns', {}).get(col)
     if entry is None: raise ModelIntegrityError(f"{models/'manifest.json'}: {col} is not listed; refusing to load an unlisted model")
+    if not isinstance(entry, dict): raise ModelIntegrityError(f"{models/'manifest.json'}: the entry of {col} is not a table")
     name = entry.get(kind) or (f'{col}.pkl' if kind == 'pickle' else None)
     if name is None: raise ModelIntegrityError(_old_folder(models, col))
-    fn, verb = models/name, 'unpickle' if kind == 'pickle' else 'load'
-    if fn.resolve().parent != models.resolve(): raise ModelIntegrityError(f"{fn}: outside the models folder {models}")
-    if not fn.exists(): raise ModelIntegrityError(f"{fn}: listed in the manifest but missing")
-    got, want = file_sha256(fn), str(entry.get(MODEL_FILES[kind]))
-    if got != want: raise ModelIntegrityError(f"{fn}: SHA-256 {got[:12]}... does not match the manifest's {want[:12]}...; refusing to {verb} it")
-    return fn
+    return verified_path(models, name, entry.get(MODEL_FILES[kind]), verb='unpickle' if kind == 'pickle' else 'load')   # the one rule
 
 def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=None,
                         trust_pickles:bool=False, # load the pickle (runs its code!) instead of the safetensors and config
@@ -62,8 +59,10 @@ def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)   # fastai's reminder that pickles run code: the caller chose to trust it
             return load_learner(fn, cpu=cpu)
-    st, cfg = (verified_file(models, col, k, manifest) for k in ('safetensors', 'config'))
-    return learner_from_config(json.loads(cfg.read_text()), st, cpu=cpu)
+    st, fn = (verified_file(models, col, k, manifest) for k in ('safetensors', 'config'))
+    try: cfg = json.loads(fn.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ModelIntegrityError(f"{fn}: unreadable config ({e})") from None
+    return learner_from_config(cfg, st, cpu=cpu, trusted=trust_pickles)   # a trusted folder may name any architecture
 
 # %% ../nbs/06_inference.ipynb #5fc49276
 def _counts_prior(counts:dict, floor:float) -> np.ndarray|None:
@@ -246,24 +245,30 @@ def _submission_rows(d, split:str) -> tuple[list, list]:
 
 # %% ../nbs/06_inference.ipynb #75a3be8d
 def sweep_temp_files(*dests) -> list[Path]:
-    "Remove the temporary files a killed run left beside `dests` (`.NAME.*.tmp`, see `lsdc.core.atomic_path`)"
-    gone = []
-    for d in map(Path, dests):
-        if d.parent.is_dir(): gone += [p for p in d.parent.iterdir() if p.name.startswith(f'.{d.name}.') and p.name.endswith('.tmp')]
-    for p in gone: p.unlink(missing_ok=True)
-    return gone
+    "Remove the temporary files a killed run left beside `dests` (`.NAME.*.tmp` of a dead owner, see `lsdc.core.sweep_temp`)"
+    return [p for d in map(Path, dests) for p in sweep_temp(d.parent, f'.{glob_escape(d.name)}.*.tmp')]
 
 # %% ../nbs/06_inference.ipynb #cf14cad3
-def _test_inputs(d, models, converted:Path, crops:Path, split:str, n_workers, progress:bool) -> pd.DataFrame:
+def _inputs(man:dict, models) -> str:
+    "What the manifest's columns were trained on, 'middle' or 'levels'; `ModelIntegrityError` when they disagree, or with the levels files"
+    got = {e.get('inputs', 'middle') if isinstance(e, dict) else None for e in man.get('columns', {}).values()}
+    if len(got) > 1 or not got <= {'middle', 'levels'}:
+        raise ModelIntegrityError(f"{Path(models)/'manifest.json'}: its columns were trained on different inputs ({', '.join(sorted(map(str, got)))}); "
+                                  "train every column again with one --inputs")
+    if got == {'middle'} and man.get('levels'):
+        raise ModelIntegrityError(f"{Path(models)/'manifest.json'}: lists levels.json beside columns trained on middle slices; refusing to mix them")
+    return 'levels' if got == {'levels'} or (not got and man.get('levels')) else 'middle'
+
+def _test_inputs(d, models, converted:Path, crops:Path, split:str, n_workers, progress:bool, trust_pickles:bool=False) -> pd.DataFrame:
     "Convert the split's studies and, for models trained on level crops, locate their levels and cut their crops; the index to predict from"
     man = read_manifest(models)
-    if not man.get('levels'):
+    if _inputs(man, models) == 'middle':
         descs = sorted(set(manifest_series(man).values())) or list(SAGITTAL)
         convert_dataset(d, converted, split=split, descriptions=descs, n_workers=n_workers, progress=progress)
         return read_index(converted)
-    s, _ = read_levels(models)   # the crops are cut as the training crops were, with the localiser the manifest lists
+    s = read_levels(models, man, trust_pickles=trust_pickles).settings   # the crops are cut as the training crops were
     convert_dataset(d, converted, split=split, descriptions=SAGITTAL, size=s.loc_size, n_workers=n_workers, progress=progress)
-    return read_index(level_crops(d, models, converted, crops, split=split, n_workers=n_workers, progress=progress))
+    return read_index(level_crops(d, models, converted, crops, split=split, n_workers=n_workers, progress=progress, trust_pickles=trust_pickles))
 
 def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNAData`
             models,               # models folder
@@ -285,7 +290,7 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
     sweep_temp_files(out, sources)
     converted = Path(converted) if converted is not None else out.parent/f'{out.stem}_png'
     index = _test_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
-                         n_workers=n_workers, progress=progress)
+                         n_workers=n_workers, progress=progress, trust_pickles=trust_pickles)
     sids, row_ids = _submission_rows(d, split)
     priors = column_priors(models, labels=_prior_labels(d))
     preds = predict_columns(models, index, sids, priors=priors, bs=bs, calibration=calibration,
@@ -315,8 +320,8 @@ def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
     "Write a Kaggle submission from trained per-column learners"
     try: sub = predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers, calibration=calibration,
                        trust_pickles=trust_pickles)
-    except (ModelIntegrityError, FileNotFoundError, ValueError) as e:
-        print(f'lsdc predict: {e}'); return 1
+    except (ModelIntegrityError, DataError, LockError, OSError, ValueError, KeyError, RuntimeError) as e:   # all a folder or data can cause
+        print(f"lsdc predict: {e if str(e) else type(e).__name__}", file=sys.stderr); return 1
     if strict and sub.attrs['prior'].n:
         print(f"lsdc predict: --strict: {sub.attrs['prior']}", file=sys.stderr); return 1
     return 0
@@ -389,7 +394,11 @@ def calibrate_models(models,              # models folder (trained columns, spli
     with models_lock(models):   # it writes records and the manifest, as training does
         recs = read_results(models)
         cals = fit_calibrations(preds, recs, scope=scope)
-        for c, cal in cals.items(): write_result(models, {**recs[c], 'calibration': cal.to_dict()})
+        for c, cal in cals.items():
+            with column_claim(models, c):   # a column another run retrained meanwhile keeps its new record
+                now = read_results(models).get(c, {})
+                if all(now.get(k) == recs[c].get(k) for k in ('sha256', 'safetensors_sha256')):
+                    write_result(models, {**recs[c], 'calibration': cal.to_dict()})
         collect_results(models, plots=False)
     return pd.DataFrame([dict(column=c, scope=k.scope, temperature=k.temperature, shift=k.factors is not None,
                               valid_loss_raw=k.valid_loss_raw, valid_loss=k.valid_loss) for c, k in cals.items()])
@@ -440,7 +449,7 @@ def calibrate_cli(models:str,              # models folder (from `lsdc train`)
     from lsdc.data import load_rsna
     try: df = calibrate_models(models, converted, load_rsna(data, splits=('train',), check_images=False).train, scope=scope, bs=bs,
                                trust_pickles=trust_pickles)
-    except (ModelIntegrityError, FileNotFoundError, ValueError) as e:
-        print(f'lsdc calibrate: {e}'); return 1
+    except (ModelIntegrityError, DataError, LockError, OSError, ValueError, KeyError, RuntimeError) as e:   # all a folder or data can cause
+        print(f"lsdc calibrate: {e if str(e) else type(e).__name__}", file=sys.stderr); return 1
     print(df.to_string(index=False))
     return 0

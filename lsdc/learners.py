@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/learners.html.md"""
 
 # %% ../nbs/05_learners.ipynb #c628e9a3
 from __future__ import annotations
-import argparse, contextlib, inspect, io, json, logging, math, os, shutil, sys, tempfile, time, traceback, warnings
+import argparse, contextlib, hashlib, inspect, io, json, logging, math, os, shutil, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 from typing import Annotated, Callable, NamedTuple
 import numpy as np, pandas as pd, torch, torchvision
@@ -22,26 +22,25 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBl
                                create_body, model_meta, accuracy, AccumMetric, Callback, EarlyStoppingCallback,
                                SaveModelCallback, set_seed, minimum, steep, valley, slide)
 from fastai.metrics import ActivationType
-try: import fcntl   # the models folder's lock (POSIX); without it, a killed run's leftovers are not swept
-except ImportError: fcntl = None
 from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
 from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
-                       torch_worker_init)
-from .files import (ModelIntegrityError, read_index, file_sha256, file_lock, now, write_json, result_file, write_result,
-                        read_results)
+                       torch_worker_init, owner_tag)
+from .files import (ModelIntegrityError, index_files, read_index, file_sha256, file_lock, now, json_default, write_json,
+                        result_file, write_result, read_results, sweep_leftovers)
 from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
 
 # %% auto #0
-__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES', 'LOCK_FILE', 'SERIES_MAPS',
-           'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch', 'arch_name',
-           'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss', 'pretrain_body', 'find_lrs',
-           'EpochLog', 'fit_once', 'Schedule', 'epoch_threshold_train', 'export_learner', 'Feed', 'train_column',
-           'test_time_tfms', 'learner_config', 'export_safe', 'learner_from_config', 'column_done', 'results_table',
-           'manifest', 'plot_results', 'collect_results', 'sweep_leftovers', 'models_lock', 'reexport_safe',
-           'parse_columns', 'scheduler_shard', 'shard_columns', 'ColumnJob', 'worker_devices', 'train_columns',
-           'train_cli']
+__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES',
+           'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch',
+           'known_archs', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss',
+           'pretrain_body', 'find_lrs', 'EpochLog', 'fit_once', 'Schedule', 'epoch_threshold_train', 'export_learner',
+           'Feed', 'train_column', 'test_time_tfms', 'learner_config', 'export_safe', 'check_learner_config',
+           'learner_from_config', 'column_done', 'results_table', 'manifest', 'plot_results', 'collect_results',
+           'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns', 'scheduler_shard',
+           'shard_columns', 'training_settings', 'settings_digest', 'settings_change', 'ColumnJob', 'worker_devices',
+           'train_columns', 'train_cli']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -105,6 +104,10 @@ def resolve_arch(arch):
     if callable(f) and not isinstance(f, type): return f
     if _timm_available(): return arch
     raise ValueError(f"Unknown architecture {arch!r}: not a torchvision model and timm is not installed")
+
+def known_archs() -> list[str]:
+    "The torchvision classification architectures by name: all that a folder's config may name unless the folder is trusted"
+    return torchvision.models.list_models(module=torchvision.models)
 
 def arch_name(arch) -> str:
     "The name of an architecture"
@@ -416,7 +419,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
                 ) -> dict:
     "Train one column's learner, export its pickle, safetensors and config, and return its record"
     col, models = info['column'], Path(models)
-    work = models/'_work'/col
+    work = models/'_work'/f'{col}.{owner_tag()}'   # this process's own: lr_find's and the best epoch's checkpoints
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if info.get('balance') == 'weights': kwargs = {'class_weights': GRADE_WEIGHTS, **kwargs}   # the loss does the balancing
@@ -486,21 +489,64 @@ def export_safe(learn, models, col:str) -> dict:
     "Write `{col}.safetensors` (the state dict, float32, contiguous) and `{col}.json` (its config) atomically; their names and SHA-256"
     models = Path(models)
     cfg = learner_config(learn, col)
-    try: resolve_arch(cfg['architecture'])
-    except ValueError as e: log.warning("%s: %s; only its pickle can be loaded", col, e)
+    if cfg['architecture'] not in known_archs():
+        log.warning("%s: %r is not a torchvision architecture; its safetensors load only with trusted=True", col, cfg['architecture'])
     sd = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     st = models/f'{col}.safetensors'
     with atomic_path(st) as tmp: save_file(sd, tmp, metadata={'format': 'pt'})   # one key: the header's order is fixed
     js = write_json(cfg, models/f'{col}.json')
     return dict(safetensors=st.name, safetensors_sha256=file_sha256(st), config=js.name, config_sha256=file_sha256(js))
 
+# %% ../nbs/05_learners.ipynb #5ec83e0a
+IMAGE_SIZES = (8, 2048)   # the image sizes (pixels) a learner config may name
+_TFM_NAMES = ('Resize', 'ToTensor', 'IntToFloatTensor', 'Normalize', 'AffineCoordTfm')   # those `_describe_tfm` writes
+
+def _size_ok(v) -> bool:
+    "A whole number of pixels within `IMAGE_SIZES`, or a pair of them"
+    vs = v if isinstance(v, (list, tuple)) and len(v) == 2 else [v]
+    return all(isinstance(x, int) and not isinstance(x, bool) and IMAGE_SIZES[0] <= x <= IMAGE_SIZES[1] for x in vs)
+
+def _weights_ok(w) -> bool:
+    "None, or one finite positive number per grade"
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+    return w is None or (isinstance(w, list) and len(w) == len(GRADES) and all(map(num, w)))
+
+def check_learner_config(config:dict,        # a learner config as read from a models folder (`{column}.json`)
+                         trusted:bool=False, # the folder is trusted: any architecture `resolve_arch` takes (timm names too)
+                         name:str='',        # the config file or column, for the messages
+                        ) -> dict:
+    "`config` once every value that builds its learner is one lsdc writes; else `ModelIntegrityError` naming `name` and the value"
+    def refuse(what, hint=''): raise ModelIntegrityError(f"{name or 'learner config'}: {what}; refusing it{hint}")
+    fmt = config.get('format') if isinstance(config, dict) else type(config).__name__
+    if fmt != CONFIG_FORMAT: refuse(f"not a learner config of this lsdc (format {fmt!r}, want {CONFIG_FORMAT!r})")
+    a = config.get('architecture')
+    if not isinstance(a, str) or not (trusted or a in known_archs()):   # a timm name ('hf-hub:...') would be fetched and run
+        refuse(f"architecture {a!r} is not a known torchvision architecture",
+               " (load it with --trust-pickles only if you trust this folder)")
+    if config.get('classes') != list(GRADES): refuse(f"classes {config.get('classes')!r} are not lsdc's grades {list(GRADES)}")
+    n = config.get('n_out')
+    if not (isinstance(n, int) and not isinstance(n, bool) and n == len(GRADES)): refuse(f"n_out {n!r} is not {len(GRADES)}")
+    if not _size_ok(config.get('image_size')):
+        refuse(f"image_size {config.get('image_size')!r} is not a whole number of pixels in {IMAGE_SIZES[0]}..{IMAGE_SIZES[1]}")
+    for k in ('item_tfms', 'batch_tfms'):
+        ts = config.get(k)
+        if not isinstance(ts, list) or not all(isinstance(t, dict) and t.get('name') in _TFM_NAMES for t in ts):
+            refuse(f"{k} {str(ts)[:100]} are not transforms lsdc writes ({', '.join(_TFM_NAMES)})")
+        for t in ts:
+            if t.get('size') is not None and not _size_ok(t['size']):
+                refuse(f"{k} {t['name']} size {t['size']!r} is not a whole number of pixels in {IMAGE_SIZES[0]}..{IMAGE_SIZES[1]}")
+    if not _weights_ok(config.get('class_weights')):
+        refuse(f"class_weights {config.get('class_weights')!r} are neither null nor {len(GRADES)} finite positive numbers")
+    return config
+
 # %% ../nbs/05_learners.ipynb #c77e796f
 def learner_from_config(config:dict,  # from `learner_config` (a `{column}.json`)
                         weights,      # its `{column}.safetensors`
                         cpu:bool=True,# on the CPU, else on CUDA
+                        trusted:bool=False, # the folder is trusted: its architecture may be any `resolve_arch` takes
                        ):
-    "The learner `config` describes, holding the state dict of `weights`; nothing is unpickled"
-    if config.get('format') != CONFIG_FORMAT: raise ValueError(f"not a learner config of this lsdc ({config.get('format')!r}, want {CONFIG_FORMAT!r})")
+    "The learner `config` describes (checked first: `check_learner_config`), holding the state dict of `weights`; nothing is unpickled"
+    check_learner_config(config, trusted=trusted, name=str(Path(weights).with_suffix('.json')))
     device, classes = torch.device('cpu' if cpu else 'cuda'), list(config['classes'])
     blank = Image.new('RGB', (8, 8))
     table = pd.DataFrame({'image': [blank, blank], 'label': classes[0], 'is_valid': [False, True]})
@@ -527,7 +573,8 @@ RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_v
 MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'inputs', 'balance', 'pretrained', 'augmentation', 'n_train',
                  'n_train_upsampled', 'n_valid', 'n_missing_series', 'train_counts', 'train_counts_upsampled', 'lr_minimum',
                  'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence', 'valid_accuracy', 'valid_log_loss',
-                 'calibration', 'loader', 'pickle', 'sha256', 'safetensors', 'safetensors_sha256', 'config', 'config_sha256', 'finished')
+                 'calibration', 'loader', 'pickle', 'sha256', 'safetensors', 'safetensors_sha256', 'config', 'config_sha256',
+                 'settings', 'settings_sha256', 'finished')
 MODEL_FILES = {'pickle': 'sha256', 'safetensors': 'safetensors_sha256', 'config': 'config_sha256'}  # file key: its SHA-256 key
 
 def _record(models, col:str) -> dict:
@@ -538,12 +585,15 @@ def _record(models, col:str) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         log.warning("%s: unreadable record (%s); %s counts as not trained", fn, e, col); return {}
 
-def column_done(models, col:str) -> bool:
-    "True when `col`'s record says it trained and every model file it lists is there with its SHA-256"
+def column_done(models, col:str,
+                settings_sha256:str|None=None, # the settings' digest it must have been trained with (None: any)
+               ) -> bool:
+    "True when `col`'s record says it trained (with `settings_sha256`) and every model file it lists is there with its SHA-256"
     r, models = _record(models, col), Path(models)
+    if r.get('status') != 'ok' or not r.get('pickle'): return False
+    if settings_sha256 is not None and r.get('settings_sha256') != settings_sha256: return False   # older records have none
     files = [(models/r[k], r.get(h)) for k, h in MODEL_FILES.items() if r.get(k)]   # older records list no safetensors
-    return (r.get('status') == 'ok' and bool(r.get('pickle'))
-            and all(fn.is_file() and file_sha256(fn) == h for fn, h in files))
+    return all(fn.is_file() and file_sha256(fn) == h for fn, h in files)
 
 def results_table(records:dict) -> pd.DataFrame:
     "One row per column: accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
@@ -554,6 +604,7 @@ def manifest(records:dict) -> dict:
     "The manifest of a models folder: per trained column its settings, sizes, lrs, scores and pickle hash"
     ok = {c: r for c, r in records.items() if r.get('status') == 'ok'}
     return {'lsdc_version': __version__, 'updated': now(), 'classes': list(GRADES),
+            'inputs': sorted({r.get('inputs') or 'middle' for r in ok.values()}),   # what the columns were trained on
             'columns': {c: {k: r.get(k) for k in MANIFEST_KEYS} for c, r in ok.items()},
             'failed': {c: r.get('error') for c, r in records.items() if r.get('status') != 'ok'}}
 
@@ -584,7 +635,10 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
         recs = read_results(models)
         df = results_table(recs)
         man, lv = manifest(recs), models/'levels.json'   # the levels method's localiser and crop settings (`lsdc.levels`)
-        if lv.exists(): man['levels'] = {'file': lv.name, 'sha256': file_sha256(lv)}
+        if 'levels' in man['inputs'] and lv.is_file():   # only for columns trained on its crops: never beside middle slices'
+            b = lv.read_bytes(); sha = hashlib.sha256(b).hexdigest()
+            man['levels'] = {'file': lv.name, 'sha256': sha}
+            man['files'] = {lv.name: sha, **(json.loads(b).get('files') or {})}   # the files it lists, by relative path
         write_json(man, models/'manifest.json')
         write_csv(df, models/'results.csv')
     if plots and (df.status == 'ok').any():
@@ -596,29 +650,26 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
     if splits: write_splits(splits, models/'split.csv')
     return df
 
-# %% ../nbs/05_learners.ipynb #a3da14ea
-LOCK_FILE = '.lsdc.lock'
-
-def sweep_leftovers(models) -> list[Path]:
-    "Remove what a killed run left in a models folder: temporary files (`.*.tmp`) and the `_work` folder; what was removed"
-    models = Path(models)
-    gone = [p for p in models.rglob('.*.tmp') if p.is_file()]
-    for p in gone: p.unlink(missing_ok=True)
-    if (models/'_work').is_dir(): shutil.rmtree(models/'_work', ignore_errors=True); gone.append(models/'_work')
-    return gone
+# %% ../nbs/05_learners.ipynb #808de408
+def claim_file(models, col:str) -> Path:
+    "The lock file of `col`'s claim in a models folder"
+    return Path(models)/'claims'/f'{col}.lock'
 
 @contextlib.contextmanager
+def column_claim(models, col:str, say:Callable=log.info):
+    "Hold `col`'s claim (an exclusive lock on `claim_file`) for the block; while another run holds it, say so and wait"
+    with file_lock(claim_file(models, col), blocking=False) as got:
+        if got: yield got; return
+    say(f"{col}: another run is training it; waiting")
+    with file_lock(claim_file(models, col)) as got: yield got
+
+# %% ../nbs/05_learners.ipynb #a3da14ea
+@contextlib.contextmanager
 def models_lock(models):
-    "Write into `models` alongside other processes; the first one in sweeps a killed run's leftovers"
+    "Write into `models` alongside other processes, first sweeping the leftovers of runs that died (`lsdc.files.sweep_leftovers`)"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
-    with open(models/LOCK_FILE, 'a') as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # alone here: whatever is half-written is a leftover
-                if gone := sweep_leftovers(models): log.info("%s: removed %d leftovers of an interrupted run", models, len(gone))
-            except BlockingIOError: pass                         # another process writes here: its files are not leftovers
-            fcntl.flock(f, fcntl.LOCK_SH)
-        yield models
+    if gone := sweep_leftovers(models): log.info("%s: removed %d leftovers of runs that died", models, len(gone))
+    yield models
 
 # %% ../nbs/05_learners.ipynb #794058ad
 def reexport_safe(models,       # a models folder whose records list pickles without safetensors
@@ -626,16 +677,18 @@ def reexport_safe(models,       # a models folder whose records list pickles wit
                  ) -> list[str]:
     "Write the safetensors and config of trained columns that lack them, from their pickles (unpickled!); the columns done"
     models, done = Path(models), []
+    lacks = lambda c, r: r.get('status') == 'ok' and not r.get('safetensors') and (columns is None or c in columns)
     with models_lock(models):
-        for col, r in read_results(models).items():
-            if r.get('status') != 'ok' or r.get('safetensors') or (columns is not None and col not in columns): continue
-            pkl = models/r['pickle']
-            if not pkl.is_file() or file_sha256(pkl) != r.get('sha256'):
-                raise ModelIntegrityError(f"{pkl}: missing or its SHA-256 does not match {result_file(models, col)}; not unpickled")
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', UserWarning)   # fastai's warning about pickles: this is the trusted case
-                learn = load_learner(pkl, cpu=True)
-            write_result(models, {**r, **export_safe(learn, models, col)}); done.append(col)
+        for col in [c for c, r in read_results(models).items() if lacks(c, r)]:
+            with column_claim(models, col):   # its files and record are written by one process at a time
+                if not lacks(col, r := _record(models, col)): continue
+                pkl = models/r['pickle']
+                if not pkl.is_file() or file_sha256(pkl) != r.get('sha256'):
+                    raise ModelIntegrityError(f"{pkl}: missing or its SHA-256 does not match {result_file(models, col)}; not unpickled")
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore', UserWarning)   # fastai's warning about pickles: this is the trusted case
+                    learn = load_learner(pkl, cpu=True)
+                write_result(models, {**r, **export_safe(learn, models, col)}); done.append(col)
         collect_results(models, plots=False)
     return done
 
@@ -677,6 +730,48 @@ def shard_columns(columns:list,  # the columns to share out
     if not (n >= 1 and 0 <= i < n): raise ValueError(f"shard {shard!r}: need 0 <= i < n")
     return list(columns)[i::n]
 
+# %% ../nbs/05_learners.ipynb #1846f2e0
+def training_settings(index:pd.DataFrame,      # the conversion or level-crop index trained from
+                      converted=None,          # the folder it was read from (None: the table itself is fingerprinted)
+                      models=None,             # the models folder (level crops: its `levels.json` is fingerprinted too)
+                      series=None,             # series mapping
+                      valid_pct:float=0.2,     # share of studies in validation
+                      seed:int=42,             # seed of split, resampling and training
+                      balance:str='upsample',  # how the training part is balanced
+                      **options,               # `train_column`'s options (schedule, size, bs, arch, pretrained, weights, ...)
+                     ) -> dict:
+    "Everything that shapes a column's model, as JSON data: what resuming compares (`settings_digest`)"
+    o = {**{k: p.default for k, p in inspect.signature(train_column).parameters.items()}, **options}
+    inputs = 'levels' if is_crop_index(index) else 'middle'
+    if converted is None: conv = {'table': hashlib.sha256(pd.util.hash_pandas_object(index, index=False).values.tobytes()).hexdigest()}
+    else: conv = {fn.relative_to(converted).as_posix(): file_sha256(fn) for fn in index_files(converted)}
+    lv = None if models is None else Path(models)/'levels.json'   # the localiser, slice selector and crop settings
+    if inputs == 'levels' and lv and lv.is_file(): conv['levels.json'] = file_sha256(lv)
+    w = o['weights']
+    s = dict(inputs=inputs, architecture=arch_name(o['arch']), image_size=o['size'], pretrained=bool(o['pretrained'] and w is None),
+             weights=file_sha256(w) if w else None, balance=balance, valid_pct=float(valid_pct), seed=seed, series=series,
+             schedule=Schedule(*o['schedule'])._asdict(), bs=o['bs'], aug=bool(o['aug']), train_bn=bool(o['train_bn']),
+             lr_find_iters=o['lr_find_iters'], lr_find_range=[float(v) for v in o['lr_find_range']], freeze_epochs=o['freeze_epochs'],
+             patience=o['patience'], conversion=conv)
+    return json.loads(json.dumps(s, default=json_default))   # as a record reads it back
+
+def settings_digest(settings:dict) -> str:
+    "SHA-256 of `settings` as canonical JSON (sorted keys, no spaces)"
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(',', ':'), default=json_default).encode()).hexdigest()
+
+def _flat(d:dict, pre:str='') -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()}
+
+def settings_change(old:dict|None, # the settings of a record (None: an older record, without them)
+                    new:dict,      # those of this run
+                   ) -> str:
+    "What differs between two settings, in a few words: 'image_size 32 -> 48, seed 1 -> 2'"
+    if not isinstance(old, dict): return 'no settings recorded'
+    a, b = _flat(old), _flat(new)
+    short = lambda v: f'{v[:8]}...' if isinstance(v, str) and len(v) == 64 else v   # SHA-256s
+    diff = [f'{k} {short(a.get(k))} -> {short(b.get(k))}' for k in [*b, *(k for k in a if k not in b)] if a.get(k) != b.get(k)]
+    return (', '.join(diff[:4]) + (f' and {len(diff) - 4} more' if len(diff) > 4 else '')) or 'another settings digest'
+
 # %% ../nbs/05_learners.ipynb #1f82bb2c
 class ColumnJob(NamedTuple):
     "What training one column needs: the data, where to write, and the options of `train_column`"
@@ -690,34 +785,43 @@ class ColumnJob(NamedTuple):
     balance: str         # how the training part is balanced (`lsdc.sampling.training_table`)
     bars: bool           # fastai's progress bars (only where they render)
     options: dict        # keyword options of `train_column`
+    settings: dict|None = None  # `training_settings`, recorded with the column (and its digest)
+    resume: bool = False        # skip the column when, once claimed, it turns out trained with these settings
 
 def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> dict:
-    "Train, export and record one column (on `device`); a failure is recorded, never raised"
+    "Claim, train, export and record one column (on `device`); a failure is recorded, never raised"
     col, models = job.column, Path(job.models)
-    try:
-        table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed,
-                                     balance=job.balance)
-        if info['n_missing_series']:
-            say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
-        write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
-        opts = {**job.options, 'feed': job.options.get('feed', Feed())._replace(device=device)} if device else job.options
-        rec = train_column(table, info, models, seed=job.seed, progress=job.bars, **opts)
-    except Exception as e:
-        log.exception("%s failed", col)
-        rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
-                   finished=now())
-    write_result(models, rec)
+    digest = None if job.settings is None else settings_digest(job.settings)
+    with column_claim(models, col, say):   # one writer per column, from its split to its record
+        if job.resume and digest and column_done(models, col, digest): return {**_record(models, col), 'skipped': True}
+        try:
+            table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed,
+                                         balance=job.balance)
+            if info['n_missing_series']:
+                say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
+            write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
+            opts = {**job.options, 'feed': job.options.get('feed', Feed())._replace(device=device)} if device else job.options
+            rec = train_column(table, info, models, seed=job.seed, progress=job.bars, **opts)
+        except Exception as e:
+            log.exception("%s failed", col)
+            rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
+                       finished=now())
+        if digest: rec = {**rec, 'settings': job.settings, 'settings_sha256': digest}
+        write_result(models, rec)
     return rec
 
 def _ended(tag:str, rec:dict) -> str:
+    if rec.get('skipped'): return f"{tag}: another run trained it with these settings meanwhile; skipped"
     if rec['status'] != 'ok': return f"{tag}: FAILED ({rec['error']})"
     return (f"{tag}: valid accuracy {rec['valid_accuracy']:.3f}, weighted log loss {rec['valid_log_loss']:.3f}, "
             f"{rec['convergence']}, {rec['epochs_run']} epochs, {rec['seconds']:.0f} s")
 
-def _failed(models, col:str, error:str) -> dict:
-    "Record a column whose worker process could not return its record"
-    rec = dict(column=col, status='failed', error=error, finished=now())
-    write_result(models, rec)
+def _failed(job:ColumnJob, error:str) -> dict:
+    "Record a column whose worker process could not return its record, unless another run holds its claim or trained it"
+    rec, models = dict(column=job.column, status='failed', error=error, finished=now()), job.models
+    digest = None if job.settings is None else settings_digest(job.settings)
+    with file_lock(claim_file(models, job.column), blocking=False) as free:
+        if free and not (digest and column_done(models, job.column, digest)): write_result(models, rec)
     return rec
 
 # %% ../nbs/05_learners.ipynb #a5583e9b
@@ -739,15 +843,10 @@ def worker_devices(n:int,                # worker processes
 @contextlib.contextmanager
 def _device_slot(folder, devices:list):
     "Hold a free slot of `folder` (an exclusive lock on its file) while the block runs; yields the slot's device"
-    if fcntl is None: yield devices[os.getpid() % len(devices)]; return
     while True:
         for k, d in enumerate(devices):
-            f = open(Path(folder)/f'slot-{k}.lock', 'a')
-            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError: f.close(); continue
-            try: yield d
-            finally: f.close()   # closing the file frees the slot
-            return
+            with file_lock(Path(folder)/f'slot-{k}.lock', blocking=False) as free:   # closing the file frees the slot
+                if free: yield d; return
         time.sleep(0.05)
 
 def _leased(fn:Callable, folder, devices:list, *args):
@@ -764,7 +863,7 @@ def _train_serial(jobs:list, tags:list, say:Callable) -> None:
         collect_results(job.models, plots=False)
 
 def _train_parallel(jobs:list, n:int, say:Callable) -> None:
-    "Train the `ColumnJob`s in `n` worker processes; a line per finished column"
+    "Train the `ColumnJob`s in `n` worker processes; a line per finished column (`say` goes to the workers: it must pickle)"
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
     threads = max(1, torch.get_num_threads() // n)
@@ -777,28 +876,28 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     retry = []
     # a column holds a device slot while it trains: with n workers one is always free, and no two columns share a GPU
     with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, _pool(n, threads) as ex:
-        futs = {ex.submit(_leased, _train_one, slots, devices, job): job for job in jobs}
+        futs = {ex.submit(_leased, _train_one, slots, devices, job, say): job for job in jobs}
         for f in as_completed(futs):
             job = futs[f]
             try: ended(job.column, f.result())
             except BrokenProcessPool: retry.append(job)
-            except Exception as e: ended(job.column, _failed(models, job.column, f"{type(e).__name__} in the worker process: {e}"))
+            except Exception as e: ended(job.column, _failed(job, f"{type(e).__name__} in the worker process: {e}"))
     if not retry: return
     # a worker died (killed, out of memory, a crash in native code) and took the pool down with every column not yet
     # finished: each of those gets one more try alone in a fresh process, so only the column that kills it fails
     say(f"a worker process died; {len(retry)} unfinished columns are retried one at a time")
     for job in [j for j in jobs if j in retry]:
         try:
-            with _pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job, device=devices[0]).result()
+            with _pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job, say, device=devices[0]).result()
         except BrokenProcessPool:
-            rec = _failed(models, job.column, "its worker process died while training it (killed, out of memory, or a crash in native code)")
-        except Exception as e: rec = _failed(models, job.column, f"{type(e).__name__} in the worker process: {e}")
+            rec = _failed(job, "its worker process died while training it (killed, out of memory, or a crash in native code)")
+        except Exception as e: rec = _failed(job, f"{type(e).__name__} in the worker process: {e}")
         ended(job.column, rec)
 
 # %% ../nbs/05_learners.ipynb #112c1e21
 def _cache_folder(converted, models) -> Path:
-    "`converted/cache` where the conversion folder is writable, else `models/cache` (a read-only Kaggle input)"
-    return Path(converted)/'cache' if os.access(converted, os.W_OK) else Path(models)/'cache'
+    "`converted/cache` where the conversion folder is writable, else `models/cache` (a read-only Kaggle input, or an index given as a table)"
+    return Path(converted)/'cache' if converted is not None and os.access(converted, os.W_OK) else Path(models)/'cache'
 
 def _with_cache(options:dict, loader:str, index:pd.DataFrame, labels:pd.DataFrame, series, folder, say:Callable) -> dict:
     "`train_column`'s options with the image cache of every labelled study's training series (built once) in their `Feed`"
@@ -818,6 +917,8 @@ def _with_cache(options:dict, loader:str, index:pd.DataFrame, labels:pd.DataFram
     return {**options, 'feed': feed._replace(cache=str(fn))}
 
 # %% ../nbs/05_learners.ipynb #c153194c
+def _say(msg:str): print(msg, flush=True)
+
 @delegates(train_column, but=['table', 'info', 'models', 'seed', 'progress'])
 def train_columns(converted,               # conversion folder (holds index.csv, from `lsdc convert`)
                   models,                  # models folder to write
@@ -829,7 +930,7 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   valid_pct:float=0.2,     # share of studies in validation
                   seed:int=42,             # seed of split, resampling and training
                   balance:str='upsample',  # the training part: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
-                  resume:bool=True,        # skip columns already trained (model files match their record)
+                  resume:bool=True,        # skip columns already trained with these settings (model files match their record)
                   progress:bool=True,      # print a line per column and show fastai's bars
                   index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
                   jobs:int=1,              # columns trained at once, in worker processes (CPU cores or GPUs; see above)
@@ -841,23 +942,30 @@ def train_columns(converted,               # conversion folder (holds index.csv,
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     cols = shard_columns(parse_columns(columns), shard)
     if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    settings_from = converted if index is None else None   # the index files are fingerprinted, else the table given
     if index is None: index = read_index(converted)
     if labels is None:
         from lsdc.data import load_rsna
         labels = load_rsna(data, splits=('train',), check_images=False).train
-    say = (lambda msg: print(msg, flush=True)) if progress else log.info
-    with models_lock(models):   # shared with other shards; sweeps a killed run's leftovers when alone
+    say = _say if progress else log.info   # it goes to the worker processes too
+    settings = training_settings(index, settings_from, models, series=series, valid_pct=valid_pct, seed=seed, balance=balance, **kwargs)
+    digest = settings_digest(settings)
+    with models_lock(models):   # sweeps the leftovers of runs that died
         todo = []
         for k, col in enumerate(cols, 1):
-            if resume and column_done(models, col): say(f"[{k}/{len(cols)}] {col}: already trained, skipped")
-            else: todo.append((f"[{k}/{len(cols)}] {col}", col))
+            tag = f"[{k}/{len(cols)}] {col}"
+            old = _record(models, col) if resume else {}
+            if old.get('settings_sha256') == digest and column_done(models, col, digest): say(f"{tag}: already trained, skipped"); continue
+            if old.get('status') == 'ok' and old.get('settings_sha256') != digest:
+                say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), settings)}); training it again")
+            todo.append((tag, col))
         t0, jobs = time.perf_counter(), min(jobs, len(todo))
         if todo: kwargs = _with_cache(kwargs, loader, index=index, labels=labels, series=series, say=say,
                                       folder=cache_dir or _cache_folder(converted, models))
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
         work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
-                          seed=seed, balance=balance, bars=bars, options=kwargs) for _, col in todo]
+                          seed=seed, balance=balance, bars=bars, options=kwargs, settings=settings, resume=resume) for _, col in todo]
         if jobs > 1: _train_parallel(work, jobs, say)
         else: _train_serial(work, [tag for tag, _ in todo], say)
         df = collect_results(models)

@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
 from .core import write_csv
-from .files import file_sha256, file_lock, write_json, read_manifest, ModelIntegrityError
+from .files import (file_sha256, file_lock, write_json, read_manifest, ModelIntegrityError, verified_path, record_file,
+                        checked_settings)
 from .data import load_rsna
 from .crops import Offsets, learn_offsets, make_crops, annotated_points
-from .localize import train_localizer, locate_levels
-from .axial import AxialSettings, train_axial, select_axial, axial_dir
+from .localize import (train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, OOF_FILE as LOCALIZER_OOF,
+                           LocalizerSettings, read_localizer_record, load_localizer, export_localizer, localizer_dir)
+from .axial import (AxialSettings, train_axial, select_axial, axial_dir, read_axial_record, AXIAL_DIR,
+                        RECORD_FILE as AXIAL_RECORD, OOF_FILE as AXIAL_OOF)
 
 # %% auto #0
-__all__ = ['log', 'LEVELS_FILE', 'LevelSettings', 'prepare_levels', 'write_levels', 'read_levels', 'level_crops']
+__all__ = ['log', 'LEVELS_FILE', 'LevelSettings', 'prepare_levels', 'stage_files', 'write_levels', 'Levels', 'read_levels',
+           'level_crops', 'reexport_levels']
 
 # %% ../nbs/05e_levels.ipynb #043ada5e
 log = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ class LevelSettings(NamedTuple):
     axial:str = 'learned'       # each located level's axial slice: chosen by the slice selector ('learned', `lsdc.axial`)
                                 # or the one nearest the located point ('nearest')
     axial_epochs:int = 12       # the slice selector's epochs
+
+_BOUNDS = dict(crop_size=(8, 1024), crop_mm=(1., 500.), neighbours=(0, 8), jitter_mm=(0., 100.), slice_jitter_mm=(0., 100.),
+               loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000))
+_CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest'))
 
 # %% ../nbs/05e_levels.ipynb #7aa17865
 def prepare_levels(data,                   # RSNA data folder or `RSNAData` (training coordinates)
@@ -85,29 +93,62 @@ def _figures(rec:dict) -> str:
     v = rec.get('validation', {})
     return 'out of fold ' + ', '.join(f"{k} {v[k]:.3g}" for k in sorted(v) if isinstance(v[k], (int, float)) and not k.startswith('mean'))
 
-def write_levels(models, settings:LevelSettings, offsets:Offsets) -> Path:
-    "Write `levels.json`: the settings, the offsets and the localiser's and slice selector's files with their SHA-256"
-    models = Path(models)
-    loc = {fn.name: file_sha256(fn) for fn in sorted((models/'localizer').glob('localizer.*')) if fn.suffix in ('.pkl', '.json')}
-    ax = {fn.name: file_sha256(fn) for fn in sorted(axial_dir(models).glob('axial.*')) if fn.suffix in ('.safetensors', '.json')}
-    return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), localizer=loc,
-                           axial=ax if settings.axial == 'learned' else {}), models/LEVELS_FILE)
+_STAGES = {LOCALIZER_DIR: (LOCALIZER_RECORD, read_localizer_record, ('file', 'safetensors', 'oof')),
+           AXIAL_DIR: (AXIAL_RECORD, read_axial_record, ('file', 'oof'))}   # each stage's record, its reader, the files it names
+_SHA = {'file': 'sha256', 'safetensors': 'safetensors_sha256', 'oof': 'oof_sha256'}
 
-def read_levels(models) -> tuple[LevelSettings, Offsets]:
-    "The settings and offsets a models folder's columns were trained with, checked against the manifest and files"
+def stage_files(models, axial:bool=True) -> dict:
+    "`{path in models: SHA-256}` of the localiser's (and with `axial`, the slice selector's) record and of each file it names, verified"
+    out = {}
+    for sub in (LOCALIZER_DIR, AXIAL_DIR)[:1 + bool(axial)]:
+        record, read, keys = _STAGES[sub]
+        rec = read(models); out[f'{sub}/{record}'] = file_sha256(Path(models)/sub/record)
+        for k in keys: out[f'{sub}/{record_file(models, sub, rec.get(k), rec.get(_SHA[k])).name}'] = rec[_SHA[k]]
+    return out
+
+def write_levels(models, settings:LevelSettings, offsets:Offsets) -> Path:
+    "Write `levels.json`: the settings, the offsets, and every file of the localiser and slice selector with its SHA-256 (`files`)"
     models = Path(models)
-    fn, man = models/LEVELS_FILE, read_manifest(models).get('levels') or {}
-    if not fn.is_file() or file_sha256(fn) != man.get('sha256'):
-        raise ModelIntegrityError(f"{fn}: missing, or its SHA-256 does not match {models/'manifest.json'}")
-    d = json.loads(fn.read_text())
-    files = [(models/'localizer'/n, h) for n, h in d['localizer'].items()] + [(axial_dir(models)/n, h) for n, h in d.get('axial', {}).items()]
-    for f, h in files:
-        if not f.is_file() or file_sha256(f) != h: raise ModelIntegrityError(f"{f}: missing, or its SHA-256 does not match {fn}")
-    o = d['offsets']
-    offsets = Offsets(*({k: tuple(v) for k, v in o[f].items()} for f in ('foraminal', 'subarticular')), o['counts'], o['learned'])
-    s = LevelSettings(**{'axial': 'nearest', **d['settings']})   # folders written before the slice selector chose the nearest slice
-    if s.axial == 'learned' and not d.get('axial'): raise ModelIntegrityError(f"{fn}: the axial slices are 'learned' but it lists no slice selector")
-    return s, offsets
+    return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), files=stage_files(models, settings.axial == 'learned')),
+                      models/LEVELS_FILE)
+
+class Levels(NamedTuple):
+    "What `read_levels` gives: the settings and offsets the columns were trained with, and the manifest whose `files` the stages' loaders check"
+    settings: LevelSettings
+    offsets: Offsets
+    manifest: dict
+
+def _old_levels(models) -> str:
+    return (f"{Path(models)/LEVELS_FILE}: written before lsdc listed the localiser's weights (safetensors) in the manifest; "
+            f"re-export them from pickles you trust with `lsdc.levels.reexport_levels('{models}')`, or, if you trust whoever "
+            f"made the pickles, load them with --trust-pickles (trust_pickles=True)")
+
+def read_levels(models,
+                manifest:dict|None=None,  # the folder's manifest (default: read it)
+                trust_pickles:bool=False, # accept a folder written before the localiser was saved as weights (its pickle is loaded)
+               ) -> Levels:
+    "The settings and offsets a models folder's columns were trained with, once `levels.json` and the files it lists are the manifest's"
+    models = Path(models); man = read_manifest(models) if manifest is None else manifest
+    listed = (man.get('files') or {}).get(LEVELS_FILE) or (man.get('levels') or {}).get('sha256')
+    fn = verified_path(models, LEVELS_FILE, listed)
+    try:
+        d = json.loads(fn.read_text()); s = checked_settings(LevelSettings, {'axial': 'nearest', **d['settings']}, _BOUNDS, str(fn), _CHOICES)
+        o = d['offsets']   # folders written before the slice selector took the nearest slice
+        offsets = Offsets(*({k: tuple(float(x) for x in v) for k, v in o[f].items()} for f in ('foraminal', 'subarticular')), o['counts'], o['learned'])
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ModelIntegrityError(f"{fn}: not a levels file of this lsdc ({type(e).__name__}: {e})") from None
+    if isinstance(d.get('files'), dict):
+        mf = man.get('files') or {}
+        differ = [k for k, h in d['files'].items() if mf.get(k) != h]
+        if differ: raise ModelIntegrityError(f"{fn}: lists {differ[0]}, which {models/'manifest.json'} does not list with the same SHA-256")
+        files = d['files']
+    elif trust_pickles:   # an earlier release's folder: the files as its levels.json lists them
+        files = {f'{sub}/{n}': h for sub in (LOCALIZER_DIR, AXIAL_DIR) for n, h in (d.get(sub) or {}).items()}
+    else: raise ModelIntegrityError(_old_levels(models))
+    need = [f'{LOCALIZER_DIR}/{LOCALIZER_RECORD}'] + [f'{AXIAL_DIR}/{AXIAL_RECORD}'] * (s.axial == 'learned')
+    if miss := [n for n in need if n not in files]:
+        raise ModelIntegrityError(f"{fn}: lists no {miss[0]}; the levels method needs its localiser{' and slice selector' * (s.axial == 'learned')}")
+    return Levels(s, offsets, {**man, 'files': {**(man.get('files') or {}), **files}})
 
 # %% ../nbs/05e_levels.ipynb #1fa79089
 def level_crops(data,                   # RSNA data folder or `RSNAData`
@@ -117,14 +158,34 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
                 split:str='test',       # the split whose studies are cut
                 n_workers:int|None=None,# workers of the crops
                 progress:bool=True,     # a line per step
+                trust_pickles:bool=False, # load the localiser's pickle (it runs code) instead of its weights and config
                ) -> Path:
     "Locate the levels of `split`'s studies with the final localiser and cut their crops as the models were trained; `dest`"
-    s, offsets = read_levels(models)
+    s, offsets, man = read_levels(models, trust_pickles=trust_pickles)
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
-    points = locate_levels(models, converted, d, split=split)
-    if s.axial == 'learned': points = select_axial(models, d, points, split=split, n_workers=n_workers)
+    points = locate_levels(models, converted, d, split=split, trust_pickles=trust_pickles, manifest=man)
+    if s.axial == 'learned': points = select_axial(models, d, points, split=split, n_workers=n_workers, manifest=man)
     idx, fail = make_crops(d, points[points.source == 'located'], dest, split=split, size=s.crop_size, crop_mm=s.crop_mm,
                            neighbours=s.neighbours, offsets=offsets, n_workers=n_workers)
     write_csv(points, Path(dest)/'points.csv')   # where the levels were found, for the reports
     if progress: print(f"crops of the {split} studies: {len(idx)} cut, {len(fail)} failed; {dest}", flush=True)
     return Path(dest)
+
+# %% ../nbs/05e_levels.ipynb #72478f6f
+def reexport_levels(models) -> list[str]:
+    "Save the localiser of an earlier release's levels folder as weights (its pickle is unpickled: a folder you trust), then `levels.json` and the manifest anew; the stages re-exported"
+    from lsdc.learners import collect_results   # the manifest's one writer
+    models = Path(models)
+    s, offsets, man = read_levels(models, trust_pickles=True)
+    done, rec = [], read_localizer_record(models, man)
+    if not rec.get('safetensors'):
+        learn, rec = load_localizer(models, trust_pickles=True, manifest=man)
+        oof = localizer_dir(models)/LOCALIZER_OOF
+        write_json({**rec, **export_localizer(learn, localizer_dir(models), LocalizerSettings(**rec['settings'])),
+                    'oof': LOCALIZER_OOF, 'oof_sha256': file_sha256(oof)}, localizer_dir(models)/LOCALIZER_RECORD)
+        done.append('localizer')
+    if s.axial == 'learned' and not (ax := read_axial_record(models, man)).get('oof_sha256'):
+        write_json({**ax, 'oof': AXIAL_OOF, 'oof_sha256': file_sha256(axial_dir(models)/AXIAL_OOF)}, axial_dir(models)/AXIAL_RECORD)
+        done.append('axial')
+    write_levels(models, s, offsets); collect_results(models, plots=False)
+    return done

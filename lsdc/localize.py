@@ -1,4 +1,4 @@
-"""Stage 1 of the levels method: a fastai learner that finds the five disc-level points (L1/L2 .. L5/S1) on the mid-sagittal Sagittal T2/STIR slice, out-of-fold for every training study and with a final model for the others. Owns `{models}/localizer/`: `localizer.pkl`, `localizer.json`, `oof_points.csv`, `levels.png` and `points.csv`.
+"""Stage 1 of the levels method: a fastai learner that finds the five disc-level points (L1/L2 .. L5/S1) on the mid-sagittal Sagittal T2/STIR slice, out-of-fold for every training study and with a final model for the others. Owns `{models}/localizer/`: `localizer.safetensors`, `localizer.json` (its record and config), `localizer.pkl`, `oof_points.csv`, `levels.png` and `points.csv`.
 
 Docs: https://lsdc-dev.github.io/lsdc/localize.html.md"""
 
@@ -10,19 +10,20 @@ import argparse, hashlib, json, logging, os, sys, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, NamedTuple
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd, torch, torchvision
 from torch import nn
 from PIL import Image
 from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from fastcore.script import call_parse
+from safetensors.torch import save_file, load_file
 from fastai.vision.all import (DataBlock, ImageBlock, PointBlock, ColReader, ColSplitter, Resize, ResizeMethod, aug_transforms,
                                Normalize, imagenet_stats, Learner, create_vision_model, create_body, model_meta, set_seed,
                                load_learner)
 from fastai.vision.learner import default_split
 from . import __version__
 from .core import LEVELS, condition_key, level_key, as_id, atomic_path, write_csv
-from .files import ModelIntegrityError, read_index, file_sha256, now, write_json
+from .files import ModelIntegrityError, read_index, file_sha256, now, write_json, record_file, listed_file, read_record
 from .data import DataError, load_rsna, series_dir
 from .geometry import GeometryError, read_geometry
 from .crops import POINT_COLUMNS, read_points, annotated_points
@@ -30,10 +31,12 @@ from .learners import resolve_arch, arch_name, load_body_weights, export_learner
 
 # %% auto #0
 __all__ = ['log', 'LOCATE_SERIES', 'FINAL_FOLD', 'MODEL_FILE', 'RECORD_FILE', 'OOF_FILE', 'POINTS_FILE', 'FIGURE_FILE',
-           'TARGET_COLUMNS', 'localizer_dir', 'spinal_points', 'level_targets', 'level_block', 'level_dls',
-           'soft_argmax', 'heatmap_head', 'LevelLoss', 'stride_cut', 'level_learner', 'study_folds', 'slice_spacing',
-           'point_errors', 'error_figures', 'plot_levels', 'LocalizerSettings', 'fit_localizer', 'predict_points',
-           'dicom_points', 'train_localizer', 'load_localizer', 'locate_levels', 'write_points', 'localize_cli']
+           'WEIGHTS_FILE', 'LOCALIZER_DIR', 'TARGET_COLUMNS', 'CONFIG_FORMAT', 'SIZE_BOUNDS', 'localizer_dir',
+           'spinal_points', 'level_targets', 'level_block', 'level_dls', 'soft_argmax', 'heatmap_head', 'LevelLoss',
+           'stride_cut', 'level_learner', 'study_folds', 'slice_spacing', 'point_errors', 'error_figures',
+           'plot_levels', 'LocalizerSettings', 'fit_localizer', 'predict_points', 'dicom_points', 'localizer_config',
+           'check_localizer_config', 'export_localizer', 'localizer_from_config', 'read_localizer_record',
+           'train_localizer', 'load_localizer', 'localizer_oof', 'locate_levels', 'write_points', 'localize_cli']
 
 # %% ../nbs/05c_localize.ipynb #1eded881
 log = logging.getLogger(__name__)
@@ -42,10 +45,12 @@ log = logging.getLogger(__name__)
 LOCATE_SERIES = 'Sagittal T2/STIR'   # the series whose middle slice the levels are found on
 FINAL_FOLD = -1                      # the `fold` of points located by the final model
 MODEL_FILE, RECORD_FILE, OOF_FILE, POINTS_FILE, FIGURE_FILE = 'localizer.pkl', 'localizer.json', 'oof_points.csv', 'points.csv', 'levels.png'
+WEIGHTS_FILE = 'localizer.safetensors'   # the final model's weights; `localizer.json` holds what rebuilds it
+LOCALIZER_DIR = 'localizer'
 
 def localizer_dir(models) -> Path:
     "The localizer's folder in a models folder"
-    return Path(models)/'localizer'
+    return Path(models)/LOCALIZER_DIR
 
 # %% ../nbs/05c_localize.ipynb #d36896b5
 def spinal_points(coords:pd.DataFrame, # `train_label_coordinates`: study_id, series_id, instance_number, condition, level, x, y
@@ -294,6 +299,60 @@ def dicom_points(rel, columns, rows) -> np.ndarray:
     "Points in -1..1 of their images (n, k, 2) as DICOM pixels of slices of `columns` x `rows` (n each)"
     return (np.asarray(rel, float) + 1) / 2 * np.stack([np.asarray(columns, float), np.asarray(rows, float)], -1)[:, None]
 
+# %% ../nbs/05c_localize.ipynb #2bf99ca1
+CONFIG_FORMAT = 'lsdc.localizer/1'   # the `format` of a localiser's config; another value is refused
+SIZE_BOUNDS = (8, 2048)              # the image sizes a config may ask for
+
+def localizer_config(learn, settings:LocalizerSettings) -> dict:
+    "What rebuilds a trained localiser around its weights: architecture, image size, augmentation and normalisation"
+    return dict(format=CONFIG_FORMAT, architecture=arch_name(settings.arch), size=int(settings.size), aug=bool(settings.aug),
+                normalize=bool(learn.dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize))), n_points=len(LEVELS))
+
+def check_localizer_config(config, name:str='a localiser config') -> dict:
+    "`config` once every value is one lsdc builds: its format, a torchvision architecture, a size within `SIZE_BOUNDS`; else `ModelIntegrityError`"
+    if not isinstance(config, dict) or config.get('format') != CONFIG_FORMAT:
+        raise ModelIntegrityError(f"{name}: not a localiser config of this lsdc (want format {CONFIG_FORMAT!r})")
+    a, size, lo, hi = config.get('architecture'), config.get('size'), *SIZE_BOUNDS
+    if not isinstance(a, str) or a not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelIntegrityError(f"{name}: architecture {a!r} is not a torchvision model lsdc knows; refusing to build it")
+    if not (isinstance(size, int) and not isinstance(size, bool) and lo <= size <= hi):
+        raise ModelIntegrityError(f"{name}: image size {size!r} is not a whole number in {lo}..{hi}")
+    if config.get('n_points') != len(LEVELS) or not all(isinstance(config.get(k), bool) for k in ('aug', 'normalize')):
+        raise ModelIntegrityError(f"{name}: n_points must be {len(LEVELS)} and aug, normalize true or false")
+    return config
+
+def export_localizer(learn, folder, settings:LocalizerSettings) -> dict:
+    "Write `localizer.safetensors` (float32, contiguous) atomically; its name, SHA-256 and config, for the record"
+    sd = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    st = Path(folder)/WEIGHTS_FILE
+    with atomic_path(st) as tmp: save_file(sd, tmp, metadata={'format': 'pt'})
+    return dict(safetensors=st.name, safetensors_sha256=file_sha256(st), config=localizer_config(learn, settings))
+
+def localizer_from_config(config:dict,  # a localiser record's `config`
+                          weights,      # its `localizer.safetensors`
+                          cpu:bool=True,# on the CPU, else on CUDA
+                         ):
+    "The localiser `config` describes, holding the weights of `weights`; nothing is unpickled"
+    c, device = check_localizer_config(config, str(weights)), torch.device('cpu' if cpu else 'cuda')
+    blank = Image.new('RGB', (8, 8))
+    table = pd.DataFrame({'image': [blank, blank], 'points': [np.zeros((len(LEVELS), 2), np.float32)] * 2, 'is_valid': [False, True]})
+    dls = level_block(c['size'], aug=c['aug']).dataloaders(table, bs=1, num_workers=0, device=device)
+    if c['normalize']: dls.add_tfms([Normalize.from_stats(*imagenet_stats, cuda=device.type == 'cuda')], 'after_batch')
+    with torch.random.fork_rng(devices=[]): learn = level_learner(dls, arch=c['architecture'])   # the caller's seed stays
+    try: learn.model.load_state_dict(load_file(weights), strict=True)
+    except RuntimeError as e: raise ModelIntegrityError(f"{weights}: does not fit a {c['architecture']} localiser ({str(e)[:300]})") from None
+    learn.model.to(device).eval()
+    return learn
+
+def read_localizer_record(models, manifest:dict|None=None) -> dict:
+    "The localiser's record `localizer.json` (with `manifest`: once it is listed there with its SHA-256)"
+    return read_record(models, f'{LOCALIZER_DIR}/{RECORD_FILE}', manifest, "no localizer; run `lsdc localize` first")
+
+def _old_localizer(models) -> str:
+    return (f"{localizer_dir(models)/RECORD_FILE}: the localiser has no safetensors weights (a models folder written before lsdc "
+            f"exported them); re-export them from pickles you trust with `lsdc.levels.reexport_levels('{models}')`, or, if you "
+            f"trust whoever made the pickles, load them with --trust-pickles (trust_pickles=True)")
+
 # %% ../nbs/05c_localize.ipynb #7d981c51
 def _located(table:pd.DataFrame, pts, fold) -> pd.DataFrame:
     "Points table rows (source `located`) of `table`'s studies: `pts` (n, 5, 2) DICOM pixels, `fold` per study"
@@ -358,13 +417,13 @@ def _inputs_key(table:pd.DataFrame, settings:LocalizerSettings, seed:int, folds:
     return h.hexdigest()
 
 def _finished(models, key:str) -> dict|None:
-    "The record of a finished localiser trained on inputs of SHA-256 `key`, its pickle intact; else None"
-    folder = localizer_dir(models)
-    try: rec = json.loads((folder/RECORD_FILE).read_text())
-    except (OSError, ValueError): return None
-    pkl = folder/str(rec.get('file', MODEL_FILE))
-    ok = rec.get('inputs_sha256') == key and (folder/OOF_FILE).is_file() and pkl.is_file() and file_sha256(pkl) == rec.get('sha256')
-    return rec if ok else None
+    "The record of a finished localiser trained on inputs of SHA-256 `key`, its files intact; else None"
+    try:
+        rec = read_localizer_record(models)
+        for f, h in (('file', 'sha256'), ('safetensors', 'safetensors_sha256'), ('oof', 'oof_sha256')):
+            record_file(models, LOCALIZER_DIR, rec.get(f), rec.get(h))
+    except (OSError, ModelIntegrityError): return None
+    return rec if rec.get('inputs_sha256') == key else None
 
 # %% ../nbs/05c_localize.ipynb #dbd6b453
 def train_localizer(converted,             # conversion folder (index.csv, or train/ and test/), from `lsdc convert`
@@ -403,28 +462,40 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     t1 = time.perf_counter()
     final = fit_localizer(table, settings=s, seed=seed + folds, device=device)
     pkl = export_learner(final, folder/MODEL_FILE)
-    say(f"localizer final model: trained on {len(table)} studies ({time.perf_counter() - t1:.0f} s) -> {pkl}")
-    write_csv(_located(table, dicom_points(rel, table['columns'], table['rows']), table.fold), folder/OOF_FILE)
+    safe = export_localizer(final, folder, s)
+    say(f"localizer final model: trained on {len(table)} studies ({time.perf_counter() - t1:.0f} s) -> {folder/safe['safetensors']}")
+    oof = write_csv(_located(table, dicom_points(rel, table['columns'], table['rows']), table.fold), folder/OOF_FILE)
     v = _validation(table, rel, data)
     _plot_fold0(table, rel, v, folder/FIGURE_FILE)
-    rec = dict(file=MODEL_FILE, sha256=file_sha256(pkl), settings=s._asdict(), seed=seed, folds=folds, method='heatmap soft-argmax',
+    rec = dict(file=MODEL_FILE, sha256=file_sha256(pkl), **safe, oof=OOF_FILE, oof_sha256=file_sha256(oof), settings=s._asdict(), seed=seed, folds=folds, method='heatmap soft-argmax',
                inputs_sha256=key, series=LOCATE_SERIES, n_studies=len(table), n_skipped=len(skipped), skipped={str(k): why for k, why in skipped.items()},
                validation=v, fold_models=fold_recs, seconds=time.perf_counter() - t0, lsdc_version=__version__, finished=now())
     write_json(rec, folder/RECORD_FILE)
     return rec
 
 # %% ../nbs/05c_localize.ipynb #3e80eb50
-def load_localizer(models, cpu:bool=True):
-    "The final localizer of a models folder, once its pickle matches the SHA-256 of `localizer.json`; and the record"
-    folder = localizer_dir(models)
-    if not (folder/RECORD_FILE).is_file(): raise FileNotFoundError(f"{folder/RECORD_FILE}: no localizer; run `lsdc localize` first")
-    rec = json.loads((folder/RECORD_FILE).read_text())
-    pkl = folder/rec['file']
-    if not pkl.is_file() or file_sha256(pkl) != rec['sha256']:
-        raise ModelIntegrityError(f"{pkl}: missing, or its SHA-256 does not match {folder/RECORD_FILE}")
-    with warnings.catch_warnings():   # fastai warns that pickles can run code: this one is the file its record names
-        warnings.filterwarnings('ignore', message='load_learner` uses Python', category=UserWarning)
-        return load_learner(pkl, cpu=cpu), rec
+def load_localizer(models,
+                   cpu:bool=True,            # on the CPU, else on CUDA
+                   trust_pickles:bool=False, # load the pickle (it runs code!) instead of the weights and config
+                   manifest:dict|None=None,  # the models folder's manifest: every file read must be listed there too
+                  ):
+    "The final localiser of a models folder, from its verified weights and config (or its verified pickle); and the record"
+    rec, where = read_localizer_record(models, manifest), localizer_dir(models)/RECORD_FILE
+    if trust_pickles:
+        pkl = record_file(models, LOCALIZER_DIR, rec.get('file'), rec.get('sha256'), where, manifest)
+        with warnings.catch_warnings():   # fastai warns that pickles can run code: the caller chose to trust this one
+            warnings.filterwarnings('ignore', message='load_learner` uses Python', category=UserWarning)
+            return load_learner(pkl, cpu=cpu), rec
+    if not rec.get('safetensors'): raise ModelIntegrityError(_old_localizer(models))
+    st = record_file(models, LOCALIZER_DIR, rec['safetensors'], rec.get('safetensors_sha256'), where, manifest)
+    return localizer_from_config(rec.get('config'), st, cpu=cpu), rec
+
+def localizer_oof(models, rec:dict, manifest:dict|None=None, trust_pickles:bool=False) -> pd.DataFrame:
+    "The out-of-fold points table the record names, verified as its weights are"
+    if rec.get('oof_sha256') is None and trust_pickles: fn = record_file(models, LOCALIZER_DIR, OOF_FILE, file_sha256(localizer_dir(models)/OOF_FILE))
+    elif rec.get('oof_sha256') is None: raise ModelIntegrityError(_old_localizer(models))
+    else: fn = record_file(models, LOCALIZER_DIR, rec.get('oof'), rec.get('oof_sha256'), localizer_dir(models)/RECORD_FILE, manifest)
+    return pd.read_csv(fn)
 
 def _studies(data, index:pd.DataFrame, split:str|None=None) -> set:
     "The studies the data set lists for `split` (default: every split it holds), else those of the conversion"
@@ -441,11 +512,14 @@ def locate_levels(models,      # models folder with `localizer/`
                   data=None,   # RSNA data folder or `RSNAData`: its studies without a Sagittal T2/STIR series are named
                   split:str|None=None, # the split of `data` whose studies are expected (default: every split it holds)
                   cpu:bool|None=None, # run the final model on the CPU (default: when there is no GPU)
+                  trust_pickles:bool=False, # load the localiser's pickle (it runs code) instead of its weights and config
+                  manifest:dict|None=None,  # the models folder's manifest: the localiser's files must be listed there
                  ) -> pd.DataFrame:
     "The five level points (`POINT_COLUMNS`, source `located`) of each study with a converted Sagittal T2/STIR series"
-    learn, rec = load_localizer(models, cpu=not torch.cuda.is_available() if cpu is None else cpu)
+    learn, rec = load_localizer(models, cpu=not torch.cuda.is_available() if cpu is None else cpu, trust_pickles=trust_pickles,
+                                manifest=manifest)
     index = read_index(converted)
-    oof = pd.read_csv(localizer_dir(models)/OOF_FILE)
+    oof = localizer_oof(models, rec, manifest, trust_pickles)
     trained = set(zip(oof.study_id, oof.series_id))
     t2 = index[index.series_description == LOCATE_SERIES]
     t2 = _pick_series(t2, pd.Series([(s, r) in trained for s, r in zip(t2.study_id, t2.series_id)]))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import quote
 import cv2, numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from PIL import Image
@@ -535,11 +536,21 @@ def html_table(t:Table, skip=()) -> str:
     return f'<table{_attrs(t.cls)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 # %% ../nbs/08_report.ipynb #4530ab0e
-def _md_text(s:str) -> str: return ' '.join(str(s).split()).replace('|', '\\|')
+_MD_ESCAPES = str.maketrans({c: '\\' + c for c in '\\[]|'})
+
+def _md_text(s) -> str:
+    "Outside text as Markdown: one line, `& < >` as HTML entities (no tag gets through), `\\ [ ] |` backslash-escaped (no link, no new table cell)"
+    return html.escape(' '.join(str(s).split()), quote=False).translate(_MD_ESCAPES)
+
+def _md_code(s) -> str:
+    "Text in a code span, which shows entities and backslashes as they are: one line, no backtick, `|` escaped for the table"
+    return ' '.join(str(s).split()).replace('`', "'").replace('|', '\\|')
+
+def _md_href(h) -> str: return quote(str(h), safe='/#')
 
 def _md_cell(c:Cell) -> str:
-    s = f'`{_md_text(c.text)}`' if c.code else _md_text(c.text)
-    if c.links and 'md' in c.links: s = f'[{s}]({c.links["md"]})'
+    s = f'`{_md_code(c.text)}`' if c.code else _md_text(c.text)
+    if c.links and 'md' in c.links: s = f'[{s}]({_md_href(c.links["md"])})'
     if c.bold: s = f'**{s}**'
     return ' '.join([s, *(_md_text(v) for _, v in c.lines)])
 
@@ -641,7 +652,7 @@ def render_study_html(rep:StudyReport,     # from `study_report`
     "A self-contained HTML page (inline CSS, images as data URIs) for one study"
     back = f'<p><a href="{_esc(index_href)}">&larr; all studies</a></p>' if index_href else ''
     notes = ''.join(f'<p class="note">{_esc(p)}</p>' for p in rep.problems)
-    body = f"""{back}<h1>Lumbar spine MRI: study {rep.study_id}</h1>
+    body = f"""{back}<h1>Lumbar spine MRI: study {_esc(rep.study_id)}</h1>
 <p class="sub">{_esc(rep.summary)}</p>
 <div class="disclaimer">{_esc(_disclaimer(rep.crops_used))}</div>
 {notes}
@@ -663,22 +674,23 @@ def _crop_cams_md(rep:StudyReport, above, figures:dict|None) -> list[str]:
     out = ['- Grad-CAM heatmaps for the findings above Normal/Mild, on their level crops:']
     for col in above:
         c, f = rep.cams[col], (figures or {}).get(col)
-        if c.cam is None: out.append(f'  - {_finding_name(col)}: not available ({c.problem.text})'); continue
-        out.append(f'  - {_finding_name(col)} on {_cam_source(col, c)}' + (f': ![Grad-CAM {col}]({f})' if f else ' (in the HTML page)'))
+        if c.cam is None: out.append(f'  - {_finding_name(col)}: not available ({_md_text(c.problem.text)})'); continue
+        out.append(f'  - {_finding_name(col)} on {_md_text(_cam_source(col, c))}'
+                   + (f': ![Grad-CAM {_md_text(col)}]({_md_href(f)})' if f else ' (in the HTML page)'))
     return out
 
 def _images_md(rep:StudyReport, figures:dict|None=None) -> list[str]:
     "One line per image and for the heatmaps: what the HTML page shows"
     out = []
     for d, im in rep.images.items():
-        if im.gray is None: out.append(f'- {d}: {im.problem.text}')
-        else: out.append(f'- {d}, middle slice of series {im.series_id or "?"}: '
+        if im.gray is None: out.append(f'- {_md_text(d)}: {_md_text(im.problem.text)}')
+        else: out.append(f'- {_md_text(d)}, middle slice of series {_md_text(im.series_id or "?")}: '
                          + (f'levels marked at the {im.mark_source}' if im.mark_source else 'levels not marked (no coordinates and no Grad-CAM)'))
     above = rep.findings[rep.findings.grade != GRADES[0]]
     if len(above) and rep.crops_used and rep.gradcam_used: out += _crop_cams_md(rep, above.column, figures)
     elif len(above):
         out.append('- Grad-CAM heatmaps for the findings above Normal/Mild: ' + (
-            ', '.join(f'{_finding_name(c)} ({"shown" if rep.cams[c].cam is not None else rep.cams[c].problem.text})' for c in above.column)
+            ', '.join(f'{_finding_name(c)} ({"shown" if rep.cams[c].cam is not None else _md_text(rep.cams[c].problem.text)})' for c in above.column)
             if rep.gradcam_used else 'not computed (no learners given)'))
     return out
 
@@ -688,12 +700,12 @@ def render_study_markdown(rep:StudyReport,          # from `study_report`
                          ) -> str:
     "A Markdown report of one study: the disclaimer, the findings tables, and what the images show"
     disclaimer = _disclaimer(rep.crops_used)
-    out = [f'# Lumbar spine MRI: study {rep.study_id}', '', f'**{disclaimer}**', '', rep.summary, '']
-    out += [f'> Note: {p}' for p in rep.problems] + ([''] if rep.problems else [])
+    out = [f'# Lumbar spine MRI: study {_md_text(rep.study_id)}', '', f'**{disclaimer}**', '', _md_text(rep.summary), '']
+    out += [f'> Note: {_md_text(p)}' for p in rep.problems] + ([''] if rep.problems else [])
     out += ['## Findings by condition and level', '']
     for c in CONDITIONS: out += [f'### {_cond_name(c)}', '', md_table(_detail_table(rep, c)), '']
     out += ['## Images', '', *_images_md(rep, figures)]
-    if html_name: out += ['', f'The images are in [{html_name}]({html_name}).']
+    if html_name: out += ['', f'The images are in [{_md_text(html_name)}]({_md_href(html_name)}).']
     out += ['', f'_{disclaimer}_', '']
     return '\n'.join(out)
 

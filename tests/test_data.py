@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pydicom, pytest
 
 from lsdc.core import *
-from lsdc.data import DataError, DataWarning, load_rsna, long_labels, pick_series, series_dir
+from lsdc.data import DataError, DataWarning, load_rsna, long_labels, pick_series, read_coords, series_dir
 from lsdc.synth import make_synthetic
 
 KAGGLE_COLUMNS = {
@@ -143,6 +143,47 @@ def test_unknown_coordinate_level(folder):
         load_rsna(folder)
 
 
+def _bad_x(df):
+    df.loc[3, "x"] = "12,5"
+    return df
+
+def _spinal_l4_l5_twice(df):
+    i = df.index[(df.condition == "Spinal Canal Stenosis") & (df.level == "L4/L5")][0]
+    return pd.concat([df, df.loc[[i]].assign(x="1.0")], ignore_index=True)
+
+def _coord_row(folder, i):
+    r = pd.read_csv(folder / "train_label_coordinates.csv").iloc[i]
+    return f"study {r.study_id} {r.condition} {r.level}"
+
+
+def test_non_numeric_coordinate(folder):
+    _edit(folder / "train_label_coordinates.csv", _bad_x)
+    with pytest.raises(DataError, match=rf"train_label_coordinates.csv: x must be a finite number; bad value\(s\) at row 5 \({_coord_row(folder, 3)}\): '12,5'"):
+        load_rsna(folder)
+
+
+def test_duplicate_coordinates(folder):
+    "Two points for one study's canal at L4/L5 would leave the crops and levels stages to pick one: the rows are named"
+    f = folder / "train_label_coordinates.csv"
+    _edit(f, _spinal_l4_l5_twice)
+    c = pd.read_csv(f)
+    i = c.index[(c.condition == "Spinal Canal Stenosis") & (c.level == "L4/L5")][0]
+    with pytest.raises(DataError, match=rf"{f}: 1 point\(s\) given more than once, at rows {i+2}, {len(c)+1} \({_coord_row(folder, i)}\); keep one row"):
+        read_coords(f)
+    with pytest.raises(DataError, match=rf"rows {i+2}, {len(c)+1} \({_coord_row(folder, i)}\)"):
+        load_rsna(folder)
+
+
+@pytest.mark.parametrize("edit,row", [(_bad_x, "row 5 "), (_spinal_l4_l5_twice, "given more than once, at rows ")])
+def test_cli_check_bad_coordinates(folder, edit, row):
+    "`lsdc check` on a bad coordinates file: one line naming the rows, exit status 1, no traceback"
+    _edit(folder / "train_label_coordinates.csv", edit)
+    r = subprocess.run([sys.executable, "-m", "lsdc.cli", "check", str(folder)], capture_output=True, text=True)
+    out = (r.stdout + r.stderr).splitlines()
+    assert r.returncode == 1 and len(out) == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert out[0].startswith("lsdc check: ") and "train_label_coordinates.csv" in out[0] and row in out[0], out
+
+
 def test_missing_folder():
     with pytest.raises(DataError, match="data folder not found"):
         load_rsna("/nonexistent/rsna")
@@ -261,4 +302,4 @@ def test_cli_synth_then_check(tmp_path):
     assert r.returncode == 1 and "already holds a data set" in r.stdout
     (dest / "train.csv").write_text("study_id\n1\n")
     r = run("check", str(dest))
-    assert r.returncode == 1 and "train.csv: missing column(s) spinal_canal_stenosis_l1_l2" in r.stdout
+    assert r.returncode == 1 and "train.csv: missing column(s) spinal_canal_stenosis_l1_l2" in r.stderr and not r.stdout

@@ -301,7 +301,7 @@ def test_truncated_safetensors_stops_predict(trained, synth_data, tmp_path):
     fn = m/f'{MODEL_COLS[1]}.safetensors'
     fn.write_bytes(fn.read_bytes()[:1000])
     r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
-    assert r.returncode == 1 and f'lsdc predict: {fn}: SHA-256 ' in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 1 and f'lsdc predict: {fn}: SHA-256 ' in r.stderr, (r.stdout, r.stderr)
     assert not (tmp_path/'sub.csv').exists()
 
 def test_models_from_before_safetensors(trained, synth_data, tmp_path):
@@ -317,7 +317,7 @@ def test_models_from_before_safetensors(trained, synth_data, tmp_path):
     with pytest.raises(ModelIntegrityError, match=r"has no safetensors weights .*reexport_safe\(.*--trust-pickles"):
         load_column_learner(m, MODEL_COLS[0])
     r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
-    assert r.returncode == 1 and 'has no safetensors weights' in r.stdout and '--trust-pickles' in r.stdout, r.stdout
+    assert r.returncode == 1 and 'has no safetensors weights' in r.stderr and '--trust-pickles' in r.stderr, r.stderr
     trusted = load_column_learner(m, MODEL_COLS[0], trust_pickles=True)
     assert reexport_safe(m) == MODEL_COLS
     for col in MODEL_COLS: assert sha(m/f'{col}.safetensors') == sha(trained/'models'/f'{col}.safetensors')
@@ -332,7 +332,7 @@ def test_unparseable_manifest(trained, synth_data, tmp_path):
     good = json.loads((m/'manifest.json').read_text())
     (m/'manifest.json').write_text((m/'manifest.json').read_text()[:300])
     r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
-    assert r.returncode == 1 and f"lsdc predict: {m/'manifest.json'}: unreadable manifest" in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 1 and f"lsdc predict: {m/'manifest.json'}: unreadable manifest" in r.stderr, (r.stdout, r.stderr)
     assert not (tmp_path/'sub.csv').exists()
     r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
     assert r.stdout.count('already trained, skipped') == 2, r.stdout           # nothing retrained: only rebuilt
@@ -369,10 +369,11 @@ def test_killed_training_resumes(trained, synth_data, tmp_path):
     assert proc.returncode == -signal.SIGKILL and not (m/f'{second}.pkl').exists()
     done = model_files(m, first)
     proc = subprocess.Popen(train, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: (m/'_work'/second/'best.pth').exists(), timeout=600)       # the second, after an epoch
+    kill_when(proc, lambda: any((m/'_work').glob(f'{second}.*/best.pth')), timeout=600)   # the second, after an epoch
     assert proc.returncode == -signal.SIGKILL and not (m/'results'/f'{second}.json').exists()
-    (m/f'.{second}.pkl.x7k2.pkl.tmp').write_bytes(b'half a pickle')                   # as a kill inside a write leaves
-    (m/'results'/f'.{second}.json.q1w2.json.tmp').write_text('{"column": ')
+    from lsdc.core import owner_tag                                                     # the killed run owned these:
+    (m/f'.{second}.pkl.{owner_tag(proc.pid)}.x7k2.pkl.tmp').write_bytes(b'half a pickle')   # as a kill inside a write leaves
+    (m/'results'/f'.{second}.json.{owner_tag(proc.pid)}.q1w2.json.tmp').write_text('{"column": ')
     r = subprocess.run(train, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f'{first}: already trained, skipped' in r.stdout and f'{second}: training' in r.stdout, r.stdout
@@ -391,7 +392,8 @@ def test_killed_prediction_reruns_to_the_same_submission(trained, synth_data, tm
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, lambda: (out/'conv'/'index.csv').exists())                          # converted: now predicting
     assert proc.returncode == -signal.SIGKILL and not (out/'submission.csv').exists()
-    (out/'.submission.csv.k9d2.csv.tmp').write_text('row_id,normal_mild\n')              # as a kill inside the write leaves
+    from lsdc.core import owner_tag
+    (out/f'.submission.csv.{owner_tag(proc.pid)}.k9d2.csv.tmp').write_text('row_id,normal_mild\n')   # as a kill inside the write leaves
     lsdc_ok(*predict_args(synth_data, trained/'models', out/'submission.csv', out/'conv'))
     for name in ('submission.csv', 'submission_sources.csv'):
         assert (out/name).read_bytes() == (tmp_path/'ref'/name).read_bytes(), name

@@ -39,10 +39,10 @@ def test_manifest_lists_the_levels_files(run):
     assert {c: e['inputs'] for c, e in man['columns'].items()} == {c: 'levels' for c in COLS}
     assert man['levels']['sha256'] == file_sha256(m/'levels.json')
     lv = json.loads((m/'levels.json').read_text())
-    assert lv['settings']['crop_size'] == 32 and lv['localizer']
-    for name, h in lv['localizer'].items(): assert file_sha256(m/'localizer'/name) == h
-    assert lv['settings']['axial'] == 'learned' and sorted(lv['axial']) == ['axial.json', 'axial.safetensors']
-    for name, h in lv['axial'].items(): assert file_sha256(m/'axial'/name) == h
+    assert lv['settings']['crop_size'] == 32 and lv['settings']['axial'] == 'learned'
+    assert sorted(lv['files']) == ['axial/axial.json', 'axial/axial.safetensors', 'axial/oof_slices.csv', 'localizer/localizer.json',
+                                   'localizer/localizer.pkl', 'localizer/localizer.safetensors', 'localizer/oof_points.csv']
+    for name, h in lv['files'].items(): assert file_sha256(m/name) == h == man['files'][name]
     assert 'axial slices: final model' in run['train'] and 'out of fold, the annotated axial slice of' in run['train']
 
 
@@ -81,7 +81,7 @@ def test_axial_nearest_needs_no_selector(run, tmp_path):
         prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'bad', settings=s._replace(axial='best'))
     dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False)
     assert not (models/'axial').exists()
-    assert json.loads((models/'levels.json').read_text())['axial'] == {}
+    assert not [f for f in json.loads((models/'levels.json').read_text())['files'] if f.startswith('axial/')]
     crops = read_index(dest)
     sub = crops[(crops.source == 'located') & crops.column.str.contains('subarticular')]
     assert len(sub) and not any('axial' in png_info(p)['params'] for p in sub.image)
@@ -158,3 +158,143 @@ def test_second_run_reuses_the_localiser_and_crops(run):
     out = lsdc(*train_args(w, run['data'])).stdout
     assert 'localizer: reused' in out and 'axial slices: reused' in out and '(0 new)' in out, out[-3000:]
     assert (file_sha256(pkl), pkl.stat().st_mtime_ns) == before
+
+
+# ---------------------------------------------------------------- a stranger's models folder runs no code
+class Payload:
+    "A pickle that, when loaded, writes a marker file: what an attacker's pickle would do instead"
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def write_payload(fn, marker) -> str:
+    import pickle
+    Path(fn).parent.mkdir(parents=True, exist_ok=True)
+    Path(fn).write_bytes(pickle.dumps(Payload(marker)))
+    return file_sha256(fn)
+
+
+def predict_folder(run, m, tmp_path, *extra):
+    "`lsdc predict` on models folder `m`, in this process (as the command line runs it): exit code and what it printed"
+    import contextlib, io
+    from lsdc.cli import main
+    w, out = run['w'], io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(['predict', *map(str, (run['data'], m, tmp_path/'sub.csv', '--converted', w/'conv'/'test', '--workers', 1, *extra))])
+    return code, out.getvalue()
+
+
+def one_error_line(out: str) -> str:
+    lines = [l for l in out.splitlines() if l.startswith('lsdc predict:')]
+    assert len(lines) == 1 and 'Traceback' not in out, out[-3000:]
+    return lines[0]
+
+
+def test_the_reported_attack_runs_no_code(run, tmp_path):
+    "manifest.json with only a `levels` entry, levels.json with an empty localiser, localizer.json naming a payload pickle by an absolute path"
+    marker, m = tmp_path/'pwned', tmp_path/'models'
+    evil = tmp_path/'elsewhere'/'evil.pkl'
+    h = write_payload(evil, marker)
+    (m/'localizer').mkdir(parents=True)
+    (m/'localizer'/'localizer.json').write_text(json.dumps({'file': str(evil), 'sha256': h}))
+    lv = json.loads((run['w']/'models'/'levels.json').read_text())
+    (m/'levels.json').write_text(json.dumps({'settings': {**lv['settings'], 'axial': 'nearest'}, 'offsets': lv['offsets'], 'localizer': {}}))
+    (m/'manifest.json').write_text(json.dumps({'levels': {'file': 'levels.json', 'sha256': file_sha256(m/'levels.json')}}))
+    code, out = predict_folder(run, m, tmp_path)
+    assert not marker.exists(), 'the payload ran'
+    assert code != 0 and 'levels.json' in one_error_line(out)
+
+
+def attacked(run, tmp_path, name):
+    "A copy of the genuine models folder to attack"
+    m = tmp_path/name; shutil.copytree(run['w']/'models', m)
+    return m
+
+
+def relist(m, **extra):
+    "Make the manifest and levels.json vouch for the stages' records as they are now, and for `extra` files (an attacker controls the whole folder)"
+    man, lv = json.loads((m/'manifest.json').read_text()), json.loads((m/'levels.json').read_text())
+    lv['files'] = lv.get('files', {}) | {f'{sub}/{sub}.json': file_sha256(m/sub/f'{sub}.json') for sub in ('localizer', 'axial')} | extra
+    for sub in ('localizer', 'axial'):   # and as an earlier release's levels.json listed them, so that the attack is one on it too
+        lv[sub] = {fn.name: file_sha256(fn) for fn in sorted((m/sub).iterdir()) if fn.suffix in ('.pkl', '.json', '.safetensors')}
+    (m/'levels.json').write_text(json.dumps(lv))
+    man['files'] = {**lv['files'], 'levels.json': file_sha256(m/'levels.json')}
+    man['levels'] = {'file': 'levels.json', 'sha256': file_sha256(m/'levels.json')}
+    (m/'manifest.json').write_text(json.dumps(man))
+
+
+def edit_record(m, sub, **changes):
+    fn = m/sub/f'{sub}.json'
+    fn.write_text(json.dumps({**json.loads(fn.read_text()), **changes}))
+
+
+@pytest.mark.parametrize('variant', ['pickle_beside_localiser', 'up_and_out', 'absolute', 'symlink_out', 'unlisted_oof',
+                                     'column_pickle', 'unknown_arch'])
+def test_attack_variants_run_no_code_and_read_nothing_outside(run, tmp_path, variant):
+    "Each way a folder could make `lsdc predict` unpickle, or read a file outside it, or build what its config asks: refused in one line"
+    marker, m = tmp_path/'pwned', attacked(run, tmp_path, 'models')
+    loc = m/'localizer'
+    outside, out_pkl = tmp_path/'outside.safetensors', tmp_path/'outside.pkl'   # copies of the genuine files, outside the folder
+    for f, o in (('localizer.safetensors', outside), ('localizer.pkl', out_pkl)):
+        if (loc/f).exists(): shutil.copy(loc/f, o)     # (an earlier release's folder has no safetensors)
+    h, hp = (file_sha256(o) if o.exists() else None for o in (outside, out_pkl))
+    if variant == 'pickle_beside_localiser':       # the record names only a payload pickle, as an earlier release's would
+        rec = json.loads((loc/'localizer.json').read_text())
+        p = write_payload(loc/'evil.pkl', marker)
+        (loc/'localizer.json').write_text(json.dumps({k: v for k, v in rec.items() if not k.startswith('safetensors')} | {'file': 'evil.pkl', 'sha256': p}))
+        relist(m, **{'localizer/evil.pkl': p}); expect = 'localizer.json: the localiser has no safetensors weights'
+    elif variant in ('up_and_out', 'absolute'):    # the record names files outside the folder, listed with their true hashes
+        st, pk = (('../../outside.safetensors', '../../outside.pkl') if variant == 'up_and_out' else (str(outside), str(out_pkl)))
+        edit_record(m, 'localizer', safetensors=st, file=pk); relist(m, **{f'localizer/{st}': h, f'localizer/{pk}': hp})
+        expect = 'outside the models folder'
+    elif variant == 'symlink_out':                 # the weights and the pickle are symlinks to files outside, of the same content
+        for f, o in (('localizer.safetensors', outside), ('localizer.pkl', out_pkl)):
+            if o.exists(): (loc/f).unlink(); (loc/f).symlink_to(o)
+        expect = 'outside the models folder'
+    elif variant == 'unlisted_oof':                # the out-of-fold table is one the manifest does not list
+        (loc/'other.csv').write_text((loc/'oof_points.csv').read_text())
+        edit_record(m, 'localizer', oof='other.csv', oof_sha256=file_sha256(loc/'other.csv')); relist(m); expect = 'other.csv: not listed'
+    elif variant == 'column_pickle':               # the only model of a column is a payload pickle, listed with its hash
+        col = COLS[0]; man = json.loads((m/'manifest.json').read_text())
+        man['columns'][col] |= {'pickle': f'{col}.pkl', 'sha256': write_payload(m/f'{col}.pkl', marker), 'safetensors': None}
+        (m/'manifest.json').write_text(json.dumps(man)); expect = f'{col} has no safetensors weights'
+    elif variant == 'unknown_arch':                # a config that would have timm fetch a model from the network
+        cfg = json.loads((loc/'localizer.json').read_text()).get('config', {})
+        edit_record(m, 'localizer', config={**cfg, 'architecture': 'hf-hub:someone/model'}); relist(m); expect = "'hf-hub:someone/model'"
+    code, out = predict_folder(run, m, tmp_path)
+    assert not marker.exists(), 'the payload ran'
+    assert code != 0 and expect in one_error_line(out), out[-2000:]
+
+
+def test_trusted_genuine_folder_predicts(run, tmp_path):
+    "With --trust-pickles a genuine folder predicts from its pickles, the localiser's too, as it does from the safetensors"
+    code, out = predict_folder(run, run['w']/'models', tmp_path, '--trust-pickles')
+    assert code == 0, out[-3000:]
+    a, b = pd.read_csv(tmp_path/'sub.csv'), pd.read_csv(run['w']/'submission.csv')
+    assert a.row_id.tolist() == b.row_id.tolist()
+    pa, pb = (pd.read_csv(d/'points.csv').sort_values(['study_id', 'level']) for d in (tmp_path/'sub_crops', run['w']/'submission_crops'))
+    assert (pa[['x', 'y']].to_numpy() - pb[['x', 'y']].to_numpy()).__abs__().max() < 1e-3   # the localiser's pickle and weights agree
+    assert (a[list(GRADE_KEYS)] - b[list(GRADE_KEYS)]).abs().max().max() < 1e-3        # (a crop cut 1e-5 px apart moves a grade by 1e-4)
+
+
+def test_folder_of_an_earlier_release(run, tmp_path):
+    "A levels folder written before the localiser was saved as weights: refused with the re-export message, then re-exported"
+    from lsdc.levels import reexport_levels, read_levels
+    from lsdc.learners import collect_results
+    m = attacked(run, tmp_path, 'models')
+    rec = json.loads((m/'localizer'/'localizer.json').read_text())
+    (m/'localizer'/'localizer.json').write_text(json.dumps({k: v for k, v in rec.items() if k.split('_')[0] not in ('safetensors', 'config', 'oof')}))
+    (m/'localizer'/'localizer.safetensors').unlink()
+    lv = json.loads((m/'levels.json').read_text())
+    old = {'settings': lv['settings'], 'offsets': lv['offsets'],
+           **{sub: {fn.name: file_sha256(fn) for fn in sorted((m/sub).glob(f'{sub}.*')) if fn.suffix in ('.pkl', '.json', '.safetensors')}
+              for sub in ('localizer', 'axial')}}
+    (m/'levels.json').write_text(json.dumps(old))
+    man = json.loads((m/'manifest.json').read_text()); man.pop('files', None)
+    man['levels'] = {'file': 'levels.json', 'sha256': file_sha256(m/'levels.json')}; (m/'manifest.json').write_text(json.dumps(man))
+    code, out = predict_folder(run, m, tmp_path)
+    assert code != 0 and 'reexport_levels' in one_error_line(out) and '--trust-pickles' in out
+    assert reexport_levels(m) == ['localizer']
+    assert (m/'localizer'/'localizer.safetensors').is_file() and read_levels(m).settings.crop_size == 32
+    code, out = predict_folder(run, m, tmp_path)
+    assert code == 0, out[-3000:]

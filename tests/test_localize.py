@@ -154,13 +154,14 @@ def test_missing_series_is_named(trained, synth, tmp_path):
     assert gone not in set(loc.study_id) and loc.study_id.nunique() == len(set(read_index(conv).study_id)) - 1
 
 
-def test_tampered_model_is_refused(trained, synth, tmp_path):
-    "A localizer.pkl that does not match its record is refused"
+@pytest.mark.parametrize('name', ['localizer.safetensors', 'localizer.pkl', 'oof_points.csv'])
+def test_tampered_model_is_refused(trained, synth, tmp_path, name):
+    "A localiser file that does not match its record is refused (the pickle where it would be loaded: with trust_pickles)"
     models = tmp_path/"models"
     shutil.copytree(trained.models/"localizer", models/"localizer")
-    with open(models/"localizer"/"localizer.pkl", "ab") as f: f.write(b"0")
-    with pytest.raises(ValueError, match="SHA-256 does not match"):
-        locate_levels(models, synth.conv)
+    with open(models/"localizer"/name, "ab") as f: f.write(b"0")
+    with pytest.raises(ValueError, match=f"{name}: SHA-256 .* does not match"):
+        locate_levels(models, synth.conv, trust_pickles=name == 'localizer.pkl')
 
 
 def test_cli(synth, tmp_path):

@@ -11,8 +11,8 @@ import cv2, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
 from lsdc.core import GRADE_KEYS, GRADES, LABEL_COLUMNS, LEVELS
-from lsdc.report import (CROPS_DISCLAIMER, DISCLAIMER, ReportWarning, gradcam, overlay_heatmap, read_rgb, report_cli,
-                         write_reports, _LEVEL_COLOURS)
+from lsdc.report import (CROPS_DISCLAIMER, DISCLAIMER, ReportWarning, gradcam, overlay_heatmap, read_rgb, render_study_html,
+                         render_study_markdown, report_cli, study_report, write_reports, _LEVEL_COLOURS)
 
 A, B = 'spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l5_s1'   # a severe and a moderate finding with crops
 C = 'right_subarticular_stenosis_l3_l4'                                          # a moderate finding without a crop
@@ -165,3 +165,39 @@ def test_cli_with_crops_and_points(study, capsys):
     assert CROPS_DISCLAIMER in (study['out']/'index.md').read_text()
     assert report_cli(**args, crops=str(study['conv'])) == 2                  # a conversion folder is not a crops folder
     assert 'not a level-crop index' in capsys.readouterr().err
+
+
+def test_outside_text_reaches_the_pages_as_text(study):
+    "A path in a problem (from the conversion index) and a series description: escaped in HTML and Markdown, `|` too"
+    bad = '<script>alert(1)</script> | x'
+    idx = pd.read_csv(study['conv']/'index.csv')
+    idx.loc[idx.series_id == 81, 'png'] = f'8/{bad}.png'
+    idx.to_csv(study['conv']/'index.csv', index=False)
+    with pytest.warns(ReportWarning, match='study 8'):
+        write_reports(study['sub'], study['conv'], study['out'], px=PX)
+    out, esc = study['out'], '&lt;script&gt;alert(1)&lt;/script&gt;'
+    for f in ('study_8.md', 'study_8.html', 'index.md', 'index.html'):
+        page = (out/f).read_text()
+        assert '<script' not in page and f'{esc} | x.png does not exist' in page.replace('\\|', '|'), f
+    assert f'{esc} \\| x.png' in (out/'study_8.md').read_text()
+    line = [l for l in (out/'index.md').read_text().splitlines() if l.startswith('| [8]')]
+    assert len(line) == 1 and len(re.findall(r'(?<!\\)\|', line[0])) == 4      # still three cells
+    rep = study_report(7, study['sub'], {bad: study['conv']/'7/71.png'})          # a description as a heading of an image
+    md, html = render_study_markdown(rep), render_study_html(rep, px=PX)
+    assert '<script' not in md + html and f'- {esc} \\| x, middle slice' in md and f'<b>{esc} | x</b>, middle slice' in html
+
+
+@pytest.mark.parametrize('where', ['absolute', 'up', 'symlink'])
+def test_index_paths_outside_the_folder_are_not_embedded(study, tmp_path, where):
+    "A foreign index.csv whose png leads outside its folder (absolute, `..`, a symlink out) embeds nothing from there"
+    secret = tmp_path/'secret'/'private.png'; secret.parent.mkdir()
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(secret)              # a readable image the report must not show
+    idx = pd.read_csv(study['conv']/'index.csv')
+    if where == 'symlink': (study['conv']/'link').symlink_to(secret.parent)
+    idx.loc[idx.series_id == 72, 'png'] = {'absolute': str(secret), 'up': '../secret/private.png', 'symlink': 'link/private.png'}[where]
+    idx.to_csv(study['conv']/'index.csv', index=False)
+    with pytest.warns(UserWarning, match='1 rows name an image outside the folder'):
+        write_reports(study['sub'], study['conv'], study['out'], px=PX)
+    html = (study['out']/'study_7.html').read_text()
+    assert not [a for a, img in _figures(html).items() if (img == 7).all()], 'the outside image was embedded'
+    assert 'Sagittal T2/STIR' in html and 'private.png' not in html
