@@ -181,8 +181,12 @@ def fsync_path(p) -> None:
     FSYNC['calls'] += 1; FSYNC['seconds'] += time.perf_counter() - t0
 
 @contextmanager
-def atomic_path(dest, suffix:str=''):
-    "Yield a temporary path next to `dest` (named for its owner); `fsync` it, rename it to `dest` and `fsync` the folder, only if the block succeeds"
+def atomic_path(dest,               # the file to write
+                suffix:str='',      # of the temporary name (default: `dest`'s own, then `.tmp`)
+                durable:bool=True,  # `fsync` the file before the rename and the folder after; False for files whose reader
+                                    # checks them whole and makes them again (the PNGs: `lsdc.dicom.png_complete`)
+               ):
+    "Yield a temporary path next to `dest` (named for its owner); rename it to `dest` (durably: `fsync`ed) only if the block succeeds"
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.{owner_tag()}.', suffix=suffix or ''.join(dest.suffixes[-1:]) + '.tmp', dir=dest.parent)
@@ -192,9 +196,9 @@ def atomic_path(dest, suffix:str=''):
         yield tmp
         if tmp.is_file():
             os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
-            fsync_path(tmp)
+            if durable: fsync_path(tmp)
         os.replace(tmp, dest)
-        fsync_path(dest.parent)
+        if durable: fsync_path(dest.parent)
     finally:
         if tmp.exists(): tmp.unlink()
 

@@ -16,7 +16,7 @@ from pydicom.uid import UID
 from fastcore.parallel import parallel as fc_parallel
 from fastcore.script import call_parse
 from fastcore.imports import IN_NOTEBOOK
-from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv
+from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv, sweep_temp
 from .files import INDEX_COLUMNS, FAILURE_COLUMNS
 from .data import DataError, load_rsna, series_table
 
@@ -414,9 +414,9 @@ def encode_png(img:np.ndarray,        # uint8 greyscale (H, W) or RGB (H, W, 3) 
     return data[:33] + chunk + data[33:]   # right after the signature and the IHDR chunk
 
 def write_png(img:np.ndarray, dest, compression:int=1, text:str|None=None) -> Path:
-    "Write `img` as a PNG atomically"
+    "Write `img` as a PNG atomically (not `fsync`ed: a PNG cut short by a power loss fails `png_complete` and is made again)"
     data = encode_png(img, compression, text)
-    with atomic_path(dest) as tmp: tmp.write_bytes(data)
+    with atomic_path(dest, durable=False) as tmp: tmp.write_bytes(data)
     return Path(dest)
 
 # %% ../nbs/03_dicom.ipynb #1dfcb2a7
@@ -613,10 +613,8 @@ def _check_dest(dest:Path):
 
 # %% ../nbs/03_dicom.ipynb #28a0eb0a
 def _clean_temp(dest:Path):
-    "Remove the temporary files a killed run left in `dest`"
-    for p in [*dest.glob('.*.tmp'), *dest.glob('*/.*.tmp')]:
-        try: p.unlink()
-        except OSError: pass
+    "Remove the temporary files that runs which died left in `dest` and its sub-folders (never a live run's: `lsdc.core.sweep_temp`)"
+    for d in [dest, *(p for p in dest.iterdir() if p.is_dir())]: sweep_temp(d)
 
 def _cpus() -> int:
     "Cores this process may run on"
