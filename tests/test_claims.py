@@ -39,12 +39,28 @@ def leftovers(m) -> list:
     return sorted(str(p.relative_to(m)) for p in [*m.rglob('.*.tmp'), *(m/'_work').glob('*')])
 
 
+def claimed(fn, timeout=300):
+    "Wait until another process holds the lock `fn`"
+    import fcntl, time
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if fn.exists():
+            with open(fn) as f:
+                try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError: return
+        time.sleep(0.05)
+    raise TimeoutError(f'{fn}: nobody took it')
+
+
 def test_two_runs_on_the_same_columns(converted, synth_data, tmp_path):
     # two `lsdc train` started at once on the same columns into one folder (a job resubmitted while the first still
     # runs): both succeed, and each column's pickle, safetensors, config and record come from one training
     m = tmp_path/'models'
     cmd = train_cmd(converted, m, synth_data, '--columns', ','.join(COLS), '--size', 32)
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path) for _ in range(2)]
+    start = lambda: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    procs = [start()]
+    claimed(m/'claims'/f'{COLS[0]}.lock')         # the first holds its first column: the second is sure to meet it
+    procs.append(start())
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], '\n=====\n'.join(o[-3000:] for o in outs)
     man = json.loads((m/'manifest.json').read_text())['columns']
