@@ -12,10 +12,11 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'SUBMISSION_COLUMNS', 'LABEL_COLUMNS',
            'CONDITION_NAMES', 'LEVEL_NAMES', 'CONDITION_GROUPS', 'SERIES_DESCRIPTIONS', 'SAGITTAL', 'DEFAULT_SERIES',
-           'KAGGLE_DATA', 'DATA_ENV', 'HOST', 'FSYNC', 'condition_key', 'level_key', 'label_column', 'split_column',
-           'condition_label', 'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id', 'parse_row_id',
-           'study_row_ids', 'condition_group', 'series_for_condition', 'data_path', 'owner_tag', 'name_owner',
-           'owner_alive', 'fsync_path', 'atomic_path', 'sweep_temp', 'write_csv', 'write_text', 'torch_worker_init']
+           'KAGGLE_DATA', 'DATA_ENV', 'HOST', 'FSYNC', 'UNOWNED_AGE', 'condition_key', 'level_key', 'label_column',
+           'split_column', 'condition_label', 'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id',
+           'parse_row_id', 'study_row_ids', 'condition_group', 'series_for_condition', 'data_path', 'owner_tag',
+           'name_owner', 'owner_alive', 'fsync_path', 'atomic_path', 'leftover', 'sweep_temp', 'write_csv',
+           'write_text', 'torch_worker_init']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -202,17 +203,24 @@ def atomic_path(dest,               # the file to write
     finally:
         if tmp.exists(): tmp.unlink()
 
+UNOWNED_AGE = 86400.   # seconds after which a leftover without an owner in its name (an earlier release's) is swept
+
+def leftover(p:Path) -> bool:
+    "Whether `p` is a dead run's leftover: its owner is dead, or it names none (an earlier release's) and is older than `UNOWNED_AGE`"
+    o = name_owner(p.name)
+    if o is not None: return not owner_alive(*o)
+    try: return time.time() - p.stat().st_mtime > UNOWNED_AGE
+    except OSError: return False
+
 def sweep_temp(folder,                # where to look
                pattern:str='.*.tmp',  # names of temporary files (`atomic_path`'s)
                recursive:bool=False,  # also in sub-folders
               ) -> list[Path]:
-    "Remove the temporary files of `folder` whose owner is dead (`owner_alive`); those removed. Unowned or live ones stay"
+    "Remove the temporary files of `folder` that are a dead run's `leftover`; those removed. A live run's stay"
     folder, gone = Path(folder), []
     if not folder.is_dir(): return gone
     for p in (folder.rglob if recursive else folder.glob)(pattern):
-        o = name_owner(p.name)
-        if p.is_file() and o is not None and not owner_alive(*o):
-            p.unlink(missing_ok=True); gone.append(p)
+        if p.is_file() and leftover(p): p.unlink(missing_ok=True); gone.append(p)
     return gone
 
 def write_csv(df, dest, **kwargs) -> Path:

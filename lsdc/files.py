@@ -10,7 +10,7 @@ import contextlib, errno, hashlib, json, logging, os, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import LABEL_COLUMNS, as_id, series_for_condition, write_text, sweep_temp, name_owner, owner_alive
+from .core import LABEL_COLUMNS, as_id, series_for_condition, write_text, sweep_temp, leftover
 try: import fcntl   # advisory file locks (POSIX); elsewhere `file_lock` does not lock
 except ImportError: fcntl = None
 
@@ -232,12 +232,11 @@ def checked_settings(cls,                # a NamedTuple of settings
 
 # %% ../nbs/00a_files.ipynb #628be2ea
 def sweep_leftovers(folder) -> list[Path]:
-    "Remove the temporary files (anywhere below `folder`) and `_work` folders whose owner is dead; what was removed"
+    "Remove the temporary files (anywhere below `folder`) and `_work` folders that are a dead run's (`lsdc.core.leftover`); what was removed"
     import shutil
     folder = Path(folder)
     gone = sweep_temp(folder, recursive=True)
     work = folder/'_work'
     for p in (sorted(work.iterdir()) if work.is_dir() else []):
-        o = name_owner(p.name)
-        if p.is_dir() and o is not None and not owner_alive(*o): shutil.rmtree(p, ignore_errors=True); gone.append(p)
+        if p.is_dir() and leftover(p): shutil.rmtree(p, ignore_errors=True); gone.append(p)
     return gone
