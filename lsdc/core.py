@@ -164,12 +164,14 @@ def name_owner(name:str) -> tuple|None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 def owner_alive(pid:int, host:str) -> bool:
-    "Whether an owner may still be running: a process of another host always may; on this host, whether it exists"
+    "Whether an owner may still be running: a process of another host always may; on this host, whether it exists and is no zombie"
     if host != HOST or pid == os.getpid(): return True
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True   # someone else's live process
-    return True
+    try: state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError): return True
+    return state not in ('Z', 'X')   # a killed worker nobody has reaped yet (a container's first process may never) is dead
 
 def fsync_path(p) -> None:
     "Flush a file's (or a folder's) data to the disk; a no-op where the file system cannot (`LSDC_FSYNC=0`: always)"
