@@ -7,7 +7,7 @@ On a synthetic data set (`lsdc.synth.make_synthetic`, 60 studies x 2 sagittal se
 by default; written to a temporary folder unless --data names one, which is created if needed and reused after)
 it times, with every file already in the OS page cache:
   (a) the naive reference: one series after another, read every slice with its pixels, sort by InstanceNumber,
-      take the middle, normalise it (METHOD.md), resize and write the PNG;
+      take the middle, normalise it (the method's 8-bit conversion), resize and write the PNG;
   (b) `lsdc.dicom.convert_dataset`, the function behind `lsdc convert` (fresh output each time),
       with process workers (the default) and with thread workers;
   (c) the lower bound: decoding only the middle file of each series, one after another;

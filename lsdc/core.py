@@ -15,8 +15,8 @@ __all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'SUB
            'KAGGLE_DATA', 'DATA_ENV', 'HOST', 'FSYNC', 'UNOWNED_AGE', 'condition_key', 'level_key', 'label_column',
            'split_column', 'condition_label', 'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id',
            'parse_row_id', 'study_row_ids', 'condition_group', 'series_for_condition', 'data_path', 'owner_tag',
-           'name_owner', 'owner_alive', 'fsync_path', 'atomic_path', 'leftover', 'sweep_temp', 'write_csv',
-           'write_text', 'torch_worker_init']
+           'name_owner', 'owner_alive', 'fsync_path', 'atomic_path', 'write_csv', 'write_text', 'leftover',
+           'sweep_temp', 'torch_worker_init']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -148,10 +148,7 @@ def data_path(path=None) -> Path:
 import errno, socket, tempfile, time
 from contextlib import contextmanager
 
-_UMASK = os.umask(0); os.umask(_UMASK)
 HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:60] or 'host'   # as it appears in owned names
-FSYNC = {'calls': 0, 'seconds': 0.}   # fsyncs of `atomic_path` in this process, and their time
-
 def owner_tag(pid:int|None=None) -> str:
     "`{pid}@{host}`: the owner written into the names of this process's temporary files and work folders"
     return f'{os.getpid() if pid is None else pid}@{HOST}'
@@ -172,6 +169,10 @@ def owner_alive(pid:int, host:str) -> bool:
     try: state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
     except (OSError, IndexError): return True
     return state not in ('Z', 'X')   # a killed worker nobody has reaped yet (a container's first process may never) is dead
+
+# %% ../nbs/00_core.ipynb #daf46395
+_UMASK = os.umask(0); os.umask(_UMASK)
+FSYNC = {'calls': 0, 'seconds': 0.}   # fsyncs of `atomic_path` in this process, and their time
 
 def fsync_path(p) -> None:
     "Flush a file's (or a folder's) data to the disk; a no-op where the file system cannot (`LSDC_FSYNC=0`: always)"
@@ -205,6 +206,17 @@ def atomic_path(dest,               # the file to write
     finally:
         if tmp.exists(): tmp.unlink()
 
+def write_csv(df, dest, **kwargs) -> Path:
+    "Write a DataFrame to CSV atomically"
+    with atomic_path(dest) as tmp: df.to_csv(tmp, index=False, **kwargs)
+    return Path(dest)
+
+def write_text(text:str, dest) -> Path:
+    "Write text atomically"
+    with atomic_path(dest) as tmp: tmp.write_text(text)
+    return Path(dest)
+
+# %% ../nbs/00_core.ipynb #fd4f5b10
 UNOWNED_AGE = 86400.   # seconds after which a leftover without an owner in its name (an earlier release's) is swept
 
 def leftover(p:Path) -> bool:
@@ -224,16 +236,6 @@ def sweep_temp(folder,                # where to look
     for p in (folder.rglob if recursive else folder.glob)(pattern):
         if p.is_file() and leftover(p): p.unlink(missing_ok=True); gone.append(p)
     return gone
-
-def write_csv(df, dest, **kwargs) -> Path:
-    "Write a DataFrame to CSV atomically"
-    with atomic_path(dest) as tmp: df.to_csv(tmp, index=False, **kwargs)
-    return Path(dest)
-
-def write_text(text:str, dest) -> Path:
-    "Write text atomically"
-    with atomic_path(dest) as tmp: tmp.write_text(text)
-    return Path(dest)
 
 # %% ../nbs/00_core.ipynb #8574efaa
 def torch_worker_init(threads:int=1):

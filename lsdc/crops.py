@@ -222,7 +222,7 @@ def subarticular_site(axials:list, point,
     return CropSite(s, i, in_plane(g, point, offset, axes=AXIAL_AXES), plane_axes(g, *AXIAL_AXES))
 
 # %% ../nbs/03a_crops.ipynb #7af375e6
-FORAMEN_MM = (14.9, 15.7, 16.7, 17.8, 18.9)  # default foraminal offsets from the midline, L1/L2..L5/S1 (ANATOMY.md)
+FORAMEN_MM = (14.9, 15.7, 16.7, 17.8, 18.9)  # default foraminal offsets from the midline, L1/L2..L5/S1 (a top-10 solution's)
 RECESS_MM = 9.0                              # default lateral offset of the subarticular recesses
 
 class Offsets(NamedTuple):
@@ -247,7 +247,7 @@ class Offsets(NamedTuple):
         return cls(*({k: tuple(v) for k, v in d[f].items()} for f in ('foraminal', 'subarticular')), d['counts'], d['learned'])
 
 def default_offsets() -> Offsets:
-    "The fallback `Offsets`: ANATOMY.md's foraminal offsets, recesses `RECESS_MM` to each side"
+    "The fallback `Offsets`: `FORAMEN_MM` to the foramina, recesses `RECESS_MM` to each side"
     side = lambda c: 1. if c.startswith('left') else -1.
     cols = lambda g: [c for c in LABEL_COLUMNS if condition_group(c) == g]
     return Offsets({c: (side(c) * FORAMEN_MM[LEVELS.index(split_column(c)[1])], 0., 0.) for c in cols('foraminal')},

@@ -15,21 +15,25 @@ from fastcore.script import call_parse
 from fastai.learner import load_learner
 from .core import *
 from .files import (ModelIntegrityError, LockError, file_sha256, read_index, read_manifest, manifest_series, read_results,
-                        write_result, verified_path)
+                        write_result, write_json, verified_path)
 from .calibration import (Calibration, metric_factors, fit_calibration, calibrated_loss, expected_calibration_error,
                               plot_reliability)
 from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock, column_claim
 from .sampling import column_images
-from .levels import read_levels, level_crops
+from .levels import read_levels, level_crops, write_levels
+from .localize import (LocalizerSettings, read_localizer_record, load_localizer, export_localizer, localizer_dir,
+                           OOF_FILE as LOCALIZER_OOF, RECORD_FILE as LOCALIZER_RECORD)
+from .axial import read_axial_record, axial_dir, OOF_FILE as AXIAL_OOF, RECORD_FILE as AXIAL_RECORD
 from .data import DataError, load_rsna
 from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
-__all__ = ['UNTRAINED', 'PROB_FORMAT', 'verified_file', 'load_column_learner', 'column_priors', 'predict_images',
-           'to_grade_order', 'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks', 'predict_columns',
-           'to_submission', 'write_submission', 'sweep_temp_files', 'predict', 'predict_cli', 'validation_predictions',
-           'fit_calibrations', 'calibrate_models', 'calibration_table', 'evaluate_models', 'calibrate_cli']
+__all__ = ['UNTRAINED', 'PROB_FORMAT', 'verified_file', 'load_column_learner', 'reexport_levels', 'column_priors',
+           'predict_images', 'to_grade_order', 'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks',
+           'predict_columns', 'to_submission', 'write_submission', 'sweep_temp_files', 'predict', 'predict_cli',
+           'validation_predictions', 'fit_calibrations', 'calibrate_models', 'calibration_table', 'evaluate_models',
+           'calibrate_cli']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
 def _old_folder(models, col:str) -> str:
@@ -63,6 +67,24 @@ def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=
     try: cfg = json.loads(fn.read_text())
     except (ValueError, UnicodeDecodeError) as e: raise ModelIntegrityError(f"{fn}: unreadable config ({e})") from None
     return learner_from_config(cfg, st, cpu=cpu, trusted=trust_pickles)   # a trusted folder may name any architecture
+
+# %% ../nbs/06_inference.ipynb #39ef4750
+def reexport_levels(models) -> list[str]:
+    "Save the localiser of an earlier release's levels folder as weights (its pickle is unpickled: a folder you trust), then `levels.json` and the manifest anew; the stages re-exported"
+    models = Path(models)
+    s, offsets, man = read_levels(models, trust_pickles=True)
+    done, rec = [], read_localizer_record(models, man)
+    if not rec.get('safetensors'):
+        learn, rec = load_localizer(models, trust_pickles=True, manifest=man)
+        oof = localizer_dir(models)/LOCALIZER_OOF
+        write_json({**rec, **export_localizer(learn, localizer_dir(models), LocalizerSettings(**rec['settings'])),
+                    'oof': LOCALIZER_OOF, 'oof_sha256': file_sha256(oof)}, localizer_dir(models)/LOCALIZER_RECORD)
+        done.append('localizer')
+    if s.axial == 'learned' and not (ax := read_axial_record(models, man)).get('oof_sha256'):
+        write_json({**ax, 'oof': AXIAL_OOF, 'oof_sha256': file_sha256(axial_dir(models)/AXIAL_OOF)}, axial_dir(models)/AXIAL_RECORD)
+        done.append('axial')
+    write_levels(models, s, offsets); collect_results(models, plots=False)
+    return done
 
 # %% ../nbs/06_inference.ipynb #5fc49276
 def _counts_prior(counts:dict, floor:float) -> np.ndarray|None:

@@ -15,14 +15,12 @@ from .files import (file_sha256, file_lock, write_json, read_manifest, ModelInte
                         checked_settings)
 from .data import load_rsna
 from .crops import Offsets, learn_offsets, make_crops, annotated_points
-from .localize import (train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, OOF_FILE as LOCALIZER_OOF,
-                           LocalizerSettings, read_localizer_record, load_localizer, export_localizer, localizer_dir)
-from .axial import (AxialSettings, train_axial, select_axial, axial_dir, read_axial_record, AXIAL_DIR,
-                        RECORD_FILE as AXIAL_RECORD, OOF_FILE as AXIAL_OOF)
+from .localize import train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, read_localizer_record
+from .axial import AxialSettings, train_axial, select_axial, read_axial_record, AXIAL_DIR, RECORD_FILE as AXIAL_RECORD
 
 # %% auto #0
 __all__ = ['log', 'LEVELS_FILE', 'LevelSettings', 'prepare_levels', 'stage_files', 'write_levels', 'Levels', 'read_levels',
-           'level_crops', 'reexport_levels']
+           'level_crops']
 
 # %% ../nbs/05e_levels.ipynb #043ada5e
 log = logging.getLogger(__name__)
@@ -120,7 +118,7 @@ class Levels(NamedTuple):
 
 def _old_levels(models) -> str:
     return (f"{Path(models)/LEVELS_FILE}: written before lsdc listed the localiser's weights (safetensors) in the manifest; "
-            f"re-export them from pickles you trust with `lsdc.levels.reexport_levels('{models}')`, or, if you trust whoever "
+            f"re-export them from pickles you trust with `lsdc.inference.reexport_levels('{models}')`, or, if you trust whoever "
             f"made the pickles, load them with --trust-pickles (trust_pickles=True)")
 
 def read_levels(models,
@@ -170,22 +168,3 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
     write_csv(points, Path(dest)/'points.csv')   # where the levels were found, for the reports
     if progress: print(f"crops of the {split} studies: {len(idx)} cut, {len(fail)} failed; {dest}", flush=True)
     return Path(dest)
-
-# %% ../nbs/05e_levels.ipynb #72478f6f
-def reexport_levels(models) -> list[str]:
-    "Save the localiser of an earlier release's levels folder as weights (its pickle is unpickled: a folder you trust), then `levels.json` and the manifest anew; the stages re-exported"
-    from lsdc.learners import collect_results   # the manifest's one writer
-    models = Path(models)
-    s, offsets, man = read_levels(models, trust_pickles=True)
-    done, rec = [], read_localizer_record(models, man)
-    if not rec.get('safetensors'):
-        learn, rec = load_localizer(models, trust_pickles=True, manifest=man)
-        oof = localizer_dir(models)/LOCALIZER_OOF
-        write_json({**rec, **export_localizer(learn, localizer_dir(models), LocalizerSettings(**rec['settings'])),
-                    'oof': LOCALIZER_OOF, 'oof_sha256': file_sha256(oof)}, localizer_dir(models)/LOCALIZER_RECORD)
-        done.append('localizer')
-    if s.axial == 'learned' and not (ax := read_axial_record(models, man)).get('oof_sha256'):
-        write_json({**ax, 'oof': AXIAL_OOF, 'oof_sha256': file_sha256(axial_dir(models)/AXIAL_OOF)}, axial_dir(models)/AXIAL_RECORD)
-        done.append('axial')
-    write_levels(models, s, offsets); collect_results(models, plots=False)
-    return done

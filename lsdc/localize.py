@@ -350,7 +350,7 @@ def read_localizer_record(models, manifest:dict|None=None) -> dict:
 
 def _old_localizer(models) -> str:
     return (f"{localizer_dir(models)/RECORD_FILE}: the localiser has no safetensors weights (a models folder written before lsdc "
-            f"exported them); re-export them from pickles you trust with `lsdc.levels.reexport_levels('{models}')`, or, if you "
+            f"exported them); re-export them from pickles you trust with `lsdc.inference.reexport_levels('{models}')`, or, if you "
             f"trust whoever made the pickles, load them with --trust-pickles (trust_pickles=True)")
 
 # %% ../nbs/05c_localize.ipynb #7d981c51

@@ -434,7 +434,7 @@ def mark_severity(grades:dict, difficulty:float, rng:np.random.Generator) -> dic
     return {c: float(np.clip(GRADE_SEVERITY[g]*span + rng.normal(0, sd), -0.3, 1.2)) for c, g in grades.items()}
 
 # %% ../nbs/02_synth.ipynb #c9046d27
-FORAMEN_OFFSET = (14.9, 15.7, 16.7, 17.8, 18.9)  # mm from the midline to the foramina, L1/L2..L5/S1 (ANATOMY.md)
+FORAMEN_OFFSET = (14.9, 15.7, 16.7, 17.8, 18.9)  # mm from the midline to the foramina, L1/L2..L5/S1 (a top-10 solution's offsets)
 DISC_TILT = (-4.0, 0.0, 4.0, 10.0, 22.0)         # degrees about the patient x axis; the study adds +/-4
 
 class Spine(NamedTuple):

@@ -40,7 +40,7 @@ def read_png(fn): return cv2.imread(str(fn), cv2.IMREAD_UNCHANGED)
 def resized(img, size=256): return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 def reference(a, p_lo=1, p_hi=99):
-    "METHOD.md's normalisation written out independently: clip, shift, divide by max, *255, uint8"
+    "The method's 8-bit normalisation written out independently: clip, shift, divide by max, *255, uint8"
     a = a.astype(np.float64)
     a = np.clip(a, np.percentile(a, p_lo), np.percentile(a, p_hi))
     a = a - a.min()

@@ -279,7 +279,8 @@ def test_trusted_genuine_folder_predicts(run, tmp_path):
 
 def test_folder_of_an_earlier_release(run, tmp_path):
     "A levels folder written before the localiser was saved as weights: refused with the re-export message, then re-exported"
-    from lsdc.levels import reexport_levels, read_levels
+    from lsdc.inference import reexport_levels
+    from lsdc.levels import read_levels
     from lsdc.learners import collect_results
     m = attacked(run, tmp_path, 'models')
     rec = json.loads((m/'localizer'/'localizer.json').read_text())
