@@ -13,12 +13,13 @@ and the local angle of the spine. Every model below is a multinomial logistic re
 levels pooled, the level one-hot beside the features), fitted with the metric's 1/2/4 weights so that its
 probabilities are the ones the weighted log loss rewards:
   - level only: the level one-hot alone (the metric's best constant per column);
-  - + coordinates: the level and the coordinate features, on the training studies the learners were trained on;
+  - + coordinates: the level and the coordinate features, on the training studies;
   - learners: the run's calibrated submission (the images alone);
-  - learners, refitted: the learners' calibrated log-probabilities and the level, fitted on the learners' validation
-    studies (the only training studies whose learner outputs are honest);
+  - learners, refitted: the learners' calibrated out-of-fold log-probabilities (`models/oof_predictions.csv`: every
+    training study, predicted by the fold model that never saw it) and the level, fitted on the training studies;
   - learners + coordinates: the same with the coordinate features beside them (seed 002's idea, fused late).
-All are scored on the same test studies with the competition metric. The last line,
+All are scored on the same test studies with the competition metric; the two comparisons that decide are also given
+as a paired bootstrap over the test studies (the difference and its 95 % interval, and a verdict). The last line,
 `learners + coordinates vs learners, refitted: <r>`, is below 1 where the coordinates help.
 """
 import argparse, sys, warnings
@@ -32,7 +33,7 @@ from lsdc.core import CONDITIONS, LEVELS, GRADE_KEYS, GRADE_WEIGHTS, LABEL_COLUM
 from lsdc.data import load_rsna
 from lsdc.geometry import read_geometry, pixel_to_patient
 from lsdc.localize import localizer_dir, OOF_FILE
-from lsdc.metrics import SCORE_TERMS, competition_score, prior_submission
+from lsdc.metrics import SCORE_TERMS, competition_score, prior_submission, study_terms, paired_difference, verdict
 
 FEATURES = ('superior_mm', 'anterior_mm', 'gap_above_mm', 'gap_below_mm', 'angle_deg')
 
@@ -98,7 +99,7 @@ def as_submission(t:pd.DataFrame, p:np.ndarray, fill:pd.DataFrame) -> pd.DataFra
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('run', help="a levels run's output folder (models/, submission.csv, submission_crops/points.csv, validation_predictions.csv)")
+    ap.add_argument('run', help="a levels run's output folder (models/ with oof_predictions.csv, submission.csv, submission_crops/points.csv)")
     ap.add_argument('--data', default=None, help='its data folder (default: RUN/data)')
     ap.add_argument('--test-labels', default=None, help="the test studies' true grades (default: DATA/test_labels.csv)")
     ap.add_argument('--C', type=float, default=1.0, help='inverse strength of the regressions\' L2 penalty')
@@ -107,24 +108,23 @@ if __name__ == '__main__':
     if not (run/'submission_crops'/'points.csv').exists():
         sys.exit(f"{run}: no submission_crops/points.csv, so not the output of a levels run (`lsdc demo`, or bench_inputs' R/levels)")
     d, tl = load_rsna(data), pd.read_csv(args.test_labels or data/'test_labels.csv')
-    split = pd.read_csv(run/'models'/'split.csv')   # study_id, column, split ('train' or 'valid'): each column's own
     warnings.filterwarnings('ignore', category=UserWarning)
 
     # the located points: out of fold for the training studies, the final localiser's for the test studies
     oof, test_pts = pd.read_csv(localizer_dir(run/'models')/OOF_FILE), pd.read_csv(run/'submission_crops'/'points.csv')
     feats = pd.concat([coordinate_features(patient_points(oof, data/'train_images')),
                        coordinate_features(patient_points(test_pts[test_pts.source == 'located'], data/'test_images'))], ignore_index=True)
-    lab = long_labels(d.train).merge(feats, on=['study_id', 'level'], how='inner').merge(split, on=['study_id', 'column'], how='inner')
-    fit, val = lab[lab.split == 'train'], lab[lab.split == 'valid']
+    lab = long_labels(d.train).merge(feats, on=['study_id', 'level'], how='inner')
+    fit, val = lab, lab   # the learners' outputs of the training studies are out of fold: honest for every one of them
     test = long_labels(tl).merge(feats, on=['study_id', 'level'], how='inner')
-    print(f"bench_coords: {run}; {len(fit)} labels of the columns' training studies, {len(val)} of their validation studies; "
+    print(f"bench_coords: {run}; {len(fit)} labels of the training studies; "
           f"{test.study_id.nunique()} of {tl.study_id.nunique()} test studies have five located levels")
 
     learners = pd.read_csv(run/'submission.csv')
     prior = prior_submission(d.train, tl.study_id)
     lp = lambda t, sub: np.log(np.clip(sub.set_index('row_id').loc[[row_id(s, c) for s, c in zip(t.study_id, t.column)],
                                                                    list(GRADE_KEYS)].to_numpy(float), 1e-6, 1))
-    vp = pd.read_csv(run/'validation_predictions.csv')
+    vp = pd.read_csv(run/'models'/'oof_predictions.csv')
     vsub = vp.assign(row_id=[row_id(s, c) for s, c in zip(vp.study_id, vp.column)])[['row_id', *GRADE_KEYS]]
     have = set(vsub.row_id)
     val = val[[row_id(s, c) in have for s, c in zip(val.study_id, val.column)]]
@@ -139,5 +139,8 @@ if __name__ == '__main__':
     scores = {k: competition_score(tl, s) for k, s in subs.items()}
     print(f"\n{'submission':<26}" + ''.join(f'{t:>19}' for t in (*SCORE_TERMS, 'score')))
     for k, s in scores.items(): print(f"{k:<26}" + ''.join(f'{s[t]:>19.4f}' for t in (*SCORE_TERMS, 'score')))
+    for a, b in (('+ coordinates', 'level only'), ('learners + coordinates', 'learners, refitted')):
+        pdiff = paired_difference(study_terms(tl, subs[a]), study_terms(tl, subs[b])).loc['score']
+        print(f"{a} - {b}: {pdiff['diff']:+.4f} [{pdiff.lo:+.4f}, {pdiff.hi:+.4f}] over {int(pdiff.n_studies)} test studies: {verdict(pdiff)}")
     print(f"\n+ coordinates vs level only: {scores['+ coordinates']['score']/scores['level only']['score']:.3f}")
     print(f"learners + coordinates vs learners, refitted: {scores['learners + coordinates']['score']/scores['learners, refitted']['score']:.3f}")

@@ -11,12 +11,15 @@ from typing import NamedTuple
 import numpy as np, pandas as pd
 from scipy.optimize import minimize_scalar
 from matplotlib.figure import Figure
-from .core import CONDITIONS, CONDITION_NAMES, GRADES, GRADE_KEYS, GRADE_WEIGHTS, split_column, atomic_path
-from .metrics import weighted_log_loss
+from .core import (CONDITIONS, CONDITION_NAMES, CONDITION_GROUPS, GRADES, GRADE_KEYS, GRADE_WEIGHTS, split_column, condition_group,
+                       grade_index, atomic_path)
+from .metrics import weighted_log_loss, EPS
 
 # %% auto #0
-__all__ = ['BALANCES', 'metric_factors', 'apply_calibration', 'calibrated_loss', 'fit_temperature', 'Calibration',
-           'fit_calibration', 'reliability_bins', 'expected_calibration_error', 'plot_reliability']
+__all__ = ['BALANCES', 'CAL_BOUNDS', 'PRIOR_SD', 'metric_factors', 'apply_calibration', 'calibrated_loss', 'fit_temperature',
+           'Calibration', 'fit_calibration', 'reliability_bins', 'expected_calibration_error', 'plot_reliability',
+           'posterior_factors', 'tempered', 'MetricRows', 'metric_terms', 'StudyCalibration', 'calibrate_rows',
+           'fit_study_calibration', 'study_halves', 'crossfit_calibration']
 
 # %% ../nbs/05a_calibration.ipynb #683ade55
 BALANCES = ('upsample', 'weights', 'none')
@@ -143,3 +146,162 @@ def plot_reliability(preds:pd.DataFrame, # study_id, column, grade (true), raw `
     axs[0].set_ylabel('accuracy')
     with atomic_path(fname) as tmp: fig.savefig(tmp, format='png', dpi=90)
     return fname
+
+# %% ../nbs/05a_calibration.ipynb #2f6c5816
+def posterior_factors(balance:str,      # how the learner's training part handled the imbalance: one of `BALANCES`
+                      train_counts=None,# `{grade: count}` of the training part before balancing
+                      fit_counts=None,  # `{grade: count}` of what the learner was fitted on (after upsampling)
+                     ) -> np.ndarray:
+    "Factors `g` (`GRADES` order) that turn the learner's probabilities `p` into the posterior `p * g` (renormalised) under the training grade shares"
+    f = metric_factors(balance, train_counts, fit_counts) / np.asarray(GRADE_WEIGHTS, dtype=float)
+    return f / f.sum()
+
+def tempered(probs, temperatures, factors=None) -> np.ndarray:
+    "`probs ** (1/T) * factors`, renormalised, with a temperature (and factors) per row or one for all"
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1)) / np.asarray(temperatures, dtype=np.float64).reshape(-1, 1)
+    if factors is not None: logp = logp + np.log(np.broadcast_to(np.asarray(factors, dtype=np.float64), logp.shape))
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(1, keepdims=True)
+
+# %% ../nbs/05a_calibration.ipynb #dcff0782
+class MetricRows(NamedTuple):
+    "The rows of a long prediction table as the competition metric groups them: what `metric_terms` scores"
+    y: np.ndarray          # true grade index per row (-1: not graded)
+    weight: np.ndarray     # its metric weight (1/2/4; 0 when not graded)
+    group: np.ndarray      # 'spinal', 'foraminal' or 'subarticular'
+    spinal: np.ndarray     # the graded spinal rows
+    study: np.ndarray      # their study's number (0..n-1), for the any-severe term
+    any_label: np.ndarray  # per study: any spinal level Severe
+    any_weight: np.ndarray # per study: the largest weight of its graded spinal levels
+
+    @classmethod
+    def of(cls, y, columns, study_ids):
+        y = np.asarray([grade_index(v) if isinstance(v, str) else (-1 if v is None or v != v else int(v)) for v in y], dtype=int)
+        w = np.where(y >= 0, np.asarray(GRADE_WEIGHTS)[np.maximum(y, 0)], 0.)
+        group = np.array([condition_group(c) for c in columns])
+        spinal = (group == 'spinal') & (y >= 0)
+        study, _ = pd.factorize(np.asarray(study_ids)[spinal])
+        n = study.max() + 1 if len(study) else 0
+        lab, aw = np.zeros(n), np.zeros(n)
+        np.maximum.at(lab, study, (y[spinal] == 2).astype(float)); np.maximum.at(aw, study, w[spinal])
+        return cls(y, w, group, spinal, study, lab, aw)
+
+def metric_terms(q, rows:MetricRows, eps:float=EPS) -> dict:
+    "The four terms and the score of probabilities `q` (n, 3) on `rows`: `lsdc.metrics.competition_score` on arrays"
+    p = np.clip(np.asarray(q, dtype=np.float64), eps, 1 - eps); p = p / p.sum(1, keepdims=True)
+    g = rows.y >= 0
+    ll = np.zeros(len(p)); ll[g] = -np.log(p[g, rows.y[g]])
+    res = {}
+    for grp in CONDITION_GROUPS:
+        m = g & (rows.group == grp)
+        res[grp] = float((rows.weight[m] * ll[m]).sum() / rows.weight[m].sum()) if m.any() else float('nan')
+    if len(rows.any_label):
+        top = np.zeros(len(rows.any_label)); np.maximum.at(top, rows.study, np.asarray(q, dtype=np.float64)[rows.spinal, 2])
+        top = np.clip(top, eps, 1 - eps)
+        res['any_severe_spinal'] = float(-(rows.any_weight * np.where(rows.any_label == 1, np.log(top), np.log(1 - top))).sum() / rows.any_weight.sum())
+    else: res['any_severe_spinal'] = float('nan')
+    res['score'] = float(np.mean([res[k] for k in (*CONDITION_GROUPS, 'any_severe_spinal')]))
+    return res
+
+# %% ../nbs/05a_calibration.ipynb #f31937db
+CAL_BOUNDS = dict(temperature=(0.05, 20.), severe_scale=(0.25, 4.))   # the search ranges, and what a calibration file may hold
+
+class StudyCalibration(NamedTuple):
+    "A temperature per condition (the posterior), then the metric's weights and a scale on the spinal Severe probability (the submission)"
+    temperatures:dict           # {condition: T}
+    severe_scale:float = 1.     # a: the submission's spinal Severe probability is multiplied by it, then renormalised
+
+    def posterior(self, raw, factors, columns) -> np.ndarray:
+        "The calibrated posterior of a learner's `raw` probabilities (n, 3), with its `factors` (`posterior_factors`) per row"
+        t = [self.temperatures.get(split_column(c)[0], 1.) for c in columns]
+        return tempered(raw, t, factors)
+
+    def submission(self, posterior, columns) -> np.ndarray:
+        "What the metric wants of a posterior (n, 3): times (1, 2, 4), the spinal Severe times `severe_scale`, renormalised"
+        q = np.asarray(posterior, dtype=np.float64) * np.asarray(GRADE_WEIGHTS)
+        sp = np.array([condition_group(c) == 'spinal' for c in columns])
+        q[sp, 2] *= self.severe_scale
+        return q / q.sum(1, keepdims=True)
+
+    def to_dict(self) -> dict: return dict(temperatures=dict(self.temperatures), severe_scale=self.severe_scale)
+
+    @classmethod
+    def from_dict(cls, d, name:str='calibration'):
+        "A `StudyCalibration` from its JSON form, once every value is a number in `CAL_BOUNDS` (else `ValueError` naming `name`)"
+        ok = lambda v, k: isinstance(v, (int, float)) and not isinstance(v, bool) and CAL_BOUNDS[k][0] <= v <= CAL_BOUNDS[k][1]
+        t = d.get('temperatures') if isinstance(d, dict) else None
+        if not (isinstance(t, dict) and set(t) <= set(CONDITIONS) and all(ok(v, 'temperature') for v in t.values())
+                and ok(d.get('severe_scale'), 'severe_scale')):
+            raise ValueError(f"{name}: not a study calibration (temperatures per condition and a severe_scale within {CAL_BOUNDS})")
+        return cls({k: float(v) for k, v in t.items()}, float(d['severe_scale']))
+
+# %% ../nbs/05a_calibration.ipynb #1558c284
+def _bounded(f, bounds) -> float:
+    "The minimiser x of `f(log x)` over `bounds` of x"
+    r = minimize_scalar(f, bounds=(math.log(bounds[0]), math.log(bounds[1])), method='bounded', options=dict(xatol=1e-4))
+    return float(math.exp(r.x))
+
+def calibrate_rows(cal:StudyCalibration, raw, factors, columns, model=None) -> tuple[np.ndarray, np.ndarray]:
+    "`(posterior, submission)` of rows: the learners' rows (`model`) calibrated, the others' probabilities (priors) kept as their posterior"
+    raw = np.asarray(raw, dtype=np.float64); model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
+    post = np.where(model[:, None], cal.posterior(raw, factors, columns), raw)
+    return post, cal.submission(post, columns)
+
+PRIOR_SD = 0.25   # the prior's spread of log T and log a around the metric's own mapping (T = 1, a = 1)
+
+def fit_study_calibration(raw,          # (n, 3) out-of-fold probabilities: the learners' raw outputs, or a prior where none predicted
+                          factors,      # (n, 3) each row's `posterior_factors` (ones for prior rows)
+                          y,            # each row's true grade (name or index; NaN/-1: not graded)
+                          columns,      # each row's label column
+                          study_ids,    # each row's study
+                          model=None,   # which rows a learner predicted (the others keep their probabilities); default all
+                          prior_sd:float|None=PRIOR_SD, # a normal prior on each log parameter, centred on 0 (None: none)
+                         ) -> StudyCalibration:
+    "Fit the temperatures and the any-severe scale on predictions of whole studies: the competition metric plus the prior's penalty"
+    raw, factors, columns = np.asarray(raw, dtype=np.float64), np.asarray(factors, dtype=np.float64), np.asarray(columns)
+    model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
+    rows, cond = MetricRows.of(y, columns, study_ids), np.array([split_column(c)[0] for c in columns])
+    n = len(set(np.asarray(study_ids).tolist()))   # the prior weighs as much as its spread says against n studies' mean loss
+    pen = (lambda v: 0.) if prior_sd is None else (lambda v: v * v / (2 * prior_sd ** 2 * max(n, 1)))
+    temps = {}
+    for c in CONDITIONS:
+        m = model & (cond == c) & (rows.y >= 0)
+        if not m.any(): continue
+        one = lambda t: StudyCalibration({c: t}).submission(tempered(raw[m], t, factors[m]), columns[m])
+        temps[c] = _bounded(lambda lt: weighted_log_loss(rows.y[m], one(math.exp(lt)), rows.weight[m]) + pen(lt), CAL_BOUNDS['temperature'])
+    cal = StudyCalibration(temps)
+    if not (rows.spinal & model).any(): return cal
+    # the spinal temperature and the any-severe scale move the same two terms: fitted in turn, twice
+    both = lambda k: (lambda t: t['spinal'] + t['any_severe_spinal'])(metric_terms(calibrate_rows(k, raw, factors, columns, model)[1], rows))
+    sp = CONDITIONS[0]
+    for _ in range(2):
+        cal = cal._replace(severe_scale=_bounded(lambda la: both(cal._replace(severe_scale=math.exp(la))) + pen(la), CAL_BOUNDS['severe_scale']))
+        if sp in temps:
+            t = _bounded(lambda lt: both(cal._replace(temperatures={**cal.temperatures, sp: math.exp(lt)})) + pen(lt), CAL_BOUNDS['temperature'])
+            cal = cal._replace(temperatures={**cal.temperatures, sp: t})
+    return cal
+
+def study_halves(study_ids, seed:int=0) -> np.ndarray:
+    "0 or 1 per row: its study's half, the studies shuffled and dealt in turn"
+    ids = sorted(set(np.asarray(study_ids).tolist()))
+    half = {s: i % 2 for i, s in enumerate(np.random.default_rng(seed).permutation(ids).tolist())}
+    return np.array([half[s] for s in np.asarray(study_ids).tolist()], dtype=int)
+
+def crossfit_calibration(raw, factors, y, columns, study_ids,
+                         groups=None,   # each row's model (a fold): calibrated on its own rows only (default: one model)
+                         model=None, prior_sd:float|None=PRIOR_SD, seed:int=0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    "`(posterior, submission, {(group, half): StudyCalibration}, half)`: each half of a group's studies calibrated by the calibration fitted on its other half"
+    raw, factors = np.asarray(raw, dtype=np.float64), np.asarray(factors, dtype=np.float64)
+    y, columns, study_ids = np.asarray(y, dtype=object), np.asarray(columns), np.asarray(study_ids)
+    groups = np.zeros(len(raw), int) if groups is None else np.asarray(groups)
+    model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
+    post, sub, cals, half = np.zeros_like(raw), np.zeros_like(raw), {}, np.zeros(len(raw), int)
+    for k in sorted(set(groups.tolist())):
+        g = groups == k; half[g] = study_halves(study_ids[g], seed)
+        for j in (0, 1):
+            tr, te = g & (half != j), g & (half == j)
+            if not tr.any() or not te.any(): raise ValueError(f"group {k}: cross-fitting needs at least two studies")
+            cals[(k, j)] = fit_study_calibration(raw[tr], factors[tr], y[tr], columns[tr], study_ids[tr], model[tr], prior_sd)
+            post[te], sub[te] = calibrate_rows(cals[(k, j)], raw[te], factors[te], columns[te], model[te])
+    return post, sub, cals, half

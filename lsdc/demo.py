@@ -13,141 +13,17 @@ import pandas as pd
 from fastcore.script import call_parse
 from fastcore.meta import delegates
 from .core import *
-from .files import read_manifest, manifest_series, write_json
+from .files import write_json
 from .data import load_rsna
 from .synth import make_synthetic
 from .dicom import convert_dataset
 from .learners import Schedule, pretrain_body, train_columns
-from .levels import LevelSettings, prepare_levels
+from .levels import LevelSettings
 from .crops import make_crops, annotated_points
-from .inference import predict, evaluate_models, calibrate_models
-from .metrics import SCORE_TERMS, competition_score, baseline_score, format_scores
-from .report import write_reports, load_learners, submission_studies
+from .pipeline import run_pipeline, format_summary
 
 # %% auto #0
-__all__ = ['INPUTS', 'CPU', 'FULL', 'score_files', 'run_pipeline', 'format_summary', 'DemoSettings', 'demo_body', 'demo',
-           'demo_cli']
-
-# %% ../nbs/10_demo.ipynb #bde64df8
-def _step(msg:str, t0:float, progress:bool):
-    if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-INPUTS = ('levels', 'middle')   # the learners' inputs: level crops (`lsdc.levels`), or the middle slices (seed 001)
-
-def _training_inputs(d, out:Path, size:int, inputs:str, levels:LevelSettings|None, n_workers, progress:bool, t0:float,
-                     pretrained:bool=True, weights=None) -> Path:
-    "Convert the training studies and, for the levels method, locate the levels and cut the crops; the folder the learners read"
-    if inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
-    conv = out/'converted'/'train'
-    if inputs == 'middle':
-        _step('convert the training studies', t0, progress)
-        convert_dataset(d, conv, split='train', size=size, n_workers=n_workers, progress=progress)
-        return conv
-    s = (levels or LevelSettings())._replace(crop_size=size)
-    _step('convert the middle sagittal slices of the training studies (for the level localiser)', t0, progress)
-    convert_dataset(d, conv, split='train', size=s.loc_size, n_workers=n_workers, progress=progress)
-    _step(f'locate the five levels ({s.folds} folds) and cut the level crops ({s.crop_mm:g} mm, {size} px)', t0, progress)
-    return prepare_levels(d, conv, out/'models', out/'crops'/'train', settings=s, n_workers=n_workers, progress=progress,
-                          pretrained=pretrained and weights is None)
-
-# %% ../nbs/10_demo.ipynb #a7c3e1d5
-def score_files(out:Path,                 # run folder holding the submission files
-                labels:pd.DataFrame,      # the test studies' true grades (train.csv-style)
-                train_labels:pd.DataFrame,# training labels, for the prior-only baseline
-                sub:str='submission.csv', raw:str='submission_raw.csv', # the calibrated and raw submissions' file names
-               ) -> dict:
-    "Score the submission files as written and read back (as Kaggle scores them), beside the prior-only baseline; writes `scores.csv`"
-    res = dict(score=competition_score(labels, pd.read_csv(out/sub)), score_raw=competition_score(labels, pd.read_csv(out/raw)),
-               baseline=baseline_score(train_labels, labels))
-    write_csv(pd.DataFrame(list(res.values()), index=['calibrated', 'raw', 'prior_baseline']).rename_axis('submission').reset_index(),
-              out/'scores.csv')
-    return res
-
-# %% ../nbs/10_demo.ipynb #4b5299c2
-@delegates(train_columns, but=['converted', 'models', 'data', 'labels', 'columns', 'progress', 'index'])
-def run_pipeline(data,                   # Kaggle-layout data folder
-                 out,                    # output folder
-                 columns=None,           # label columns to train (default all 25; the others get the training prior)
-                 test_labels=None,       # train.csv-style file or table of the test studies' true grades, to score
-                 n_workers:int|None=None,# conversion workers
-                 max_reports:int|None=20,# reports for at most this many test studies
-                 calibration:str='condition', # temperatures per 'condition' or per 'column' (`calibrate_models`), or 'none'
-                 inputs:str='levels',    # 'levels': each column on its level crop; 'middle': the middle slices (seed 001)
-                 levels:LevelSettings|None=None, # the levels method's localiser and crops (default `LevelSettings()`)
-                 progress:bool=True,     # progress display
-                 **kwargs,               # `train_columns`'s options: size, arch, pretrained, weights, schedule, balance, jobs, ...
-                ) -> dict:
-    "Convert, train, evaluate, predict, score and report; a summary dict with the paths and figures"
-    t0 = time.perf_counter()
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    d = load_rsna(data)
-    conv, models = out/'converted', out/'models'
-    size = kwargs.get('size', train_columns.__signature__.parameters['size'].default)
-    if 'jobs' in kwargs: kwargs['jobs'] = max(1, min(kwargs['jobs'], os.cpu_count() or 1))
-    src = _training_inputs(d, out, size, inputs, levels, n_workers=n_workers, progress=progress, t0=t0,
-                           pretrained=kwargs.get('pretrained', True), weights=kwargs.get('weights'))
-    _step(f"train {len(columns) if columns else 25} per-column learners ({kwargs.get('arch', 'resnet34')}, {size} px, {inputs})", t0, progress)
-    res = train_columns(src, models, labels=d.train, columns=columns, progress=progress, **kwargs)
-    series = manifest_series(read_manifest(models))
-    if not series: raise RuntimeError(f"no column could be trained; see {models/'results.csv'}")
-    if calibration != 'none':
-        _step(f'calibrate on the validation studies (one temperature per {calibration})', t0, progress)
-        calibrate_models(models, src, d.train, scope=calibration)
-    _step('evaluate on the validation studies', t0, progress)
-    evaluation = evaluate_models(models, src, d.train, out=out)
-    _step('predict the test studies', t0, progress)
-    t1 = time.perf_counter()
-    sub = predict(d, models, out/'submission.csv', converted=conv/'test', n_workers=n_workers, progress=progress)
-    n_test = len(submission_studies(sub))
-    summary = dict(out=str(out), inputs=inputs, submission=str(out/'submission.csv'), models=str(models), reports=str(out/'reports'/'index.html'),
-                   n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_test=n_test,
-                   predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1), calibration=calibration)
-    raw = predict(d, models, out/'submission_raw.csv', converted=conv/'test', crops=out/'submission_crops', n_workers=n_workers, calibration='none',
-                  progress=False) if calibration != 'none' else sub
-    lab = None
-    if test_labels is not None:
-        lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
-        summary.update(score_files(out, lab, d.train, raw='submission_raw.csv' if calibration != 'none' else 'submission.csv'))
-    _step('write the reports', t0, progress)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)
-        crops = out/'submission_crops' if inputs == 'levels' else None
-        write_reports(sub, conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab, series=series,
-                      coords=d.coords, progress=False, crops=crops, points=crops/'points.csv' if crops else None)
-    cal = pd.read_csv(out/'calibration.csv')
-    summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'),
-                   mean_valid_accuracy=float(evaluation.accuracy.mean()),
-                   valid_calibration=cal[cal.level == 'condition'].drop(columns='level').to_dict('records'))
-    write_json(summary, out/'summary.json')
-    return summary
-
-# %% ../nbs/10_demo.ipynb #043c15c0
-def format_summary(s:dict) -> str:
-    "The end-of-run summary of `run_pipeline` as text"
-    out = Path(s['out'])
-    lines = [f"lsdc finished in {s['seconds']:.0f} s: {s['n_trained']} learners trained, {s['n_failed']} failed; "
-             f"{s['n_test']} test studies predicted ({s['predict_seconds_per_study']:.2f} s per study)", '',
-             f"  submission          {s['submission']}",
-             f"  models + manifest   {s['models']}/  (results.csv, results.png, training_curves.png, split.csv)",
-             f"  evaluation          {s['evaluation']}  (mean validation accuracy {s['mean_valid_accuracy']:.3f}), {out/'confusion_matrices.png'}",
-             f"  calibration         {out/'calibration.csv'}, {out/'reliability.png'}",
-             f"  reports             {s['reports']}"]
-    if s.get('valid_calibration') and s.get('calibration') != 'none':
-        lines += ['', 'validation studies, raw -> calibrated (the temperatures were fitted on them: optimistic):',
-                  f"{'condition':<34}{'log loss':>20}{'ECE':>18}"]
-        lines += [f"{r['name']:<34}{r['log_loss_raw']:>9.4f} -> {r['log_loss']:<7.4f}{r['ece_raw']:>8.3f} -> {r['ece']:<6.3f}"
-                  for r in s['valid_calibration']]
-    if 'score_raw' in s:
-        lines += ['', 'the same learners on the test studies, raw and calibrated (weighted log loss, lower is better):',
-                  f"{'term':<20}{'raw':>8}{'calibrated':>12}{'ratio':>8}"]
-        lines += [f"{t:<20}{s['score_raw'][t]:>8.4f}{s['score'][t]:>12.4f}{s['score'][t]/s['score_raw'][t]:>8.3f}"
-                  for t in (*SCORE_TERMS, 'score')]
-    if 'score' in s:
-        lines += ['', 'competition score on the test studies (weighted log loss, lower is better):',
-                  format_scores(s['score'], s['baseline']), '',
-                  f"score {s['score']['score']:.4f} vs prior-only baseline {s['baseline']['score']:.4f} "
-                  f"(ratio {s['score']['score']/s['baseline']['score']:.3f})"]
-    return '\n'.join(lines)
+__all__ = ['CPU', 'FULL', 'DemoSettings', 'demo_body', 'demo', 'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #e686b899
 @dataclass(frozen=True)
@@ -164,6 +40,7 @@ class DemoSettings:
     phantom:str = 'anatomical'  # the synthetic set's phantom (`lsdc.synth.PHANTOMS`)
     inputs:str = 'levels'       # the learners' inputs: 'levels' (crops around each level) or 'middle' (seed 001)
     levels:LevelSettings = LevelSettings() # the levels method's localiser and crops (its crop size is the learners' `size`)
+    folds:int = 5               # folds of the study-level split (`lsdc.pipeline`): a learner per column and fold
 
     def __post_init__(self):
         ok = train_columns.__signature__.parameters
@@ -176,7 +53,8 @@ class DemoSettings:
         own = {k: v for k, v in changes.items() if k in names}
         return dataclasses.replace(self, **own, train={**self.train, **{k: v for k, v in changes.items() if k not in names}})
 
-CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=8, pretrain_crop_studies=150, max_reports=20,
+CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=5, pretrain_crop_studies=150, max_reports=10, folds=2,
+                   levels=LevelSettings(loc_epochs=10),
                    train=dict(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
                               schedule=Schedule(first=1, short=2, long=3), train_bn=False, jobs=2))
 FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
@@ -229,7 +107,7 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
     train = dict(s.train)
     if s.pretrain_studies: train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
     summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
-                           max_reports=s.max_reports, progress=progress, inputs=s.inputs, levels=s.levels, **train)
+                           max_reports=s.max_reports, progress=progress, inputs=s.inputs, levels=s.levels, folds=s.folds, **train)
     summary['seconds'] = time.perf_counter() - t0
     write_json(summary, out/'summary.json')
     if progress: print('\n' + format_summary(summary), flush=True)
@@ -244,11 +122,12 @@ def demo_cli(out:str='lsdc-demo',   # output folder
              seed:int=0,            # seed of the synthetic data set
              workers:int=None,      # workers of synthesis and conversion
              jobs:int=None,         # columns trained at once in worker processes (default 2 on CPU, 1 with --full)
+             folds:int=None,        # folds of the study-level split (default 2 on CPU, 5 with --full)
              inputs:str='levels',   # 'levels': each column on a crop around its level; 'middle': the middle slices (seed 001)
              phantom:str='anatomical', # the synthetic phantom: 'anatomical', or 'middle' (the grades drawn on the middle slices)
              quiet:bool=False,      # no progress display
             ) -> int:
-    "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners, submission, score, reports"
-    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom).items() if v}
+    "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners per fold, the CV, submission, score, reports"
+    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom, folds=folds).items() if v}
     s = demo(out, full=full, seed=seed, n_workers=workers, progress=not quiet, **changes)
     return int(s['n_failed'] > 0)

@@ -24,16 +24,15 @@ from .levels import read_levels, level_crops, write_levels
 from .localize import (LocalizerSettings, read_localizer_record, load_localizer, export_localizer, localizer_dir,
                            OOF_FILE as LOCALIZER_OOF, RECORD_FILE as LOCALIZER_RECORD)
 from .axial import read_axial_record, axial_dir, OOF_FILE as AXIAL_OOF, RECORD_FILE as AXIAL_RECORD
-from .data import DataError, load_rsna
+from .data import DataError, load_rsna, read_train
 from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 
 # %% auto #0
 __all__ = ['UNTRAINED', 'PROB_FORMAT', 'verified_file', 'load_column_learner', 'reexport_levels', 'column_priors',
            'predict_images', 'to_grade_order', 'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks',
-           'predict_columns', 'to_submission', 'write_submission', 'sweep_temp_files', 'predict', 'predict_cli',
-           'validation_predictions', 'fit_calibrations', 'calibrate_models', 'calibration_table', 'evaluate_models',
-           'calibrate_cli']
+           'predict_columns', 'to_submission', 'write_submission', 'sweep_temp_files', 'predict',
+           'validation_predictions', 'fit_calibrations', 'calibrate_models', 'calibration_table', 'evaluate_models']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
 def _old_folder(models, col:str) -> str:
@@ -253,7 +252,6 @@ def write_submission(sub:pd.DataFrame, # `to_submission`'s table
 # %% ../nbs/06_inference.ipynb #fe500e9d
 def _prior_labels(d):
     "The training labels whose grade frequencies are the prior of untrained columns: the data's train.csv when there is one"
-    from lsdc.data import read_train
     if (d.train is None or d.train.empty) and (Path(d.path)/'train.csv').exists(): return read_train(Path(d.path)/'train.csv')
     return d.train
 
@@ -325,28 +323,6 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
         s = time.perf_counter() - t0
         print(f"wrote {out}: {len(sub)} rows for {len(sids)} studies in {s:.1f} s ({s/max(len(sids), 1):.2f} s per study); {fb}")
     return sub
-
-# %% ../nbs/06_inference.ipynb #276999a9
-@call_parse
-def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
-                models:str,          # models folder (from `lsdc train`)
-                out:str,             # submission CSV to write
-                converted:str=None,  # folder for the converted test PNGs (default: next to OUT)
-                split:str='test',    # which split to predict
-                bs:int=64,           # batch size
-                workers:int=None,    # conversion workers
-                calibration:str='auto', # 'auto': the calibration fitted on the validation studies; 'none': raw outputs
-                strict:bool=False,   # exit with 1 when any prediction came from the prior (the submission is still written)
-                trust_pickles:bool=False, # load the pickles, which run code: only for a models folder you trust
-               ):
-    "Write a Kaggle submission from trained per-column learners"
-    try: sub = predict(data, models, out, converted=converted, split=split, bs=bs, n_workers=workers, calibration=calibration,
-                       trust_pickles=trust_pickles)
-    except (ModelIntegrityError, DataError, LockError, OSError, ValueError, KeyError, RuntimeError) as e:   # all a folder or data can cause
-        print(f"lsdc predict: {e if str(e) else type(e).__name__}", file=sys.stderr); return 1
-    if strict and sub.attrs['prior'].n:
-        print(f"lsdc predict: --strict: {sub.attrs['prior']}", file=sys.stderr); return 1
-    return 0
 
 # %% ../nbs/06_inference.ipynb #0b26c8d4
 def validation_predictions(models,              # models folder (manifest.json, split.csv, model files)
@@ -457,21 +433,3 @@ def evaluate_models(models,              # models folder
     plot_confusion_grid(preds, out/'confusion_matrices.png', title='Confusion matrices of the validation studies')
     plot_reliability(preds, out/'reliability.png')
     return ev
-
-# %% ../nbs/06_inference.ipynb #c6a126bb
-@call_parse
-def calibrate_cli(models:str,              # models folder (from `lsdc train`)
-                  converted:str,           # conversion folder of the training studies
-                  data:str=None,           # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
-                  scope:str='condition',   # one temperature per 'condition' (its five levels pooled) or per 'column'
-                  bs:int=64,               # batch size
-                  trust_pickles:bool=False,# load the pickles, which run code: only for a models folder you trust
-                 ) -> int:
-    "Fit the calibration of every trained column on its validation studies (after all shards are done)"
-    from lsdc.data import load_rsna
-    try: df = calibrate_models(models, converted, load_rsna(data, splits=('train',), check_images=False).train, scope=scope, bs=bs,
-                               trust_pickles=trust_pickles)
-    except (ModelIntegrityError, DataError, LockError, OSError, ValueError, KeyError, RuntimeError) as e:   # all a folder or data can cause
-        print(f"lsdc calibrate: {e if str(e) else type(e).__name__}", file=sys.stderr); return 1
-    print(df.to_string(index=False))
-    return 0

@@ -29,6 +29,7 @@ from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condi
 from .files import (ModelIntegrityError, index_files, read_index, file_sha256, file_lock, now, json_default, write_json,
                         result_file, write_result, read_results, sweep_leftovers)
 from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
+from .data import load_rsna
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
 
 # %% auto #0
@@ -40,7 +41,7 @@ __all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUM
            'learner_from_config', 'column_done', 'results_table', 'manifest', 'plot_results', 'collect_results',
            'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns', 'scheduler_shard',
            'shard_columns', 'training_settings', 'settings_digest', 'settings_change', 'ColumnJob', 'worker_devices',
-           'train_columns', 'train_cli']
+           'train_columns']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -738,6 +739,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
                       valid_pct:float=0.2,     # share of studies in validation
                       seed:int=42,             # seed of split, resampling and training
                       balance:str='upsample',  # how the training part is balanced
+                      valid_ids=None,          # the validation studies of a study-level split (None: each column splits itself)
                       **options,               # `train_column`'s options (schedule, size, bs, arch, pretrained, weights, ...)
                      ) -> dict:
     "Everything that shapes a column's model, as JSON data: what resuming compares (`settings_digest`)"
@@ -750,6 +752,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
     w = o['weights']
     s = dict(inputs=inputs, architecture=arch_name(o['arch']), image_size=o['size'], pretrained=bool(o['pretrained'] and w is None),
              weights=file_sha256(w) if w else None, balance=balance, valid_pct=float(valid_pct), seed=seed, series=series,
+             valid_ids=None if valid_ids is None else sorted(int(as_id(s)) for s in valid_ids),
              schedule=Schedule(*o['schedule'])._asdict(), bs=o['bs'], aug=bool(o['aug']), train_bn=bool(o['train_bn']),
              lr_find_iters=o['lr_find_iters'], lr_find_range=[float(v) for v in o['lr_find_range']], freeze_epochs=o['freeze_epochs'],
              patience=o['patience'], conversion=conv)
@@ -787,6 +790,7 @@ class ColumnJob(NamedTuple):
     options: dict        # keyword options of `train_column`
     settings: dict|None = None  # `training_settings`, recorded with the column (and its digest)
     resume: bool = False        # skip the column when, once claimed, it turns out trained with these settings
+    valid_ids: tuple|None = None  # the validation studies of a study-level split (None: the column splits itself)
 
 def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> dict:
     "Claim, train, export and record one column (on `device`); a failure is recorded, never raised"
@@ -796,7 +800,7 @@ def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> di
         if job.resume and digest and column_done(models, col, digest): return {**_record(models, col), 'skipped': True}
         try:
             table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed,
-                                         balance=job.balance)
+                                         balance=job.balance, valid_ids=job.valid_ids)
             if info['n_missing_series']:
                 say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
             write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
@@ -927,7 +931,8 @@ def train_columns(converted,               # conversion folder (holds index.csv,
                   columns=None,            # columns to train (default: all 25)
                   shard=None,              # 'i/n': train only shard i of n of `columns`
                   series=None,             # series mapping (None: `DEFAULT_SERIES`; 'Sagittal T1' for all)
-                  valid_pct:float=0.2,     # share of studies in validation
+                  valid_pct:float=0.2,     # share of studies in validation (when `valid_ids` is None)
+                  valid_ids=None,          # the validation studies, the same for every column (a fold of `lsdc.pipeline`'s split)
                   seed:int=42,             # seed of split, resampling and training
                   balance:str='upsample',  # the training part: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
                   resume:bool=True,        # skip columns already trained with these settings (model files match their record)
@@ -944,11 +949,11 @@ def train_columns(converted,               # conversion folder (holds index.csv,
     if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     settings_from = converted if index is None else None   # the index files are fingerprinted, else the table given
     if index is None: index = read_index(converted)
-    if labels is None:
-        from lsdc.data import load_rsna
-        labels = load_rsna(data, splits=('train',), check_images=False).train
+    if labels is None: labels = load_rsna(data, splits=('train',), check_images=False).train
     say = _say if progress else log.info   # it goes to the worker processes too
-    settings = training_settings(index, settings_from, models, series=series, valid_pct=valid_pct, seed=seed, balance=balance, **kwargs)
+    valid_ids = None if valid_ids is None else tuple(sorted(int(as_id(s)) for s in valid_ids))
+    settings = training_settings(index, settings_from, models, series=series, valid_pct=valid_pct, seed=seed, balance=balance,
+                                 valid_ids=valid_ids, **kwargs)
     digest = settings_digest(settings)
     with models_lock(models):   # sweeps the leftovers of runs that died
         todo = []
@@ -965,7 +970,8 @@ def train_columns(converted,               # conversion folder (holds index.csv,
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
         work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
-                          seed=seed, balance=balance, bars=bars, options=kwargs, settings=settings, resume=resume) for _, col in todo]
+                          seed=seed, balance=balance, bars=bars, options=kwargs, settings=settings, resume=resume, valid_ids=valid_ids)
+                for _, col in todo]
         if jobs > 1: _train_parallel(work, jobs, say)
         else: _train_serial(work, [tag for tag, _ in todo], say)
         df = collect_results(models)
@@ -980,65 +986,3 @@ def _pair(s, what:str) -> tuple:
     v = str(s).replace(',', ' ').split()
     if len(v) != 2: raise ValueError(f"{what} needs 2 comma-separated values, got {s!r}")
     return float(v[0]), float(v[1])
-
-# %% ../nbs/05_learners.ipynb #9e2114e0
-@call_parse
-def train_cli(converted:str,                 # conversion folder (holds index.csv)
-              models:str,                    # models folder to write
-              data:str=None,                 # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
-              columns:str=None,              # comma-separated label columns (default: all 25)
-              shard:str=None,                # 'i/n': train shard i (from 0) of n; 'auto': from SLURM / Kubernetes / $LSDC_SHARD
-              size:int=256,                  # image size
-              arch:str='resnet34',           # architecture: torchvision name (or timm name when timm is installed)
-              pretrained:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # ImageNet weights (torch.hub cache or download)
-              weights:str=None,              # local state dict file for the body (no download)
-              epochs:str='4,5,10',           # epoch-threshold retraining: first, short and long epochs
-              thresholds:str='0.95,0.91',    # keep above the first, retrain short at or above the second
-              lr_find_iters:int=100,         # lr_find iterations
-              lr_find_range:str='1e-7,10',   # lr_find's first and last learning rates
-              valid_pct:float=0.2,           # share of studies in validation
-              seed:int=42,                   # random seed
-              series_map:str='default',      # 'default' (T2/STIR for canal and subarticular, T1 for foraminal), 'sagittal_t1', or a description
-              bs:int=64,                     # batch size
-              aug:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # augmentation of training batches
-              keep:str='last',               # after retraining keep the 'last' model (the method) or the 'best'
-              train_bn:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # BatchNorm trains while the body is frozen
-              balance:str='upsample',        # the imbalance: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
-              calibration:str='condition',   # then fit temperatures on the validation studies: per 'condition', per 'column', or 'none'
-              no_resume:bool=False,          # retrain columns that already have a pickle (and, with --inputs levels, the localiser)
-              jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine; GPUs: one each)
-              loader:str='cache',            # 'cache': each image decoded once into an image cache; 'png': every epoch (former path)
-              inputs:str='middle',           # 'middle': CONVERTED's middle slices (seed 001); 'levels': locate the levels, cut crops, train on them
-              crops:str=None,                # --inputs levels: the training crops' folder (default: beside CONVERTED, `crops/<name>`)
-              loc_size:int=96,               # --inputs levels: the level localiser's image size
-              loc_epochs:int=15,             # --inputs levels: the level localiser's epochs
-              train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
-              slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
-              axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'
-              quiet:bool=False,              # no progress output
-             ) -> int:
-    "Train one learner per label column (all 25, a list, or a shard) into MODELS"
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
-    from lsdc.data import load_rsna
-    for opt, v, ok in (('--inputs', inputs, ('middle', 'levels')), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest'))):
-        if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
-    d = load_rsna(data, splits=('train',), check_images=inputs == 'levels')
-    labels = d.train
-    if inputs == 'levels':   # the CLI composes the steps: stage 1 and the crops come before the learners
-        from lsdc.levels import LevelSettings, prepare_levels
-        crops = crops or Path(converted).parent/'crops'/Path(converted).name
-        ls = LevelSettings(crop_size=size, loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial)
-        converted = prepare_levels(d, converted, models, crops, settings=ls, seed=seed, progress=not quiet,
-                                   pretrained=pretrained and not weights, resume=not no_resume)
-    df = train_columns(converted, models, labels=labels, columns=columns, shard=shard, balance=balance,
-                       series=SERIES_MAPS.get(series_map, series_map), valid_pct=valid_pct, seed=seed,
-                       resume=not no_resume, progress=not quiet, jobs=jobs, loader=loader, schedule=Schedule.parse(epochs, thresholds, keep),
-                       size=size, bs=bs, aug=aug, lr_find_iters=lr_find_iters, lr_find_range=_pair(lr_find_range, '--lr-find-range'),
-                       arch=arch, pretrained=pretrained, weights=weights, train_bn=train_bn)
-    if calibration != 'none' and (df.status == 'ok').any():
-        from lsdc.inference import calibrate_models   # the CLI composes the steps; inference comes after training
-        try: cal = calibrate_models(models, converted, labels, scope=calibration)
-        except ModelIntegrityError as e: print(f"lsdc train: no calibration fitted: {e}", file=sys.stderr); return 1
-        if not quiet: print(cal.to_string(index=False, float_format=lambda v: f'{v:.4f}'))
-    cols = set(shard_columns(parse_columns(columns), shard))
-    return int((df[df.column.isin(cols)].status != 'ok').any())

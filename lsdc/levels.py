@@ -57,6 +57,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
                    settings:LevelSettings=LevelSettings(),
                    n_workers:int|None=None,# workers of the crops
                    seed:int=0,             # seed of the localiser and the jitter
+                   folds=None,             # each training study's fold (`{study_id: fold}`, `lsdc.pipeline`'s split); None: `settings.folds` at random
                    progress:bool=True,     # a line per step
                    **kwargs,               # `train_localizer`'s options: pretrained, weights, ...
                   ) -> Path:
@@ -65,10 +66,11 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
     if s.train_crops not in ('located', 'annotated'): raise ValueError(f"train_crops must be 'located' or 'annotated', got {s.train_crops!r}")
     if s.axial not in ('learned', 'nearest'): raise ValueError(f"axial must be 'learned' or 'nearest', got {s.axial!r}")
     d = data if hasattr(data, 'series') else load_rsna(data)
+    if folds is not None: s = s._replace(folds=len(set(dict(folds).values())))
     say = (lambda m: print(m, flush=True)) if progress else log.info
     with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localiser and the crops
         t0 = time.perf_counter()
-        rec = train_localizer(converted, d, models, arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs, folds=s.folds,
+        rec = train_localizer(converted, d, models, arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs, folds=s.folds if folds is None else folds,
                               seed=seed, progress=progress, **kwargs)
         say(f"localiser: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
         points = locate_levels(models, converted, d, split='train')

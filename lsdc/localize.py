@@ -387,14 +387,14 @@ def _validation(table:pd.DataFrame, rel, data) -> dict:
 # %% ../nbs/05c_localize.ipynb #71abf0dd
 def _out_of_fold(table:pd.DataFrame, settings:LocalizerSettings, seed:int, device, say) -> tuple:
     "(n, 5, 2) out-of-fold points (-1..1) of `table` (with `fold`), and each fold model's record"
-    rel, recs, folds = np.zeros((len(table), len(LEVELS), 2)), [], int(table.fold.max()) + 1
-    for k in range(folds):
+    rel, recs, folds = np.zeros((len(table), len(LEVELS), 2)), [], sorted(set(table.fold) - {-1})
+    for k in folds:
         t0, held = time.perf_counter(), (table.fold == k).to_numpy()
         learn = fit_localizer(table, valid_ids=table.study_id[held], settings=settings, seed=seed + k, device=device)
         rel[held] = predict_points(learn, table.image[held])
         recs.append(dict(fold=k, train_studies=sorted(learn.dls.train_ds.items.study_id.tolist()),
                          valid_studies=sorted(learn.dls.valid_ds.items.study_id.tolist()), seconds=time.perf_counter() - t0))
-        say(f"localizer fold {k + 1}/{folds}: trained on {len(recs[-1]['train_studies'])} studies, located {int(held.sum())} "
+        say(f"localizer fold {k + 1}/{len(folds)}: trained on {len(recs[-1]['train_studies'])} studies, located {int(held.sum())} "
             f"({recs[-1]['seconds']:.0f} s)")
     return rel, recs
 
@@ -406,9 +406,9 @@ def _plot_fold0(table:pd.DataFrame, rel, v:dict, fname) -> Path:
                        title=f"Out-of-fold levels (x) and annotations (o): median {med}")
 
 # %% ../nbs/05c_localize.ipynb #b070ddfe
-def _inputs_key(table:pd.DataFrame, settings:LocalizerSettings, seed:int, folds:int, valid_ids=None) -> str:
-    "SHA-256 of what the localisers learn from: settings, seed, folds, each study's series, slice, image (path, size, mtime), points"
-    h = hashlib.sha256(json.dumps(dict(settings=settings._asdict(), seed=seed, folds=folds,
+def _inputs_key(table:pd.DataFrame, settings:LocalizerSettings, seed:int, folds, valid_ids=None) -> str:
+    "SHA-256 of what the localisers learn from: settings, seed, folds (a number or each study's), each study's series, slice, image (path, size, mtime), points"
+    h = hashlib.sha256(json.dumps(dict(settings=settings._asdict(), seed=seed, folds=folds if isinstance(folds, int) else {str(k): v for k, v in folds.items()},
                                        valid_ids=None if valid_ids is None else sorted(int(as_id(v)) for v in valid_ids))).encode())
     for r in table.itertuples():
         st = os.stat(r.image)
@@ -440,7 +440,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
                     pretrained:bool=False, # ImageNet weights
                     weights=None,          # local state dict file of the full model (instead of `pretrained`)
                     seed:int=0,            # seed of the folds and of training
-                    folds:int=2,           # folds of the out-of-fold points
+                    folds=2,               # folds of the out-of-fold points, or each study's fold (a study-level split: `{study_id: fold}`)
                     device=None,           # torch device (default: CUDA when present)
                     resume:bool=True,      # reuse a finished localiser of the same inputs instead of training again
                     progress:bool=True,    # a line per model
@@ -454,8 +454,13 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     folder, t0 = localizer_dir(models), time.perf_counter()
     table = level_targets(read_index(converted), coords)
     skipped = table.attrs['skipped']
-    table['fold'] = table.study_id.map(study_folds(table.study_id, folds=folds, seed=seed, valid_ids=valid_ids))
+    if isinstance(folds, int): table['fold'] = table.study_id.map(study_folds(table.study_id, folds=folds, seed=seed, valid_ids=valid_ids))
+    else:   # the given split; a study it lacks only ever trains
+        fold_of = {int(as_id(k)): int(v) for k, v in dict(folds).items()}
+        table['fold'] = table.study_id.map(lambda s: fold_of.get(int(s), -1)).astype(int)
+        folds = dict(sorted(fold_of.items()))
     key = _inputs_key(table, s, seed=seed, folds=folds, valid_ids=valid_ids)
+    if not isinstance(folds, int): folds = len(set(folds.values()))
     if resume and (rec := _finished(models, key)):
         say(f"localizer: reused {folder} (trained on the same images, points and settings)"); return rec
     rel, fold_recs = _out_of_fold(table, settings=s, seed=seed, device=device, say=say)
@@ -464,6 +469,8 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     pkl = export_learner(final, folder/MODEL_FILE)
     safe = export_localizer(final, folder, s)
     say(f"localizer final model: trained on {len(table)} studies ({time.perf_counter() - t1:.0f} s) -> {folder/safe['safetensors']}")
+    held = (table.fold >= 0).to_numpy()   # the studies a fold held out (all, unless the given split lacks some)
+    table, rel = table[held].reset_index(drop=True), rel[held]
     oof = write_csv(_located(table, dicom_points(rel, table['columns'], table['rows']), table.fold), folder/OOF_FILE)
     v = _validation(table, rel, data)
     _plot_fold0(table, rel, v, folder/FIGURE_FILE)

@@ -1,4 +1,4 @@
-"""The competition score with its four-part breakdown, the prior-only baseline it must beat, per-column evaluation of held-out studies (accuracy, precision, recall, F1, ROC/PR AUC, confusion matrices), their plots, and `lsdc score`.
+"""The competition score with its four-part breakdown, the best constant submission it must beat, per-column evaluation of held-out studies (accuracy, precision, recall, F1, ROC/PR AUC, confusion matrices), their plots, and `lsdc score`.
 
 Docs: https://lsdc-dev.github.io/lsdc/metrics.html.md"""
 
@@ -19,8 +19,10 @@ from .core import (CONDITIONS, LEVELS, LEVEL_NAMES, GRADES, GRADE_KEYS, GRADE_WE
 
 # %% auto #0
 __all__ = ['EPS', 'SCORE_TERMS', 'PRED_COLUMNS', 'weighted_log_loss', 'empty_labels', 'competition_score', 'grade_priors',
-           'prior_submission', 'baseline_score', 'evaluate_column', 'evaluate', 'predictions_table', 'short_name',
-           'plot_confusion_grid', 'plot_training_curves', 'format_scores', 'score_cli']
+           'prior_submission', 'baseline_score', 'best_constant', 'constant_submission', 'best_constant_score',
+           'study_terms', 'terms_score', 'bootstrap_counts', 'score_interval', 'paired_difference', 'verdict',
+           'evaluate_column', 'evaluate', 'predictions_table', 'short_name', 'plot_confusion_grid',
+           'plot_training_curves', 'format_scores', 'score_cli']
 
 # %% ../nbs/07_metrics.ipynb #83717f31
 EPS = float(np.finfo(np.float64).eps)
@@ -162,6 +164,100 @@ def baseline_score(train_labels:pd.DataFrame, # train.csv-style labels the frequ
                   ) -> dict:
     "`competition_score` of the prior-only submission built from `train_labels`, on the studies of `labels`"
     return competition_score(labels, prior_submission(train_labels, labels['study_id'], floor=floor))
+
+# %% ../nbs/07_metrics.ipynb #3c8458bc
+def best_constant(train_labels:pd.DataFrame, # train.csv-style training labels
+                  floor:float=1e-3,          # smallest share of any grade, before the weights
+                 ) -> pd.DataFrame:
+    "Per label column, the constant prediction of least expected weighted log loss: grade shares x (1, 2, 4), renormalised"
+    v = grade_priors(train_labels, floor=floor).to_numpy() * np.asarray(GRADE_WEIGHTS)
+    return pd.DataFrame(v / v.sum(1, keepdims=True), index=pd.Index(LABEL_COLUMNS, name='column'), columns=list(GRADE_KEYS))
+
+def constant_submission(probs:pd.DataFrame, # per label column (index) the three probabilities (`grade_priors`, `best_constant`)
+                        study_ids,          # the studies to predict
+                       ) -> pd.DataFrame:
+    "A submission that predicts `probs` of each row's column for every study"
+    sids = [as_id(s, 'study_id') for s in study_ids]
+    out = pd.DataFrame(np.tile(probs.loc[list(LABEL_COLUMNS)].to_numpy(float), (len(sids), 1)), columns=list(GRADE_KEYS))
+    out.insert(0, 'row_id', [f'{s}_{c}' for s in sids for c in LABEL_COLUMNS])
+    return out
+
+def best_constant_score(train_labels:pd.DataFrame, # train.csv-style labels the shares come from
+                        labels:pd.DataFrame,       # train.csv-style labels to score against
+                        floor:float=1e-3,          # smallest share of any grade, before the weights
+                       ) -> dict:
+    "`competition_score` of the best constant submission built from `train_labels`, on the studies of `labels`"
+    return competition_score(labels, constant_submission(best_constant(train_labels, floor), labels['study_id']))
+
+# %% ../nbs/07_metrics.ipynb #4e35c6c8
+def study_terms(labels:pd.DataFrame,     # train.csv-style true grades
+                submission:pd.DataFrame, # row_id, normal_mild, moderate, severe
+                eps:float=EPS,           # probabilities are clipped to [eps, 1-eps]
+               ) -> pd.DataFrame:
+    "Per study (index): `{term}_loss` (the sum of weight x log loss of its rows) and `{term}_weight` for each score term"
+    t = _truth(labels)
+    p = np.clip(_submission_probs(submission, t['row_id']), eps, 1 - eps)
+    q = p / p.sum(1, keepdims=True)
+    y, w = t['grade'].to_numpy(), t['weight'].to_numpy()
+    df = pd.DataFrame({'study_id': t['study_id'].to_numpy(), 'loss': -w * np.log(q[np.arange(len(t)), y]), 'weight': w,
+                       'group': t['group'].to_numpy()})
+    out = df.pivot_table(index='study_id', columns='group', values=['loss', 'weight'], aggfunc='sum', fill_value=0.)
+    out.columns = [f'{g}_{k}' for k, g in out.columns]
+    a = _any_severe(t, p[:, 2])   # the metric clips the study's largest severe probability
+    pa = np.clip(a['pred'].to_numpy(float), eps, 1 - eps)
+    out['any_severe_spinal_loss'] = pd.Series(-a['weight'].to_numpy() * np.where(a['label'] == 1, np.log(pa), np.log(1 - pa)), a.index)
+    out['any_severe_spinal_weight'] = a['weight'].astype(float)
+    cols = [f'{k}_{v}' for k in SCORE_TERMS for v in ('loss', 'weight')]
+    return out.reindex(columns=cols).fillna(0.).sort_index()
+
+def terms_score(terms:pd.DataFrame, # `study_terms`
+                counts=None,        # (n_studies,) or (draws, n_studies) times each study counts (default: once)
+               ) -> pd.DataFrame:
+    "The four terms and the score of each re-weighting of the studies (one row per draw)"
+    c = np.ones((1, len(terms))) if counts is None else np.atleast_2d(np.asarray(counts, float))
+    res = {}
+    with np.errstate(invalid='ignore', divide='ignore'):
+        for k in SCORE_TERMS: res[k] = c @ terms[f'{k}_loss'].to_numpy() / (c @ terms[f'{k}_weight'].to_numpy())
+    res = pd.DataFrame(res)
+    res['score'] = res[list(SCORE_TERMS)].mean(1)
+    return res
+
+def bootstrap_counts(n:int, n_boot:int=1000, seed:int=0) -> np.ndarray:
+    "(n_boot, n) times each of `n` studies is drawn in each of `n_boot` draws with replacement"
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot)
+
+def score_interval(terms:pd.DataFrame, # `study_terms`
+                   n_boot:int=1000,    # bootstrap draws
+                   seed:int=0,         # seed of the draws
+                   level:float=.95,    # the interval's coverage
+                  ) -> pd.DataFrame:
+    "Per term and the score: the value, and the bootstrap interval over studies (`lo`, `hi`)"
+    v, b = terms_score(terms).iloc[0], terms_score(terms, bootstrap_counts(len(terms), n_boot, seed))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    lo, hi = np.nanpercentile(b.to_numpy(), q, axis=0)
+    return pd.DataFrame({'value': v, 'lo': lo, 'hi': hi})
+
+# %% ../nbs/07_metrics.ipynb #728ab212
+def paired_difference(a:pd.DataFrame,  # `study_terms` of the first predictions
+                      b:pd.DataFrame,  # `study_terms` of the second, on the same data
+                      n_boot:int=2000, # bootstrap draws
+                      seed:int=0,      # seed of the draws
+                      level:float=.95, # the interval's coverage
+                     ) -> pd.DataFrame:
+    "Per term and the score, over the studies both have: a, b, a - b and the bootstrap interval of a - b (`lo`, `hi`)"
+    ids = a.index.intersection(b.index)
+    if not len(ids): raise ValueError("the two have no study in common")
+    a, b = a.loc[ids], b.loc[ids]
+    c = bootstrap_counts(len(ids), n_boot, seed)
+    d = (terms_score(a, c) - terms_score(b, c)).to_numpy()
+    lo, hi = np.nanpercentile(d, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
+    va, vb = terms_score(a).iloc[0], terms_score(b).iloc[0]
+    return pd.DataFrame({'a': va, 'b': vb, 'diff': va - vb, 'lo': lo, 'hi': hi}).assign(n_studies=len(ids))
+
+def verdict(diff:pd.Series, # a row of `paired_difference` (lower scores are better)
+           ) -> str:
+    "'better', 'worse' or 'cannot tell' for the first of the two"
+    return 'better' if diff['hi'] < 0 else 'worse' if diff['lo'] > 0 else 'cannot tell'
 
 # %% ../nbs/07_metrics.ipynb #ebca56b3
 def _grade_codes(y) -> np.ndarray:
@@ -326,15 +422,16 @@ def plot_training_curves(histories:dict, # {column: DataFrame with columns epoch
 
 # %% ../nbs/07_metrics.ipynb #0db7bf50
 def format_scores(score:dict,         # a `competition_score` breakdown
-                  baseline:dict|None=None, # the prior-only baseline's breakdown, if any
+                  baseline:dict|None=None, # a baseline's breakdown (`best_constant_score`), if any
+                  name:str='best constant', # the baseline's name, the header of its column
                  ) -> str:
     "The score breakdown as a text table, with the baseline and the ratio score/baseline when given"
     keys = list(SCORE_TERMS) + ['score']
-    head = f"{'term':<18}{'score':>9}" + (f"{'baseline':>10}{'ratio':>8}" if baseline else '')
+    head = f"{'term':<18}{'score':>9}" + (f"{name:>15}{'ratio':>8}" if baseline else '')
     lines = [head]
     for k in keys:
         line = f'{k:<18}{score[k]:>9.4f}'
-        if baseline: line += f"{baseline[k]:>10.4f}{score[k] / baseline[k] if baseline[k] else float('nan'):>8.3f}"
+        if baseline: line += f"{baseline[k]:>15.4f}{score[k] / baseline[k] if baseline[k] else float('nan'):>8.3f}"
         lines.append(line)
     return '\n'.join(lines)
 
@@ -342,17 +439,19 @@ def format_scores(score:dict,         # a `competition_score` breakdown
 @call_parse
 def score_cli(labels:str,             # train.csv-style file of the true grades (study_id + 25 label columns)
               submission:str,         # submission CSV: row_id, normal_mild, moderate, severe
-              baseline_from:str=None, # train.csv-style file whose grade frequencies give the prior-only baseline
+              baseline_from:str=None, # train.csv-style file whose grade shares give the best constant submission (`best_constant`)
              ):
-    "Print the competition score of SUBMISSION against LABELS, and the prior-only baseline when given"
+    "Print the competition score of SUBMISSION against LABELS, and the best constant submission's when given"
     try:
         lab, sub = pd.read_csv(labels), pd.read_csv(submission)
         t = _truth(lab)
         s = competition_score(lab, sub)
-        b = baseline_score(pd.read_csv(baseline_from), lab) if baseline_from else None
+        tr = pd.read_csv(baseline_from) if baseline_from else None
+        b = best_constant_score(tr, lab) if baseline_from else None
     except (OSError, ValueError, TypeError) as e:
         print(f'lsdc score: error: {e}', file=sys.stderr); return 1
     print(f"{t['study_id'].nunique()} studies, {len(t)} graded rows scored ({labels})")
     print(format_scores(s, b))
-    if b: print(f"\nscore {s['score']:.4f} vs prior-only baseline {b['score']:.4f}: ratio {s['score'] / b['score']:.3f} (lower is better)")
+    if b: print(f"\nscore {s['score']:.4f} vs the best constant submission {b['score']:.4f}: ratio {s['score'] / b['score']:.3f} "
+                f"(lower is better; the grade shares score {baseline_score(tr, lab)['score']:.4f})")
     return 0

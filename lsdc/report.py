@@ -19,7 +19,7 @@ from fastcore.script import call_parse
 from fastai.callback.hook import hook_output
 from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id,
                        label_column, level_key, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
-from .files import read_index, read_manifest, manifest_series
+from .files import read_index, read_manifest, manifest_series, verified_path
 from .dicom import write_png
 from .crops import POINT_COLUMNS, read_points
 from .inference import load_column_learner
@@ -657,7 +657,9 @@ def render_study_html(rep:StudyReport,     # from `study_report`
 <div class="disclaimer">{_esc(_disclaimer(rep.crops_used))}</div>
 {notes}
 <h2>Findings by condition and level</h2>
-<p>Each cell: the most probable grade and the model's probability for it.</p>
+<p>Each cell: the most probable grade and the model's probability for it. Read them from the calibrated posterior 
+(<code>submission_posterior.csv</code>, as <code>lsdc demo</code> writes its reports): a submission's probabilities are weighted 1/2/4 toward 
+Moderate and Severe for the competition metric, on purpose, and overstate them.</p>
 {html_table(_grid_table(rep))}
 <h2>Middle slices</h2>
 {_images_html(rep, px)}
@@ -805,10 +807,15 @@ def load_learners(models,              # models folder: manifest.json and each c
                   cpu:bool|None=None,  # load on the CPU (default: unless CUDA is present)
                   trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
                  ) -> dict:
-    "`{column: Learner}` of the verified model files of a models folder (see `lsdc.inference.load_column_learner`)"
+    "`{column: Learner}` of the verified model files of a models folder (see `lsdc.inference.load_column_learner`); of a cross-validated one, its first fold's"
     models = Path(models)
     if not models.is_dir(): raise FileNotFoundError(f"models folder {models} does not exist")
     man = read_manifest(models)
+    ks = man.get('trained_folds')
+    if isinstance(ks, list) and ks and isinstance(ks[0], int):   # a cross-validated folder (`lsdc.pipeline`): its first fold's learners
+        name = f'fold{ks[0]}/manifest.json'
+        verified_path(models, name, (man.get('files') or {}).get(name))
+        models = models/f'fold{ks[0]}'; man = read_manifest(models)
     out = {}
     for col in (LABEL_COLUMNS if columns is None else columns):
         if col not in man.get('columns', {}):

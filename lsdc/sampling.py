@@ -135,12 +135,18 @@ def training_table(labels:pd.DataFrame, # `study_id` + label columns, grades as 
                    valid_pct:float=0.2, # share of studies in validation
                    seed:int=42,         # seed of the split and of the resampling
                    balance:str='upsample', # 'upsample' the training part, or leave it as it is ('weights', 'none')
+                   valid_ids=None,      # the validation studies (one fold of a study-level split); None: split this column alone
                   ) -> tuple[pd.DataFrame, dict]:
-    "Split `col`'s studies, balance the training part; the rows for the `DataBlock` and a summary"
+    "Split `col`'s studies (or take `valid_ids` as validation), balance the training part; the rows for the `DataBlock` and a summary"
     if balance not in ('upsample', 'weights', 'none'): raise ValueError(f"balance must be 'upsample', 'weights' or 'none', got {balance!r}")
     t = column_table(labels, index, col, series)
     if t.df.empty: raise ValueError(f"{col}: no labelled study has a converted {t.series} series")
-    split, note = split_studies(t.df, valid_pct, seed)
+    if valid_ids is None: split, note = split_studies(t.df, valid_pct, seed)
+    else:
+        v = {as_id(s) for s in valid_ids}
+        split, note = t.df.assign(is_valid=t.df.study_id.isin(v)), 'the given validation studies (a fold of the study-level split)'
+        if split.is_valid.all() or not split.is_valid.any():
+            raise ValueError(f"{col}: the validation studies leave {'no training' if split.is_valid.all() else 'no validation'} study of its {len(t.df)} labelled ones")
     train, valid = split[~split.is_valid], split[split.is_valid]
     train = train.assign(image=train.image_train)   # level crops: the annotated crop; a conversion: the same image
     train, valid = train.drop(columns='image_train'), valid.drop(columns='image_train')

@@ -12,7 +12,9 @@ from lsdc.files import ModelIntegrityError, file_sha256, read_results
 
 COLS = ['spinal_canal_stenosis_l1_l2', 'spinal_canal_stenosis_l2_l3']
 CLI = 'import sys; from lsdc.cli import main; sys.exit(main(sys.argv[1:]))'
-TINY = ('--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1', '--lr-find-iters', '5', '--bs', '16', '--calibration', 'none')
+TINY = ('--inputs', 'middle', '--folds', '2', '--train-folds', '0', '--n-boot', '50', '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1',
+        '--lr-find-iters', '5', '--bs', '16')
+F = 'fold0'   # `lsdc train --train-folds 0`: the learners of fold 0 of the study-level split, in their own models folder
 
 
 def train_cmd(converted, models, synth, *more):
@@ -36,7 +38,7 @@ def converted(synth_data, tmp_path_factory):
 
 def leftovers(m) -> list:
     "Temporary files anywhere below `m` and anything in its `_work` folder"
-    return sorted(str(p.relative_to(m)) for p in [*m.rglob('.*.tmp'), *(m/'_work').glob('*')])
+    return sorted(str(p.relative_to(m)) for p in [*m.rglob('.*.tmp'), *(p for p in m.rglob('*') if p.parent.name == '_work')])
 
 
 def claimed(fn, timeout=300):
@@ -59,22 +61,22 @@ def test_two_runs_on_the_same_columns(converted, synth_data, tmp_path):
     cmd = train_cmd(converted, m, synth_data, '--columns', ','.join(COLS), '--size', 32)
     start = lambda: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     procs = [start()]
-    claimed(m/'claims'/f'{COLS[0]}.lock')         # the first holds its first column: the second is sure to meet it
+    claimed(m/F/'claims'/f'{COLS[0]}.lock')         # the first holds its first column: the second is sure to meet it
     procs.append(start())
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], '\n=====\n'.join(o[-3000:] for o in outs)
-    man = json.loads((m/'manifest.json').read_text())['columns']
-    recs = read_results(m)
+    man = json.loads((m/F/'manifest.json').read_text())['columns']
+    recs = read_results(m/F)
     assert sorted(man) == sorted(COLS)
     for c in COLS:
         r, e = recs[c], man[c]
         for name, key in (('pickle', 'sha256'), ('safetensors', 'safetensors_sha256'), ('config', 'config_sha256')):
-            assert r[key] == e[key] == file_sha256(m/e[name]), (c, name)
+            assert r[key] == e[key] == file_sha256(m/F/e[name]), (c, name)
         from fastai.learner import load_learner   # our own folder: unpickling is fine here
         from safetensors.torch import load_file
-        pkl, st = load_learner(m/e['pickle']).model.state_dict(), load_file(m/e['safetensors'])
+        pkl, st = load_learner(m/F/e['pickle']).model.state_dict(), load_file(m/F/e['safetensors'])
         assert sorted(pkl) == sorted(st) and all(torch.equal(pkl[k].float(), st[k].float()) for k in st), c   # one training
-        assert json.loads((m/e['config']).read_text())['image_size'] == r['image_size'] == 32
+        assert json.loads((m/F/e['config']).read_text())['image_size'] == r['image_size'] == 32
     assert leftovers(m) == []
     said = '\n'.join(outs)
     assert 'another run is training it; waiting' in said, said   # they did race, and the later one waited its turn
@@ -90,19 +92,19 @@ def trained32(converted, synth_data, tmp_path_factory):
 
 def test_rerun_with_another_size_retrains(trained32, converted, synth_data, tmp_path):
     m = tmp_path/'models'; shutil.copytree(trained32, m)
-    before = read_results(m)[COLS[0]]
+    before = read_results(m/F)[COLS[0]]
     out = run_ok(train_cmd(converted, m, synth_data, '--columns', COLS[0], '--size', 48), cwd=tmp_path)
     assert f'{COLS[0]}: trained with other settings (image_size 32 -> 48); training it again' in out, out
     assert 'already trained, skipped' not in out, out
-    after = read_results(m)[COLS[0]]
+    after = read_results(m/F)[COLS[0]]
     assert (before['image_size'], after['image_size']) == (32, 48) and after['settings']['image_size'] == 48
     assert after['settings_sha256'] != before['settings_sha256']
-    man = json.loads((m/'manifest.json').read_text())['columns'][COLS[0]]
+    man = json.loads((m/F/'manifest.json').read_text())['columns'][COLS[0]]
     assert man['image_size'] == 48 and man['settings_sha256'] == after['settings_sha256'] and man['inputs'] == 'middle'
-    assert man['sha256'] == file_sha256(m/man['pickle']) != before['sha256']
-    assert json.loads((m/man['config']).read_text())['image_size'] == 48
+    assert man['sha256'] == file_sha256(m/F/man['pickle']) != before['sha256']
+    assert json.loads((m/F/man['config']).read_text())['image_size'] == 48
     out = run_ok(train_cmd(converted, m, synth_data, '--columns', COLS[0], '--size', 48), cwd=tmp_path)   # the same settings again: resumed
-    assert f'{COLS[0]}: already trained, skipped' in out and read_results(m)[COLS[0]] == after, out
+    assert f'{COLS[0]}: already trained, skipped' in out and read_results(m/F)[COLS[0]] == after, out
 
 
 def owned(pid) -> str:

@@ -256,7 +256,8 @@ def test_study_without_any_usable_series(tmp_path):
 # 16 studies at 48 px, ResNet18 from scratch, one epoch per attempt, two columns (one per sagittal series)
 MODEL_COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l3_l4']
 TINY = ('--columns', ','.join(MODEL_COLS), '--size', 48, '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1',
-        '--lr-find-iters', 5, '--bs', 16)
+        '--lr-find-iters', 5, '--bs', 16, '--inputs', 'middle', '--folds', 2, '--train-folds', 0, '--n-boot', 50)
+F = 'fold0'   # `--train-folds 0`: fold 0's learners, a models folder of their own inside the run's
 
 def lsdc_ok(*args) -> subprocess.CompletedProcess:
     "Run `lsdc ARGS` in a child process; it must succeed"
@@ -290,26 +291,26 @@ def test_truncated_model_file_is_refused(trained, tmp_path, kind, suffix):
     from lsdc.files import ModelIntegrityError
     from lsdc.inference import load_column_learner
     m, col = models_copy(trained, tmp_path), MODEL_COLS[0]
-    fn = m/f'{col}.{suffix}'
+    fn = m/F/f'{col}.{suffix}'
     fn.write_bytes(fn.read_bytes()[:fn.stat().st_size // 2])
     with pytest.raises(ModelIntegrityError, match=re.escape(f'{fn}: SHA-256 ') + r'\w+\.\.\. does not match the manifest'):
-        load_column_learner(m, col, trust_pickles=kind == 'pickle')
-    load_column_learner(m, col, trust_pickles=kind != 'pickle')   # the other way to load it does not read that file
+        load_column_learner(m/F, col, trust_pickles=kind == 'pickle')
+    load_column_learner(m/F, col, trust_pickles=kind != 'pickle')   # the other way to load it does not read that file
 
 def test_truncated_safetensors_stops_predict(trained, synth_data, tmp_path):
     m = models_copy(trained, tmp_path)
-    fn = m/f'{MODEL_COLS[1]}.safetensors'
+    fn = m/F/f'{MODEL_COLS[1]}.safetensors'
     fn.write_bytes(fn.read_bytes()[:1000])
     r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
     assert r.returncode == 1 and f'lsdc predict: {fn}: SHA-256 ' in r.stderr, (r.stdout, r.stderr)
     assert not (tmp_path/'sub.csv').exists()
 
 def test_models_from_before_safetensors(trained, synth_data, tmp_path):
-    "A folder of pickles only (an older lsdc): a clear error saying what to do; re-exported, it loads with no pickle"
+    "A folder of pickles only (an older lsdc, without folds): a clear error saying what to do; re-exported, it loads with no pickle"
     from lsdc.files import ModelIntegrityError, read_results, write_result
     from lsdc.inference import load_column_learner, predict_images
     from lsdc.learners import collect_results, reexport_safe
-    m = models_copy(trained, tmp_path)
+    m = models_copy(trained, tmp_path)/F   # a fold's folder is a single models folder, as earlier releases wrote them
     for col, rec in read_results(m).items():
         (m/f'{col}.safetensors').unlink(); (m/f'{col}.json').unlink()
         write_result(m, {k: v for k, v in rec.items() if not k.startswith(('safetensors', 'config'))})
@@ -320,7 +321,7 @@ def test_models_from_before_safetensors(trained, synth_data, tmp_path):
     assert r.returncode == 1 and 'has no safetensors weights' in r.stderr and '--trust-pickles' in r.stderr, r.stderr
     trusted = load_column_learner(m, MODEL_COLS[0], trust_pickles=True)
     assert reexport_safe(m) == MODEL_COLS
-    for col in MODEL_COLS: assert sha(m/f'{col}.safetensors') == sha(trained/'models'/f'{col}.safetensors')
+    for col in MODEL_COLS: assert sha(m/f'{col}.safetensors') == sha(trained/'models'/F/f'{col}.safetensors')
     images = sorted(str(p) for p in (trained/'conv').glob('*/*.png'))[:8]
     np.testing.assert_allclose(predict_images(load_column_learner(m, MODEL_COLS[0]), images), predict_images(trusted, images), atol=1e-5)
 
@@ -329,30 +330,31 @@ def test_models_from_before_safetensors(trained, synth_data, tmp_path):
 def test_unparseable_manifest(trained, synth_data, tmp_path):
     "manifest.json cut short: predict names it and exits 1; `lsdc train` rebuilds it from results/*.json"
     m = models_copy(trained, tmp_path)
-    good = json.loads((m/'manifest.json').read_text())
+    good = json.loads((m/F/'manifest.json').read_text())
     (m/'manifest.json').write_text((m/'manifest.json').read_text()[:300])
     r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
     assert r.returncode == 1 and f"lsdc predict: {m/'manifest.json'}: unreadable manifest" in r.stderr, (r.stdout, r.stderr)
     assert not (tmp_path/'sub.csv').exists()
-    r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
+    r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY)
     assert r.stdout.count('already trained, skipped') == 2, r.stdout           # nothing retrained: only rebuilt
-    assert json.loads((m/'manifest.json').read_text())['columns'] == good['columns']
+    assert json.loads((m/F/'manifest.json').read_text())['columns'] == good['columns']
+    assert json.loads((m/'manifest.json').read_text())['trained_folds'] == [0]            # the run's manifest is whole again
 
 def test_results_json_cut_in_half_is_retrained(trained, synth_data, tmp_path):
     "A column's record cut short: named in a warning, the column trained again, the other one left alone"
     from lsdc.files import read_results
     m = models_copy(trained, tmp_path)
-    before = read_results(m)
-    fn = m/'results'/f'{MODEL_COLS[0]}.json'
+    before = read_results(m/F)
+    fn = m/F/'results'/f'{MODEL_COLS[0]}.json'
     fn.write_text(fn.read_text()[:fn.stat().st_size // 2])
-    r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
+    r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY)
     assert f'{fn}: unreadable' in r.stderr, r.stderr
     assert f'{MODEL_COLS[0]}: training' in r.stdout and f'{MODEL_COLS[1]}: already trained, skipped' in r.stdout, r.stdout
-    after = read_results(m)
+    after = read_results(m/F)
     assert after[MODEL_COLS[0]]['status'] == 'ok' and after[MODEL_COLS[0]]['finished'] >= before[MODEL_COLS[0]]['finished']
-    assert after[MODEL_COLS[0]]['sha256'] == sha(m/f'{MODEL_COLS[0]}.pkl')
-    assert after[MODEL_COLS[1]] == before[MODEL_COLS[1]] and sha(m/f'{MODEL_COLS[1]}.pkl') == before[MODEL_COLS[1]]['sha256']
-    assert sorted(json.loads((m/'manifest.json').read_text())['columns']) == sorted(MODEL_COLS)
+    assert after[MODEL_COLS[0]]['sha256'] == sha(m/F/f'{MODEL_COLS[0]}.pkl')
+    assert after[MODEL_COLS[1]] == before[MODEL_COLS[1]] and sha(m/F/f'{MODEL_COLS[1]}.pkl') == before[MODEL_COLS[1]]['sha256']
+    assert sorted(json.loads((m/F/'manifest.json').read_text())['columns']) == sorted(MODEL_COLS)
 
 
 # ---------------------------------------------------------------- models: killed mid-run
@@ -362,8 +364,9 @@ def model_files(m, col) -> dict:
 def test_killed_training_resumes(trained, synth_data, tmp_path):
     "SIGKILL once between the columns and once inside the second: the rerun completes, the first column untouched"
     from lsdc.learners import MANIFEST_KEYS
-    m, (first, second) = tmp_path/'models', MODEL_COLS
-    train = cli_args('train', trained/'conv', m, '--data', synth_data, *TINY, '--calibration', 'none')
+    top, (first, second) = tmp_path/'models', MODEL_COLS
+    m = top/F
+    train = cli_args('train', trained/'conv', top, '--data', synth_data, *TINY)
     proc = subprocess.Popen(train, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, lambda: (m/'results'/f'{first}.json').exists(), timeout=600)        # the first column just finished
     assert proc.returncode == -signal.SIGKILL and not (m/f'{second}.pkl').exists()
