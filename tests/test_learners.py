@@ -347,16 +347,20 @@ def test_two_shard_processes_into_one_folder(converted, synth, tmp_path):
     m = tmp_path/'models'
     cmd = [sys.executable, '-c', 'import sys; from lsdc.cli import main; sys.exit(main(sys.argv[1:]))', 'train',
            str(converted), str(m), '--data', str(synth), '--columns', ','.join(cols), '--shard', 'auto', '--arch', 'resnet18',
-           '--size', '32', '--no-pretrained', '--epochs', '1,1,1', '--lr-find-iters', '5', '--bs', '16', '--calibration', 'none']
+           '--size', '32', '--no-pretrained', '--epochs', '1,1,1', '--lr-find-iters', '5', '--bs', '16', '--inputs', 'middle',
+           '--folds', '2', '--train-folds', '0', '--n-boot', '50']
     env = lambda i: {**__import__('os').environ, 'SLURM_ARRAY_TASK_ID': str(i + 1), 'SLURM_ARRAY_TASK_MIN': '1',
                      'SLURM_ARRAY_TASK_COUNT': '2'}
     procs = [subprocess.Popen(cmd, env=env(i), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    man = json.loads((m/'manifest.json').read_text())['columns']
+    f0 = m/'fold0'   # `--train-folds 0`: fold 0's learners
+    man = json.loads((f0/'manifest.json').read_text())['columns']
     assert sorted(man) == sorted(cols)
     for c, r in man.items():
-        assert file_sha256(m/r['pickle']) == r['sha256'] and file_sha256(m/r['safetensors']) == r['safetensors_sha256']
-    assert sorted(pd.read_csv(m/'results.csv').column) == sorted(cols)
+        assert file_sha256(f0/r['pickle']) == r['sha256'] and file_sha256(f0/r['safetensors']) == r['safetensors_sha256']
+    assert sorted(pd.read_csv(f0/'results.csv').column) == sorted(cols)
+    oof = pd.read_csv(m/'oof_predictions.csv')      # the OOF predictions of whichever shard finished last see every column
+    assert set(oof[oof.source == 'model'].column) == set(cols)
     assert len(list((Path(converted)/'cache').glob('32px-*.npy'))) == 1
     assert 'FutureWarning' not in ''.join(outs) and '\r' not in ''.join(outs)   # plain lines in a log

@@ -1,5 +1,6 @@
 """The levels method end to end at tiny size, through the `lsdc` command: synth (anatomical) -> convert -> train
---inputs levels (localiser, crops, learners) -> predict -> report; and what keeps it honest."""
+--inputs levels (a two-fold study-level split; the localiser, crops, and fold 0's learners) -> predict -> report; and
+what keeps it honest."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
@@ -19,7 +20,13 @@ def lsdc(*args, check=True):
 def train_args(w, data):
     return ('train', w/'conv'/'train', w/'models', '--data', data, '--inputs', 'levels', '--columns', ','.join(COLS),
             '--size', 32, '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5,
-            '--bs', 16, '--loc-size', 48, '--loc-epochs', 3)
+            '--bs', 16, '--loc-size', 48, '--loc-epochs', 3, '--folds', 2, '--train-folds', 0, '--n-boot', 50)
+
+
+def run_folds(w) -> dict:
+    "The run's study-level split, `{study_id: fold}`: what stage 1 was trained on"
+    f = pd.read_csv(w/'models'/'folds.csv')
+    return dict(zip(f.study_id, f.fold))
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +43,9 @@ def run(tmp_path_factory):
 def test_manifest_lists_the_levels_files(run):
     m = run['w']/'models'
     man = json.loads((m/'manifest.json').read_text())
-    assert {c: e['inputs'] for c, e in man['columns'].items()} == {c: 'levels' for c in COLS}
+    fold = json.loads((m/'fold0'/'manifest.json').read_text())
+    assert {c: e['inputs'] for c, e in fold['columns'].items()} == {c: 'levels' for c in COLS}
+    assert man['inputs'] == ['levels'] and man['trained_folds'] == [0] and man['files']['fold0/manifest.json'] == file_sha256(m/'fold0'/'manifest.json')
     assert man['levels']['sha256'] == file_sha256(m/'levels.json')
     lv = json.loads((m/'levels.json').read_text())
     assert lv['settings']['crop_size'] == 32 and lv['settings']['axial'] == 'learned'
@@ -79,7 +88,8 @@ def test_axial_nearest_needs_no_selector(run, tmp_path):
     s = LevelSettings(crop_size=32, loc_size=48, loc_epochs=3, axial='nearest')
     with pytest.raises(ValueError, match="axial must be 'learned' or 'nearest'"):
         prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'bad', settings=s._replace(axial='best'))
-    dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False)
+    dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False,
+                          folds=run_folds(w))
     assert not (models/'axial').exists()
     assert not [f for f in json.loads((models/'levels.json').read_text())['files'] if f.startswith('axial/')]
     crops = read_index(dest)
@@ -93,7 +103,7 @@ def test_validation_sees_located_crops_training_annotated(run):
     # the training part of each column reads annotated crops, its validation part the located ones (as at test time)
     w = run['w']
     crops = read_index(w/'conv'/'crops'/'train')
-    split = pd.read_csv(w/'models'/'split.csv')
+    split = pd.read_csv(w/'models'/'fold0'/'split.csv')
     for col in COLS:
         c = crops[crops.column == col]
         valid = set(split[(split.column == col) & (split.split == 'valid')].study_id)
@@ -104,7 +114,7 @@ def test_validation_sees_located_crops_training_annotated(run):
 
 def test_train_crops_located_cuts_only_located_crops(run, tmp_path, capsys):
     # train_crops='located': the learners train on the crops the localiser gives; the finished localiser (same seed as
-    # `lsdc train`'s 42) is reused
+    # `lsdc train`'s 42, same folds) is reused
     from lsdc.levels import LevelSettings, prepare_levels
     w = run['w']
     models = tmp_path/'models'
@@ -112,7 +122,8 @@ def test_train_crops_located_cuts_only_located_crops(run, tmp_path, capsys):
     s = LevelSettings(crop_size=32, loc_size=48, loc_epochs=3, train_crops='located')
     with pytest.raises(ValueError, match='train_crops'):
         prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'bad', settings=s._replace(train_crops='both'))
-    dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False)
+    dest = prepare_levels(run['data'], w/'conv'/'train', models, tmp_path/'crops', settings=s, n_workers=1, seed=42, pretrained=False,
+                          folds=run_folds(w))
     assert 'reused' in capsys.readouterr().out
     crops = read_index(dest)
     assert len(crops) and set(crops.source) == {'located'}
@@ -218,7 +229,7 @@ def relist(m, **extra):
     for sub in ('localizer', 'axial'):   # and as an earlier release's levels.json listed them, so that the attack is one on it too
         lv[sub] = {fn.name: file_sha256(fn) for fn in sorted((m/sub).iterdir()) if fn.suffix in ('.pkl', '.json', '.safetensors')}
     (m/'levels.json').write_text(json.dumps(lv))
-    man['files'] = {**lv['files'], 'levels.json': file_sha256(m/'levels.json')}
+    man['files'] = {**man.get('files', {}), **lv['files'], 'levels.json': file_sha256(m/'levels.json')}
     man['levels'] = {'file': 'levels.json', 'sha256': file_sha256(m/'levels.json')}
     (m/'manifest.json').write_text(json.dumps(man))
 
@@ -255,9 +266,11 @@ def test_attack_variants_run_no_code_and_read_nothing_outside(run, tmp_path, var
         (loc/'other.csv').write_text((loc/'oof_points.csv').read_text())
         edit_record(m, 'localizer', oof='other.csv', oof_sha256=file_sha256(loc/'other.csv')); relist(m); expect = 'other.csv: not listed'
     elif variant == 'column_pickle':               # the only model of a column is a payload pickle, listed with its hash
-        col = COLS[0]; man = json.loads((m/'manifest.json').read_text())
-        man['columns'][col] |= {'pickle': f'{col}.pkl', 'sha256': write_payload(m/f'{col}.pkl', marker), 'safetensors': None}
-        (m/'manifest.json').write_text(json.dumps(man)); expect = f'{col} has no safetensors weights'
+        col, f0 = COLS[0], m/'fold0'; man = json.loads((f0/'manifest.json').read_text())
+        man['columns'][col] |= {'pickle': f'{col}.pkl', 'sha256': write_payload(f0/f'{col}.pkl', marker), 'safetensors': None}
+        (f0/'manifest.json').write_text(json.dumps(man))
+        top = json.loads((m/'manifest.json').read_text()); top['files']['fold0/manifest.json'] = file_sha256(f0/'manifest.json')
+        (m/'manifest.json').write_text(json.dumps(top)); expect = f'{col} has no safetensors weights'
     elif variant == 'unknown_arch':                # a config that would have timm fetch a model from the network
         cfg = json.loads((loc/'localizer.json').read_text()).get('config', {})
         edit_record(m, 'localizer', config={**cfg, 'architecture': 'hf-hub:someone/model'}); relist(m); expect = "'hf-hub:someone/model'"
@@ -283,6 +296,9 @@ def test_folder_of_an_earlier_release(run, tmp_path):
     from lsdc.levels import read_levels
     from lsdc.learners import collect_results
     m = attacked(run, tmp_path, 'models')
+    (m/'manifest.json').unlink()                   # an earlier release's folder had no folds: the columns beside stage 1
+    for f in (m/'fold0').iterdir(): shutil.move(str(f), str(m/f.name))
+    collect_results(m, plots=False)
     rec = json.loads((m/'localizer'/'localizer.json').read_text())
     (m/'localizer'/'localizer.json').write_text(json.dumps({k: v for k, v in rec.items() if k.split('_')[0] not in ('safetensors', 'config', 'oof')}))
     (m/'localizer'/'localizer.safetensors').unlink()

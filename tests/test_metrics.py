@@ -3,7 +3,7 @@ import math, warnings
 import numpy as np, pandas as pd, pytest
 from sklearn.metrics import log_loss
 from lsdc.core import LABEL_COLUMNS, GRADES, GRADE_KEYS, GRADE_WEIGHTS
-from lsdc.metrics import (competition_score, prior_submission, baseline_score, grade_priors, empty_labels,
+from lsdc.metrics import (competition_score, prior_submission, baseline_score, best_constant_score, grade_priors, empty_labels,
                           evaluate_column, evaluate, predictions_table, plot_confusion_grid, plot_training_curves,
                           score_cli, weighted_log_loss, PRED_COLUMNS, EPS)
 
@@ -268,7 +268,8 @@ def test_score_cli(case, tmp_path, capsys):
     from lsdc.cli import main
     assert main(['score', str(tmp_path/'labels.csv'), str(tmp_path/'sub.csv'), '--baseline-from', str(tmp_path/'train.csv')]) == 0
     out = capsys.readouterr().out
-    b = baseline_score(tr, lab)
-    assert f"{b['score']:.4f}" in out and f"ratio {e['score'] / b['score']:.3f}" in out
+    b, shares = best_constant_score(tr, lab), baseline_score(tr, lab)
+    assert f"the best constant submission {b['score']:.4f}" in out and f"ratio {e['score'] / b['score']:.3f}" in out
+    assert f"the grade shares score {shares['score']:.4f}" in out
     assert score_cli(str(tmp_path/'labels.csv'), str(tmp_path/'missing.csv')) == 1
     assert 'lsdc score: error' in capsys.readouterr().err
