@@ -205,17 +205,22 @@ def metric_terms(q, rows:MetricRows, eps:float=EPS) -> dict:
     return res
 
 # %% ../nbs/05a_calibration.ipynb #f31937db
-CAL_BOUNDS = dict(temperature=(0.05, 20.), severe_scale=(0.25, 4.))   # the search ranges, and what a calibration file may hold
+CAL_BOUNDS = dict(temperature=(0.05, 20.), severe_scale=(0.25, 4.), shrink=(0., 1.))   # the search ranges, and what a calibration file may hold
 
 class StudyCalibration(NamedTuple):
-    "A temperature per condition (the posterior), then the metric's weights and a scale on the spinal Severe probability (the submission)"
+    "Per condition a temperature and a shrinkage towards the grade shares (the posterior), then the metric's weights and a scale on the spinal Severe probability (the submission)"
     temperatures:dict           # {condition: T}
     severe_scale:float = 1.     # a: the submission's spinal Severe probability is multiplied by it, then renormalised
+    shrink:dict|None = None     # {condition: s}: the posterior is (1 - s) x the tempered learner + s x the column's training grade shares
 
-    def posterior(self, raw, factors, columns) -> np.ndarray:
-        "The calibrated posterior of a learner's `raw` probabilities (n, 3), with its `factors` (`posterior_factors`) per row"
-        t = [self.temperatures.get(split_column(c)[0], 1.) for c in columns]
-        return tempered(raw, t, factors)
+    def posterior(self, raw, factors, columns, shares=None) -> np.ndarray:
+        "The calibrated posterior of a learner's `raw` probabilities (n, 3), with its `factors` (`posterior_factors`) and training grade `shares` per row"
+        cond = [split_column(c)[0] for c in columns]
+        p = tempered(raw, [self.temperatures.get(c, 1.) for c in cond], factors)
+        s = np.array([(self.shrink or {}).get(c, 0.) for c in cond], dtype=np.float64).reshape(-1, 1)
+        if not s.any(): return p
+        if shares is None: raise ValueError("this calibration shrinks towards the training grade shares: pass each row's `shares`")
+        return (1 - s) * p + s * np.asarray(shares, dtype=np.float64)
 
     def submission(self, posterior, columns) -> np.ndarray:
         "What the metric wants of a posterior (n, 3): times (1, 2, 4), the spinal Severe times `severe_scale`, renormalised"
@@ -224,64 +229,76 @@ class StudyCalibration(NamedTuple):
         q[sp, 2] *= self.severe_scale
         return q / q.sum(1, keepdims=True)
 
-    def to_dict(self) -> dict: return dict(temperatures=dict(self.temperatures), severe_scale=self.severe_scale)
+    def to_dict(self) -> dict: return dict(temperatures=dict(self.temperatures), severe_scale=self.severe_scale, shrink=dict(self.shrink or {}))
 
     @classmethod
     def from_dict(cls, d, name:str='calibration'):
-        "A `StudyCalibration` from its JSON form, once every value is a number in `CAL_BOUNDS` (else `ValueError` naming `name`)"
+        "A `StudyCalibration` from its JSON form, once every value is a number in `CAL_BOUNDS` (else `ValueError` naming `name`); no `shrink`: none"
         ok = lambda v, k: isinstance(v, (int, float)) and not isinstance(v, bool) and CAL_BOUNDS[k][0] <= v <= CAL_BOUNDS[k][1]
-        t = d.get('temperatures') if isinstance(d, dict) else None
-        if not (isinstance(t, dict) and set(t) <= set(CONDITIONS) and all(ok(v, 'temperature') for v in t.values())
-                and ok(d.get('severe_scale'), 'severe_scale')):
-            raise ValueError(f"{name}: not a study calibration (temperatures per condition and a severe_scale within {CAL_BOUNDS})")
-        return cls({k: float(v) for k, v in t.items()}, float(d['severe_scale']))
+        per = lambda v, k: isinstance(v, dict) and set(v) <= set(CONDITIONS) and all(ok(x, k) for x in v.values())
+        if not (isinstance(d, dict) and per(d.get('temperatures'), 'temperature') and ok(d.get('severe_scale'), 'severe_scale')
+                and per(d.get('shrink', {}), 'shrink')):
+            raise ValueError(f"{name}: not a study calibration (per condition a temperature and a shrinkage, and a severe_scale, within {CAL_BOUNDS})")
+        return cls({k: float(v) for k, v in d['temperatures'].items()}, float(d['severe_scale']), {k: float(v) for k, v in d.get('shrink', {}).items()})
 
 # %% ../nbs/05a_calibration.ipynb #1558c284
-def _bounded(f, bounds) -> float:
-    "The minimiser x of `f(log x)` over `bounds` of x"
-    r = minimize_scalar(f, bounds=(math.log(bounds[0]), math.log(bounds[1])), method='bounded', options=dict(xatol=1e-4))
-    return float(math.exp(r.x))
+def _bounded(f, bounds, log:bool=True) -> float:
+    "The minimiser x of `f(log x)` over `bounds` of x (`log=False`: of `f(x)`)"
+    lo, hi = (math.log(bounds[0]), math.log(bounds[1])) if log else bounds
+    r = minimize_scalar(f, bounds=(lo, hi), method='bounded', options=dict(xatol=1e-4))
+    return float(math.exp(r.x)) if log else float(r.x)
 
-def calibrate_rows(cal:StudyCalibration, raw, factors, columns, model=None) -> tuple[np.ndarray, np.ndarray]:
+def calibrate_rows(cal:StudyCalibration, raw, factors, columns, model=None, shares=None) -> tuple[np.ndarray, np.ndarray]:
     "`(posterior, submission)` of rows: the learners' rows (`model`) calibrated, the others' probabilities (priors) kept as their posterior"
     raw = np.asarray(raw, dtype=np.float64); model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
-    post = np.where(model[:, None], cal.posterior(raw, factors, columns), raw)
+    post = np.where(model[:, None], cal.posterior(raw, factors, columns, shares), raw)
     return post, cal.submission(post, columns)
 
 PRIOR_SD = 0.25   # the prior's spread of log T and log a around the metric's own mapping (T = 1, a = 1)
 
+# %% ../nbs/05a_calibration.ipynb #35427b79
 def fit_study_calibration(raw,          # (n, 3) out-of-fold probabilities: the learners' raw outputs, or a prior where none predicted
                           factors,      # (n, 3) each row's `posterior_factors` (ones for prior rows)
                           y,            # each row's true grade (name or index; NaN/-1: not graded)
                           columns,      # each row's label column
                           study_ids,    # each row's study
                           model=None,   # which rows a learner predicted (the others keep their probabilities); default all
-                          prior_sd:float|None=PRIOR_SD, # a normal prior on each log parameter, centred on 0 (None: none)
+                          shares=None,  # (n, 3) each row's training grade shares, to shrink towards (None: no shrinkage)
+                          prior_sd:float|None=PRIOR_SD, # a normal prior on log T and log a, centred on 0 (None: none)
+                          rounds:int=2, # coordinate-descent rounds over each condition's parameters
                          ) -> StudyCalibration:
-    "Fit the temperatures and the any-severe scale on predictions of whole studies: the competition metric plus the prior's penalty"
+    "Fit the temperatures, shrinkages and the any-severe scale on predictions of whole studies: the competition metric plus the prior's penalty"
     raw, factors, columns = np.asarray(raw, dtype=np.float64), np.asarray(factors, dtype=np.float64), np.asarray(columns)
     model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
     rows, cond = MetricRows.of(y, columns, study_ids), np.array([split_column(c)[0] for c in columns])
     n = len(set(np.asarray(study_ids).tolist()))   # the prior weighs as much as its spread says against n studies' mean loss
     pen = (lambda v: 0.) if prior_sd is None else (lambda v: v * v / (2 * prior_sd ** 2 * max(n, 1)))
-    temps = {}
+    cal = StudyCalibration({}, 1., {})
+    def step(loss, c, rnds):   # condition c's temperature (and shrinkage, with shares), in turn; `loss(cal)` what they minimise
+        nonlocal cal
+        for _ in range(rnds):
+            t = _bounded(lambda lt: loss(cal._replace(temperatures={**cal.temperatures, c: math.exp(lt)})) + pen(lt), CAL_BOUNDS['temperature'])
+            cal = cal._replace(temperatures={**cal.temperatures, c: t})
+            if shares is None: break
+            s = _bounded(lambda s: loss(cal._replace(shrink={**cal.shrink, c: s})), CAL_BOUNDS['shrink'], log=False)
+            cal = cal._replace(shrink={**cal.shrink, c: s})
     for c in CONDITIONS:
         m = model & (cond == c) & (rows.y >= 0)
         if not m.any(): continue
-        one = lambda t: StudyCalibration({c: t}).submission(tempered(raw[m], t, factors[m]), columns[m])
-        temps[c] = _bounded(lambda lt: weighted_log_loss(rows.y[m], one(math.exp(lt)), rows.weight[m]) + pen(lt), CAL_BOUNDS['temperature'])
-    cal = StudyCalibration(temps)
+        sh = None if shares is None else np.asarray(shares, dtype=np.float64)[m]
+        step(lambda k: weighted_log_loss(rows.y[m], k.submission(k.posterior(raw[m], factors[m], columns[m], sh), columns[m]), rows.weight[m]), c, rounds)
+    sp = rows.group == 'spinal'
     if not (rows.spinal & model).any(): return cal
-    # the spinal temperature and the any-severe scale move the same two terms: fitted in turn, twice
-    both = lambda k: (lambda t: t['spinal'] + t['any_severe_spinal'])(metric_terms(calibrate_rows(k, raw, factors, columns, model)[1], rows))
-    sp = CONDITIONS[0]
-    for _ in range(2):
+    # the spinal parameters and the any-severe scale move the same two terms (and only the spinal rows): fitted in turn
+    r_sp = MetricRows.of(rows.y[sp], columns[sp], np.asarray(study_ids)[sp])
+    sh = None if shares is None else np.asarray(shares, dtype=np.float64)[sp]
+    both = lambda k: (lambda t: t['spinal'] + t['any_severe_spinal'])(metric_terms(calibrate_rows(k, raw[sp], factors[sp], columns[sp], model[sp], sh)[1], r_sp))
+    for _ in range(rounds):
         cal = cal._replace(severe_scale=_bounded(lambda la: both(cal._replace(severe_scale=math.exp(la))) + pen(la), CAL_BOUNDS['severe_scale']))
-        if sp in temps:
-            t = _bounded(lambda lt: both(cal._replace(temperatures={**cal.temperatures, sp: math.exp(lt)})) + pen(lt), CAL_BOUNDS['temperature'])
-            cal = cal._replace(temperatures={**cal.temperatures, sp: t})
+        if CONDITIONS[0] in cal.temperatures: step(both, CONDITIONS[0], 1)
     return cal
 
+# %% ../nbs/05a_calibration.ipynb #a3a550ae
 def study_halves(study_ids, seed:int=0) -> np.ndarray:
     "0 or 1 per row: its study's half, the studies shuffled and dealt in turn"
     ids = sorted(set(np.asarray(study_ids).tolist()))
@@ -290,18 +307,19 @@ def study_halves(study_ids, seed:int=0) -> np.ndarray:
 
 def crossfit_calibration(raw, factors, y, columns, study_ids,
                          groups=None,   # each row's model (a fold): calibrated on its own rows only (default: one model)
-                         model=None, prior_sd:float|None=PRIOR_SD, seed:int=0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+                         model=None, shares=None, prior_sd:float|None=PRIOR_SD, seed:int=0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
     "`(posterior, submission, {(group, half): StudyCalibration}, half)`: each half of a group's studies calibrated by the calibration fitted on its other half"
     raw, factors = np.asarray(raw, dtype=np.float64), np.asarray(factors, dtype=np.float64)
     y, columns, study_ids = np.asarray(y, dtype=object), np.asarray(columns), np.asarray(study_ids)
     groups = np.zeros(len(raw), int) if groups is None else np.asarray(groups)
     model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
+    sh = (lambda m: None) if shares is None else (lambda m, s=np.asarray(shares, dtype=np.float64): s[m])
     post, sub, cals, half = np.zeros_like(raw), np.zeros_like(raw), {}, np.zeros(len(raw), int)
     for k in sorted(set(groups.tolist())):
         g = groups == k; half[g] = study_halves(study_ids[g], seed)
         for j in (0, 1):
             tr, te = g & (half != j), g & (half == j)
             if not tr.any() or not te.any(): raise ValueError(f"group {k}: cross-fitting needs at least two studies")
-            cals[(k, j)] = fit_study_calibration(raw[tr], factors[tr], y[tr], columns[tr], study_ids[tr], model[tr], prior_sd)
-            post[te], sub[te] = calibrate_rows(cals[(k, j)], raw[te], factors[te], columns[te], model[te])
+            cals[(k, j)] = fit_study_calibration(raw[tr], factors[tr], y[tr], columns[tr], study_ids[tr], model[tr], sh(tr), prior_sd)
+            post[te], sub[te] = calibrate_rows(cals[(k, j)], raw[te], factors[te], columns[te], model[te], sh(te))
     return post, sub, cals, half

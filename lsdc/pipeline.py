@@ -34,8 +34,8 @@ __all__ = ['log', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', '
            'ENSEMBLE_FORMAT', 'INPUTS', 'SUBMISSIONS', 'study_burden', 'make_folds', 'write_folds', 'read_folds',
            'fold_dir', 'parse_folds', 'trained_folds', 'train_folds', 'fold_factors', 'oof_table', 'calibrate_oof',
            'oof_submission', 'cv_scores', 'format_cv', 'write_ensemble_manifest', 'read_ensemble', 'cross_validate',
-           'predict_folds', 'train_pipeline', 'compare_runs', 'format_comparison', 'score_files', 'run_pipeline',
-           'format_summary', 'train_cli', 'calibrate_cli', 'predict_cli', 'compare_cli']
+           'fold_predictions', 'predict_folds', 'train_pipeline', 'compare_runs', 'format_comparison', 'score_files',
+           'run_pipeline', 'format_summary', 'train_cli', 'calibrate_cli', 'predict_cli', 'compare_cli']
 
 # %% ../nbs/08a_pipeline.ipynb #f34e0501
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def oof_table(models,                # models folder (folds.csv, fold{k}/)
               bs:int=64,             # batch size
               trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
              ) -> pd.DataFrame:
-    "One row per labelled study of the folds and column: study_id, column, fold, grade, source, raw_*, g_*"
+    "One row per labelled study of the folds and column: study_id, column, fold, grade, source, raw_* (probabilities), g_* (factors), s_* (training shares)"
     folds, lab = read_folds(models), labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
     parts = []
     for k in (trained_folds(models, folds) if which is None else parse_folds(which, int(folds.fold.max()) + 1)):
@@ -151,9 +151,11 @@ def oof_table(models,                # models folder (folds.csv, fold{k}/)
         except (FileNotFoundError, ValueError) as e:   # no column of this fold could predict: all from the prior
             log.warning("fold %d: %s; its studies get the prior", k, e); vp = pd.DataFrame(columns=['study_id', 'column'])
         vp = vp[vp.study_id.isin(ids)].set_index(['study_id', 'column'])
+        other = labels[~labels.study_id.map(as_id).isin(ids)]
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            pri = grade_priors(labels[~labels.study_id.map(as_id).isin(ids)])   # the other folds' shares
+            pri = grade_priors(other)   # the other folds' shares
+            shares = column_priors(fd if (fd/'results').is_dir() else None, labels=other)   # each learner's training shares
         fac = fold_factors(read_results(fd), factors) if (fd/'results').is_dir() else {}
         grid = pd.MultiIndex.from_product([ids, list(LABEL_COLUMNS)], names=['study_id', 'column'])
         have = grid.isin(vp.index)
@@ -161,10 +163,12 @@ def oof_table(models,                # models folder (folds.csv, fold{k}/)
                        pri.loc[grid.get_level_values('column')].to_numpy(float))
         g = np.stack([fac.get(c, np.ones(3)) if h else np.ones(3) for c, h in zip(grid.get_level_values('column'), have)]) if len(grid) else np.zeros((0, 3))
         cols = grid.get_level_values('column')
+        sh = shares.loc[cols].to_numpy(float)
         parts.append(pd.DataFrame({'study_id': grid.get_level_values('study_id').astype('int64'), 'column': cols, 'fold': k,
                                    'grade': [lab.at[s, c] for s, c in grid], 'source': np.where(have, 'model', 'prior'),
                                    **{f'raw_{n}': raw[:, i] for i, n in enumerate(GRADE_KEYS)},
-                                   **{f'g_{n}': g[:, i] for i, n in enumerate(GRADE_KEYS)}}))
+                                   **{f'g_{n}': g[:, i] for i, n in enumerate(GRADE_KEYS)},
+                                   **{f's_{n}': sh[:, i] for i, n in enumerate(GRADE_KEYS)}}))
     if not parts: raise ValueError(f"{models}: no trained fold")
     return pd.concat(parts, ignore_index=True)
 
@@ -172,18 +176,17 @@ def oof_table(models,                # models folder (folds.csv, fold{k}/)
 CAL_FILE, CV_FILE, CV_TABLE = 'calibration.json', 'cv.json', 'cv.md'
 
 def _arrays(t:pd.DataFrame):
-    "raw, factors, grades, columns, studies, learner rows of an OOF table"
-    return (t[[f'raw_{g}' for g in GRADE_KEYS]].to_numpy(float), t[[f'g_{g}' for g in GRADE_KEYS]].to_numpy(float), t.grade.to_numpy(object),
-            t.column.to_numpy(), t.study_id.to_numpy(), (t.source == 'model').to_numpy())
+    "raw, factors, grades, columns, studies, learner rows, training shares of an OOF table"
+    k = lambda p: t[[f'{p}{g}' for g in GRADE_KEYS]].to_numpy(float)
+    return k('raw_'), k('g_'), t.grade.to_numpy(object), t.column.to_numpy(), t.study_id.to_numpy(), (t.source == 'model').to_numpy(), k('s_')
 
 def calibrate_oof(table:pd.DataFrame, # `oof_table`
                  ) -> tuple[pd.DataFrame, dict, dict]:
     "`(table with half, post_* and the submission's probabilities, {fold: calibration}, {(fold, half): cross-fitted calibration})`"
-    raw, g, y, cols, sids, model = _arrays(table)
+    raw, g, y, cols, sids, model, sh = _arrays(table)
     folds = table.fold.to_numpy()
-    post, sub, cals, half = crossfit_calibration(raw, g, y, cols, sids, folds, model)
-    final = {k: fit_study_calibration(raw[folds == k], g[folds == k], y[folds == k], cols[folds == k], sids[folds == k], model[folds == k])
-             for k in sorted(set(folds.tolist()))}
+    post, sub, cals, half = crossfit_calibration(raw, g, y, cols, sids, folds, model, sh)
+    final = {k: fit_study_calibration(*(a[folds == k] for a in (raw, g, y, cols, sids, model, sh))) for k in sorted(set(folds.tolist()))}
     return table.assign(half=half, **{f'post_{n}': post[:, i] for i, n in enumerate(GRADE_KEYS)}, **{n: sub[:, i] for i, n in enumerate(GRADE_KEYS)}), final, cals
 
 def oof_submission(table:pd.DataFrame, # `calibrate_oof`'s table
@@ -270,6 +273,7 @@ def read_ensemble(models, manifest:dict|None=None) -> tuple[dict, dict, list]:
     for k in ks: verified_path(models, f'fold{k}/manifest.json', files.get(f'fold{k}/manifest.json'))
     return man, cal, ks
 
+# %% ../nbs/08a_pipeline.ipynb #11904272
 def cross_validate(models,                # models folder (folds.csv, the trained fold folders)
                    inputs,                # the learners' images (conversion or level-crop folder)
                    labels:pd.DataFrame,   # train.csv-style labels
@@ -314,6 +318,25 @@ def _evaluation(t:pd.DataFrame, out:Path):
     plot_confusion_grid(preds, out/'confusion_matrices.png', title='Confusion matrices of the out-of-fold studies (calibrated posterior)')
     plot_reliability(preds, out/'reliability.png')
 
+# %% ../nbs/08a_pipeline.ipynb #10acf6fe
+def fold_predictions(fd,                   # one fold's models folder
+                     cal:StudyCalibration, # its calibration
+                     index, sids,          # the test inputs (`_test_inputs`) and the studies to predict
+                     priors:pd.DataFrame,  # per column the prior of the columns without a learner (`column_priors`)
+                     labels=None,          # training labels: the shares of a column whose record has no training counts
+                     bs:int=64, trust_pickles:bool=False, quiet:bool=False) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    "`(rows, raw, posterior, submission)` of one fold model: its learners' rows calibrated as in `oof_table` and `calibrate_oof`"
+    with warnings.catch_warnings():
+        if quiet: warnings.simplefilter('ignore')
+        p = predict_columns(fd, index, sids, priors=priors, bs=bs, calibration='none', progress=False, trust_pickles=trust_pickles)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        sh = column_priors(fd, labels=labels).loc[p.column].to_numpy(float)   # the learners' training shares
+    fac, model = fold_factors(read_results(fd)), (p.source == 'model').to_numpy()
+    g = np.stack([fac.get(c, np.ones(3)) if m else np.ones(3) for c, m in zip(p.column, model)])
+    raw = p[list(GRADE_KEYS)].to_numpy(float)
+    return (p, raw, *calibrate_rows(cal, raw, g, p.column.to_numpy(), model, sh))
+
 # %% ../nbs/08a_pipeline.ipynb #e025f24d
 def predict_folds(data,                 # RSNA data folder (Kaggle layout) or `RSNAData`
                   models,               # a cross-validated models folder (`train_pipeline`)
@@ -337,21 +360,14 @@ def predict_folds(data,                 # RSNA data folder (Kaggle layout) or `R
     index = _test_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
                          n_workers=n_workers, progress=progress, trust_pickles=trust_pickles)
     sids, row_ids = _submission_rows(d, split)
-    priors = column_priors(None, labels=_prior_labels(d))
+    pl = _prior_labels(d); priors = column_priors(None, labels=pl)
     posts, raws, subs_k = [], [], []
     for i, k in enumerate(ks):
-        fd = fold_dir(models, k)
-        with warnings.catch_warnings():
-            if i: warnings.simplefilter('ignore')   # each fold would repeat the same fallbacks
-            p = predict_columns(fd, index, sids, priors=priors, bs=bs, calibration='none', progress=False, trust_pickles=trust_pickles)
-        fac = fold_factors(read_results(fd))
-        model = (p.source == 'model').to_numpy()
-        g = np.stack([fac.get(c, np.ones(3)) if m else np.ones(3) for c, m in zip(p.column, model)])
-        raw = p[list(GRADE_KEYS)].to_numpy(float)
-        post, sub = calibrate_rows(cal[k], raw, g, p.column.to_numpy(), model)
+        p, raw, post, sub = fold_predictions(fold_dir(models, k), cal[k], index, sids, priors, pl, bs=bs, trust_pickles=trust_pickles,
+                                             quiet=i > 0)   # each fold would repeat the same fallbacks
         posts.append(post); raws.append(raw); subs_k.append(sub)
         if each: write_submission(to_submission(p.assign(**dict(zip(GRADE_KEYS, sub.T))), row_ids, priors=priors), side[f'fold{k}'])
-        if progress: print(f"fold {k}: {int(model.sum())} study-columns by its learners", flush=True)
+        if progress: print(f"fold {k}: {int((p.source == 'model').sum())} study-columns by its learners", flush=True)
     base = p.drop(columns=list(GRADE_KEYS))
     tables = {'': np.mean(subs_k, 0), 'posterior': np.mean(posts, 0), 'raw': np.mean(raws, 0)}
     subs = {k: to_submission(base.assign(**dict(zip(GRADE_KEYS, v.T))), row_ids, priors=priors) for k, v in tables.items()}
@@ -432,9 +448,6 @@ def format_comparison(d:pd.DataFrame, a, b) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/08a_pipeline.ipynb #ec47dcf7
-def _step(msg:str, t0:float, progress:bool):
-    if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
 SUBMISSIONS = dict(calibrated='submission.csv', raw='submission_raw.csv', fold0='submission_fold0.csv', posterior='submission_posterior.csv')
 
 def score_files(out:Path,                 # run folder holding the submission files (`SUBMISSIONS`)
@@ -448,6 +461,10 @@ def score_files(out:Path,                 # run folder holding the submission fi
     names = ['calibrated' if k == 'score' else k.removeprefix('score_') for k in res]
     write_csv(pd.DataFrame(list(res.values()), index=names).rename_axis('submission').reset_index(), Path(out)/'scores.csv')
     return res
+
+# %% ../nbs/08a_pipeline.ipynb #ba4250df
+def _step(msg:str, t0:float, progress:bool):
+    if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder
@@ -584,6 +601,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     df = cv['trained']; cols = set(shard_columns(parse_columns(columns), shard))
     return int((df[df.column.isin(cols)].status != 'ok').any())
 
+# %% ../nbs/08a_pipeline.ipynb #96733019
 @call_parse
 def calibrate_cli(models:str,              # models folder (from `lsdc train`)
                   inputs:str,              # the learners' images: the training crops (levels) or the conversion (middle)
@@ -603,6 +621,7 @@ def calibrate_cli(models:str,              # models folder (from `lsdc train`)
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, KeyError, RuntimeError) as e: return _fail('calibrate', e)
     return 0
 
+# %% ../nbs/08a_pipeline.ipynb #d3737d4b
 @call_parse
 def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
                 models:str,          # models folder (from `lsdc train`)
@@ -627,6 +646,7 @@ def predict_cli(data:str,            # RSNA data folder (Kaggle layout)
         print(f"lsdc predict: --strict: {fb}", file=sys.stderr); return 1
     return 0
 
+# %% ../nbs/08a_pipeline.ipynb #f09805c3
 @call_parse
 def compare_cli(run_a:str,              # models folder of the first run (from `lsdc train` or `lsdc demo`)
                 run_b:str,              # models folder of the second, on the same training data

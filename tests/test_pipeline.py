@@ -207,13 +207,13 @@ def test_calibration_is_cross_fitted_and_refit_by_calibrate(run, tmp_path):
     from lsdc.calibration import StudyCalibration, calibrate_rows
     m = run['w']/'models'
     t, cv = pd.read_csv(m/'oof_predictions.csv'), json.loads((m/'cv.json').read_text())
-    raw, g = t[[f'raw_{k}' for k in GRADE_KEYS]].to_numpy(float), t[[f'g_{k}' for k in GRADE_KEYS]].to_numpy(float)
+    raw, g, sh = (t[[f'{p}{k}' for k in GRADE_KEYS]].to_numpy(float) for p in ('raw_', 'g_', 's_'))
     for k in (0, 1):
         assert set(t.half[t.fold == k]) == {0, 1}
         assert not set(t.study_id[(t.fold == k) & (t.half == 0)]) & set(t.study_id[(t.fold == k) & (t.half == 1)])
         for j in (0, 1):                            # fold k's half j: calibrated by the calibration fitted on its other half
             cal, r = StudyCalibration.from_dict(cv['crossfit'][f'{k}/{j}']), ((t.fold == k) & (t.half == j)).to_numpy()
-            post, sub = calibrate_rows(cal, raw[r], g[r], t.column[r].to_numpy(), (t.source == 'model').to_numpy()[r])
+            post, sub = calibrate_rows(cal, raw[r], g[r], t.column[r].to_numpy(), (t.source == 'model').to_numpy()[r], sh[r])
             np.testing.assert_allclose(sub, t.loc[r, list(GRADE_KEYS)].to_numpy(float), atol=1e-7)
             np.testing.assert_allclose(post, t.loc[r, [f'post_{k}' for k in GRADE_KEYS]].to_numpy(float), atol=1e-7)
     assert cv['crossfit']['0/0'] != cv['crossfit']['0/1'] and set(cv['calibration']) == {'0', '1'}
@@ -224,6 +224,7 @@ def test_calibration_is_cross_fitted_and_refit_by_calibrate(run, tmp_path):
     for k in ('0', '1'):
         assert new[k]['temperatures'] == pytest.approx(old[k]['temperatures'], rel=1e-6)
         assert new[k]['severe_scale'] == pytest.approx(old[k]['severe_scale'], rel=1e-6)
+        assert new[k]['shrink'] == pytest.approx(old[k]['shrink'], rel=1e-6, abs=1e-9)
     flat = lambda d: {(a, b, k): v for a, x in d.items() for b, y in x.items() for k, v in y.items()}
     assert flat(json.loads((c/'cv.json').read_text())['scores']) == pytest.approx(flat(cv['scores']), rel=1e-6)
 
