@@ -1,5 +1,5 @@
-"""The package's import graph: every module imports only modules below it (no circle), and none imports another lsdc
-module inside a function (the way a circle is usually dodged)."""
+"""The package's imports: every module imports only modules below it (no circle), none imports another lsdc
+module inside a function (the way a circle is usually dodged), and every package it imports is declared."""
 import ast
 from pathlib import Path
 import lsdc
@@ -38,3 +38,31 @@ def test_no_import_circle_and_no_import_inside_a_function():
         state[m] = 2
     for m in sorted(mods): visit(m, [])
     assert 'pipeline' in graph['demo'] and 'inference' in graph['pipeline'] and 'pipeline' not in graph['inference']
+
+
+def _third_party(fn: Path) -> set:
+    "Top-level names of the modules `fn` imports that are neither the standard library nor lsdc (optional ones inside `try` left out)"
+    import sys
+    tree = ast.parse(fn.read_text())
+    guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for b in t.body for n in ast.walk(b)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in guarded: continue
+        if isinstance(node, ast.Import): names |= {a.name.split('.')[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module: names.add(node.module.split('.')[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ('lsdc', '__future__')}
+
+
+def test_every_imported_package_is_declared():
+    import tomllib
+    from importlib.metadata import packages_distributions
+    from packaging.requirements import Requirement
+    proj = tomllib.loads((PKG.parent/'pyproject.toml').read_text())['project']
+    declared = {Requirement(r).name.lower().replace('_', '-') for r in proj['dependencies']}
+    dists = packages_distributions()
+    missing = {}
+    for fn in PKG.glob('*.py'):
+        for mod in _third_party(fn):
+            names = {d.lower().replace('_', '-') for d in dists.get(mod, [mod])}
+            if not names & declared: missing.setdefault(mod, []).append(fn.name)
+    assert missing == {}, f"imported but not declared in pyproject.toml's dependencies: {missing}"
