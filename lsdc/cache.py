@@ -105,7 +105,6 @@ class ImageCache:
         self.size, self.channels, self.bad = meta['size'], meta['channels'], meta['bad']
         self.row = {p: i for i, p in enumerate(meta['images'])}
         self.images = np.load(self.path, mmap_mode='r')
-        self._tensors = {}
 
     def __len__(self): return len(self.row)
     def __repr__(self): return f"ImageCache({self.path.name}: {len(self)} images, {self.channels} x {self.size} x {self.size})"
@@ -119,12 +118,14 @@ class ImageCache:
             out.append(self.row[p])
         return np.asarray(out, dtype=np.int64)
 
-    def tensor(self, device=None) -> torch.Tensor:
-        "The whole array as a uint8 tensor: on `device` when it is CUDA and the array fits, else in CPU memory"
+    def gather(self, paths, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        "The images of `paths` (each once) as one uint8 tensor, on `device` when it is CUDA and they fit, and each path's row in it"
+        rows = self.rows(paths)
+        keep, where = np.unique(rows, return_inverse=True)   # sorted: the map is read front to back
         d = torch.device(device if device is not None else 'cpu')
-        if d.type == 'cuda' and self.images.nbytes > torch.cuda.mem_get_info(d)[0] // 4: d = torch.device('cpu')
-        if d not in self._tensors: self._tensors[d] = torch.from_numpy(np.array(self.images)).to(d)   # read into memory once
-        return self._tensors[d]
+        if d.type == 'cuda' and len(keep) * self.images[0].nbytes > torch.cuda.mem_get_info(d)[0] // 4: d = torch.device('cpu')
+        x = torch.from_numpy(self.images[keep])                # fancy indexing reads only these rows of the map
+        return x.to(d), torch.as_tensor(where.reshape(-1), dtype=torch.long, device=d)
 
 # %% ../nbs/04a_cache.ipynb #8a6104e7
 class CacheDL(TfmdDL):
@@ -155,12 +156,12 @@ class CacheDL(TfmdDL):
 def attach_cache(dls,                 # `DataLoaders` of `CacheDL`s over a table with `image` and `label`
                  cache:ImageCache,    # holding every image of the table
                 ):
-    "Make each of `dls`' loaders gather its batches from `cache`; returns `dls`"
+    "Make each of `dls`' loaders gather its batches from its own images of `cache`, read once for all loaders; returns `dls`"
     for dl in dls.loaders:
         if not isinstance(dl, CacheDL): raise TypeError(f"{type(dl).__name__}: make the DataLoaders with dl_type=CacheDL")
-        items = dl.dataset.items
-        images = cache.tensor(dl.device)
-        dl.cache_images = images
-        dl.cache_rows = torch.as_tensor(cache.rows(items.image), device=images.device)
-        dl.cache_labels = torch.as_tensor([dls.vocab.o2i[v] for v in items.label], dtype=torch.long, device=images.device)
+    items = [dl.dataset.items for dl in dls.loaders]
+    images, rows = cache.gather([p for it in items for p in it.image], dls.loaders[0].device)
+    for dl, it, r in zip(dls.loaders, items, torch.split(rows, [len(it) for it in items])):
+        dl.cache_images, dl.cache_rows = images, r
+        dl.cache_labels = torch.as_tensor([dls.vocab.o2i[v] for v in it.label], dtype=torch.long, device=images.device)
     return dls

@@ -16,7 +16,7 @@ __all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'SUB
            'split_column', 'condition_label', 'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id',
            'parse_row_id', 'study_row_ids', 'condition_group', 'series_for_condition', 'data_path', 'owner_tag',
            'name_owner', 'owner_alive', 'fsync_path', 'atomic_path', 'write_csv', 'write_text', 'leftover',
-           'sweep_temp', 'torch_worker_init']
+           'sweep_temp', 'torch_worker_init', 'release_memory', 'resident_gb']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -244,3 +244,20 @@ def torch_worker_init(threads:int=1):
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     import torch
     torch.set_num_threads(max(1, int(threads)))
+
+# %% ../nbs/00_core.ipynb #6738e803
+def release_memory():
+    "Free what finished work left behind: unreachable cycles, the C heap glibc keeps, PyTorch's cached CUDA memory"
+    import ctypes, ctypes.util, gc, sys
+    gc.collect()
+    if sys.platform.startswith('linux'):
+        try: ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError): pass   # another C library (musl) has no malloc_trim
+    torch = sys.modules.get('torch')
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized(): torch.cuda.empty_cache()
+
+def resident_gb() -> float|None:
+    "This process's resident memory now, in GiB (None where `/proc` cannot tell)"
+    try:
+        with open('/proc/self/status') as f: return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 2**20
+    except (OSError, StopIteration, ValueError): return None

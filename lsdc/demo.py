@@ -104,11 +104,13 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
     if not (data/'test_labels.csv').exists():
         make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers,
                        phantom=s.phantom)
-    train = dict(s.train)
+    t1, train = time.perf_counter(), dict(s.train)
     if s.pretrain_studies: train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
+    t2 = time.perf_counter()
     summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
                            max_reports=s.max_reports, progress=progress, inputs=s.inputs, levels=s.levels, folds=s.folds, **train)
     summary['seconds'] = time.perf_counter() - t0
+    summary['step_seconds'] = {'synthesis': round(t1 - t0, 1), 'body pretraining': round(t2 - t1, 1), **summary['step_seconds']}
     write_json(summary, out/'summary.json')
     if progress: print('\n' + format_summary(summary), flush=True)
     return summary

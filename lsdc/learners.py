@@ -25,7 +25,7 @@ from fastai.metrics import ActivationType
 from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
 from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
-                       torch_worker_init, owner_tag)
+                       torch_worker_init, owner_tag, release_memory, resident_gb)
 from .files import (ModelIntegrityError, index_files, read_index, file_sha256, file_lock, now, json_default, write_json,
                         result_file, write_result, read_results, sweep_leftovers)
 from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
@@ -570,7 +570,7 @@ def learner_from_config(config:dict,  # from `learner_config` (a `{column}.json`
 RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
                   'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'epochs_total', 'n_train', 'n_train_upsampled',
                   'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'balance', 'loader',
-                  'device', 'error')
+                  'device', 'seconds', 'process', 'resident_gb', 'error')
 MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'inputs', 'balance', 'pretrained', 'augmentation', 'n_train',
                  'n_train_upsampled', 'n_valid', 'n_missing_series', 'train_counts', 'train_counts_upsampled', 'lr_minimum',
                  'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence', 'valid_accuracy', 'valid_log_loss',
@@ -811,6 +811,8 @@ def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> di
             rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
                        finished=now())
         if digest: rec = {**rec, 'settings': job.settings, 'settings_sha256': digest}
+        release_memory()   # a worker trains column after column: what this one used goes back before the next
+        rec = {**rec, 'process': os.getpid(), 'resident_gb': resident_gb()}   # what the process holds once it is given back
         write_result(models, rec)
     return rec
 
@@ -832,8 +834,9 @@ def _failed(job:ColumnJob, error:str) -> dict:
 def _pool(n:int, threads:int):
     "A loky pool of `n` fresh worker processes with `threads` torch threads each"
     from loky import ProcessPoolExecutor
-    # loky restarts a worker whose memory grew by 300 MB, as a leak guard; a column's training grows a worker by about
-    # that much (allocator caches), and each restart costs a fresh import of torch and fastai: the guard is set to 8 GB
+    # loky restarts a worker whose memory grew by 300 MB since its last task, as a leak guard; a worker gives back what
+    # each column used (`release_memory`), but a column at full size gathers ~0.4 GB of images while it trains, and
+    # each restart costs a fresh import of torch and fastai: the guard is set to 8 GB
     env = {'LOKY_MAX_MEMORY_LEAK_SIZE': os.environ.get('LOKY_MAX_MEMORY_LEAK_SIZE', str(8 << 30))}
     return ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(threads,), env=env)
 

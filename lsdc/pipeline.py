@@ -463,8 +463,15 @@ def score_files(out:Path,                 # run folder holding the submission fi
     return res
 
 # %% ../nbs/08a_pipeline.ipynb #ba4250df
-def _step(msg:str, t0:float, progress:bool):
+def _step(msg:str, t0:float, progress:bool, marks:list|None=None, key:str=''):
+    "Print the step starting (with the seconds since `t0`); note its start in `marks` under `key`"
     if progress: print(f"\n== {msg} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if marks is not None: marks.append((key, time.perf_counter()))
+
+def _durations(marks:list) -> dict:
+    "`{key: seconds}` of the steps noted in `marks`, each up to the next one's start (the last up to now)"
+    ends = [t for _, t in marks[1:]] + [time.perf_counter()]
+    return {k: round(e - t, 1) for (k, t), e in zip(marks, ends)}
 
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder
@@ -488,15 +495,18 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     size = kwargs.get('size', train_columns.__signature__.parameters['size'].default)
     if 'jobs' in kwargs: kwargs['jobs'] = max(1, min(kwargs['jobs'], os.cpu_count() or 1))
     lv = (levels or LevelSettings())._replace(crop_size=size)
-    _step('convert the training studies' + (' (mid-sagittal slices, for the level localiser)' if inputs == 'levels' else ''), t0, progress)
+    marks = []   # where the seconds go, step by step (the summary's `step_seconds`)
+    _step('convert the training studies' + (' (mid-sagittal slices, for the level localiser)' if inputs == 'levels' else ''), t0, progress,
+          marks, 'conversion')
     convert_dataset(d, conv/'train', split='train', size=lv.loc_size if inputs == 'levels' else size, n_workers=n_workers, progress=progress)
     n_cols = len(parse_columns(columns))
     _step(f"split the {len(d.train)} training studies into {folds} folds" + (f"; locate the levels ({lv.crop_mm:g} mm crops)" if inputs == 'levels' else '')
-          + f"; train {n_cols} learners per fold ({kwargs.get('arch', 'resnet34')}, {size} px, {inputs})", t0, progress)
+          + f"; train {n_cols} learners per fold ({kwargs.get('arch', 'resnet34')}, {size} px, {inputs})", t0, progress, marks,
+          'folds (localiser, crops, learners, CV)' if inputs == 'levels' else 'folds (learners, CV)')
     cv = train_pipeline(d, conv/'train', models, inputs=inputs, crops=out/'crops'/'train', levels=lv, folds=folds, which=which,
                         n_workers=n_workers, n_boot=n_boot, progress=progress, out=out, columns=columns, **kwargs)
     res = cv.pop('trained')
-    _step(f"predict the test studies (the mean of {len(cv['trained_folds'])} folds' models)", t0, progress)
+    _step(f"predict the test studies (the mean of {len(cv['trained_folds'])} folds' models)", t0, progress, marks, 'prediction and scores')
     t1 = time.perf_counter()
     sub = predict_folds(d, models, out/SUBMISSIONS['calibrated'], converted=conv/'test', crops=out/'submission_crops', n_workers=n_workers,
                         each=True, progress=progress)
@@ -508,7 +518,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     if test_labels is not None:
         lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
         summary.update(score_files(out, lab, d.train))
-    _step('write the reports (the calibrated posterior)', t0, progress)
+    _step('write the reports (the calibrated posterior)', t0, progress, marks, 'reports')
     f0 = fold_dir(models, cv['trained_folds'][0])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
@@ -516,7 +526,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
         write_reports(pd.read_csv(out/'submission_posterior.csv'), conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab,
                       series=manifest_series(read_manifest(f0)), coords=d.coords, progress=False, crops=crops,
                       points=crops/'points.csv' if crops else None)
-    summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'))
+    summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'), step_seconds=_durations(marks))
     write_json(summary, out/'summary.json')
     return summary
 
@@ -526,7 +536,8 @@ def format_summary(s:dict) -> str:
     out, cv = Path(s['out']), s['cv']
     k = len(cv['trained_folds'])
     lines = [f"lsdc finished in {s['seconds']:.0f} s: {s['n_trained']} learners ({s['n_columns']} columns x {k} folds) trained, {s['n_failed']} failed; "
-             f"{s['n_test']} test studies predicted ({s['predict_seconds_per_study']:.2f} s per study)", '',
+             f"{s['n_test']} test studies predicted ({s['predict_seconds_per_study']:.2f} s per study)",
+             'the time: ' + ', '.join(f"{k} {v:.0f} s" for k, v in s.get('step_seconds', {}).items()), '',
              f"  submission          {s['submission']}  (and _posterior, _raw, _fold0 beside it)",
              f"  models              {s['models']}/  (folds.csv, fold*/, oof.csv, oof_raw.csv, calibration.json, cv.json, cv.md)",
              f"  evaluation          {s['evaluation']}, {out/'calibration.csv'}, {out/'reliability.png'}, {out/'confusion_matrices.png'}",

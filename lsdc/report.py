@@ -20,18 +20,19 @@ from fastai.callback.hook import hook_output
 from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id,
                        label_column, level_key, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
 from .files import read_index, read_manifest, manifest_series, verified_path
-from .dicom import write_png
+from .dicom import encode_png
 from .crops import POINT_COLUMNS, read_points
 from .inference import load_column_learner
 from .sampling import is_crop_index
 
 # %% auto #0
-__all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'CROPS_DISCLAIMER', 'ReportWarning', 'ProblemKind', 'Problem',
-           'gradcam', 'heatmap_peak', 'study_findings', 'StudyImage', 'study_images', 'read_gray', 'read_rgb',
-           'centre_channel', 'png_data_uri', 'draw_levels', 'overlay_heatmap', 'coordinate_marks', 'study_points',
-           'CropImage', 'study_crops', 'crop_label', 'Cam', 'StudyReport', 'study_report', 'Cell', 'Table',
-           'html_table', 'md_table', 'render_study_html', 'render_study_markdown', 'IndexRow', 'submission_studies',
-           'write_reports', 'load_learners', 'find_chromium', 'screenshot', 'report_cli']
+__all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'CROPS_DISCLAIMER', 'REPORT_CHUNK', 'ReportWarning',
+           'ProblemKind', 'Problem', 'gradcams', 'gradcam', 'heatmap_peak', 'study_findings', 'StudyImage',
+           'study_images', 'read_gray', 'read_rgb', 'centre_channel', 'png_data_uri', 'draw_levels', 'overlay_heatmap',
+           'coordinate_marks', 'study_points', 'CropImage', 'study_crops', 'crop_label', 'Cam', 'StudyReport', 'CamJob',
+           'study_report', 'Cell', 'Table', 'html_table', 'md_table', 'render_study_html', 'render_study_markdown',
+           'IndexRow', 'submission_studies', 'write_reports', 'load_learners', 'find_chromium', 'screenshot',
+           'report_cli']
 
 # %% ../nbs/08_report.ipynb #76f7e810
 log = logging.getLogger(__name__)
@@ -68,32 +69,59 @@ def _class_index(learn, class_idx) -> int:
     if vocab and not 0 <= i < len(vocab): raise ValueError(f"class index {i} out of range for vocabulary {vocab}")
     return i
 
+def _as_rgb(img):
+    "fastai opens files as RGB: a greyscale array or image becomes three equal channels"
+    if isinstance(img, np.ndarray) and img.ndim == 2: return np.stack([img] * 3, -1)
+    return img.convert('RGB') if isinstance(img, Image.Image) else img
+
+def _scaled(cam:np.ndarray) -> np.ndarray:
+    lo, hi = float(cam.min()), float(cam.max())
+    return (cam - lo) / (hi - lo) if np.isfinite(hi - lo) and hi - lo > 1e-12 else np.zeros_like(cam)
+
+def _cam_batch(model, layer, xb, ks:list, n_out_check) -> np.ndarray:
+    "Grad-CAMs (n, H, W) of a batch: one forward and one backward pass (the model in eval mode: the images do not mix)"
+    xb = xb.requires_grad_(True)
+    with hook_output(layer) as acts, hook_output(layer, grad=True) as grads, warnings.catch_warnings(), \
+         torch.enable_grad(), torch.autocast(xb.device.type, enabled=False):
+        warnings.filterwarnings('ignore', message='Using a non-full backward hook')
+        out = model(xb)
+        ks = [int(o.argmax()) if k is None else n_out_check(k, out.shape[1]) for o, k in zip(out, ks)]
+        torch.autograd.grad(out[torch.arange(len(ks)), ks].sum(), xb)   # runs the backward pass that fills `grads`
+    w = grads.stored[0].mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((w * acts.stored).sum(1, keepdim=True)).float()
+    return F.interpolate(cam, size=xb.shape[-2:], mode='bilinear', align_corners=False)[:, 0].cpu().numpy()
+
+def _in_range(k:int, n:int) -> int:
+    if not 0 <= k < n: raise ValueError(f"class index {k} out of range for {n} outputs")
+    return k
+
+def gradcams(learn,            # a fastai vision learner (`learn.model` is `Sequential(body, head)`)
+             imgs:list,        # images: paths, PIL images or uint8 arrays
+             class_idxs=None,  # per image, an output index or class name to explain (None: each one's predicted class)
+             bs:int=32,        # images per forward and backward pass
+            ) -> list[np.ndarray]:
+    "Grad-CAM heatmaps (H, W) in [0, 1] at the model's input size, of many images for one learner, in batches"
+    imgs = [_as_rgb(i) for i in imgs]
+    ks = [None if k is None else _class_index(learn, k) for k in (class_idxs if class_idxs is not None else [None] * len(imgs))]
+    if len(ks) != len(imgs): raise ValueError(f"{len(imgs)} images but {len(ks)} classes")
+    if not imgs: return []
+    model, was_training = learn.model, learn.model.training
+    dev = next(model.parameters()).device
+    out = []
+    try:
+        model.eval()
+        for i, b in enumerate(learn.dls.test_dl(imgs, bs=bs, num_workers=0)):   # in order: a test loader does not shuffle
+            xb = torch.as_tensor(b[0]).to(dev).float()
+            out += list(_cam_batch(model, model[0][-1], xb, ks[i * bs:i * bs + len(xb)], _in_range))   # the body's last block
+    finally: model.train(was_training)
+    return [_scaled(c) for c in out]
+
 def gradcam(learn,          # a fastai vision learner (`learn.model` is `Sequential(body, head)`)
             img,            # image: a path, a PIL image or a uint8 array
             class_idx=None, # output index or class name to explain (None: the predicted class)
            ) -> np.ndarray:
     "Grad-CAM heatmap (H, W) in [0, 1] at the model's input size, for one image and one class"
-    model, was_training = learn.model, learn.model.training
-    layer = model[0][-1]                                     # the last block of the body
-    if isinstance(img, np.ndarray) and img.ndim == 2: img = np.stack([img] * 3, -1)   # fastai opens files as RGB
-    elif isinstance(img, Image.Image): img = img.convert('RGB')
-    dev = next(model.parameters()).device
-    xb = torch.as_tensor(learn.dls.test_dl([img], num_workers=0).one_batch()[0]).to(dev).float().requires_grad_(True)
-    try:
-        model.eval()
-        with hook_output(layer) as acts, hook_output(layer, grad=True) as grads, warnings.catch_warnings(), \
-             torch.enable_grad(), torch.autocast(dev.type, enabled=False):
-            warnings.filterwarnings('ignore', message='Using a non-full backward hook')
-            out = model(xb)
-            k = int(out[0].argmax()) if class_idx is None else _class_index(learn, class_idx)
-            if not 0 <= k < out.shape[1]: raise ValueError(f"class index {k} out of range for {out.shape[1]} outputs")
-            torch.autograd.grad(out[0, k], xb)               # runs the backward pass that fills `grads`
-    finally: model.train(was_training)
-    w = grads.stored[0].mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((w * acts.stored).sum(1, keepdim=True)).float()
-    cam = F.interpolate(cam, size=xb.shape[-2:], mode='bilinear', align_corners=False)[0, 0].cpu().numpy()
-    lo, hi = float(cam.min()), float(cam.max())
-    return (cam - lo) / (hi - lo) if np.isfinite(hi - lo) and hi - lo > 1e-12 else np.zeros_like(cam)
+    return gradcams(learn, [img], [class_idx])[0]
 
 # %% ../nbs/08_report.ipynb #42e83a68
 def heatmap_peak(cam:np.ndarray, # a heatmap (H, W)
@@ -208,13 +236,12 @@ def _upscale(gray:np.ndarray, px:int) -> np.ndarray:
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     return cv2.resize(rgb, (round(gray.shape[1]*s), round(gray.shape[0]*s)), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
 
+def _data_uri(png:bytes) -> str: return 'data:image/png;base64,' + base64.b64encode(png).decode('ascii')
+
 def png_data_uri(img:np.ndarray, # RGB or greyscale uint8
                 ) -> str:
     "A `data:image/png;base64,...` URI of an image"
-    a = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    ok, buf = cv2.imencode('.png', a, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok: raise ValueError('PNG encoding failed')
-    return 'data:image/png;base64,' + base64.b64encode(buf.tobytes()).decode('ascii')
+    return _data_uri(encode_png(img, compression=6))
 
 # %% ../nbs/08_report.ipynb #79742c34
 _LEVEL_COLOURS = ((66, 135, 245), (52, 199, 89), (255, 204, 0), (255, 149, 0), (255, 59, 48))  # RGB, one per level
@@ -336,6 +363,7 @@ class StudyReport:
     problems: list = field(default_factory=list)  # the `Problem`s printed on the page
     gradcam_used: bool = False                    # learners were given and Grad-CAM was computed
     crops_used: bool = False                      # level crops were given: the learners read them
+    figures: dict = field(default_factory=dict, repr=False)  # {(column, px): PNG bytes} of the heatmaps drawn: made once
 
     @property
     def summary(self) -> str:
@@ -371,27 +399,55 @@ def _read_crop(col:str, crop:CropImage|None) -> CropImage:
     try: return replace(crop, rgb=read_rgb(crop.png), problem=None)
     except (FileNotFoundError, ValueError) as e: return replace(crop, problem=Problem(ProblemKind.image_missing, col, f"level crop missing: {e}"))
 
-def _finding_cam(learn, im:StudyImage|CropImage, col:str, desc:str, grade:str) -> Cam:
-    "The Grad-CAM of one finding (column `col`, read on `desc` or on a level crop), or the problem that prevents it"
-    crop = im if isinstance(im, CropImage) else None
-    pixels = im.gray if crop is None else crop.rgb
-    if learn is None: return Cam(desc, grade, crop=crop, problem=Problem(ProblemKind.no_learner, col, 'no learner given'))
-    if pixels is None: return Cam(desc, grade, crop=crop, problem=im.problem)
-    try: return Cam(desc, grade, cam=gradcam(learn, pixels, _learner_class(learn, grade)), crop=crop)
-    except Exception as e:
-        return Cam(desc, grade, crop=crop, problem=Problem(ProblemKind.gradcam_failed, col, f"Grad-CAM failed ({type(e).__name__}: {e})"))
+class CamJob(NamedTuple):
+    "What the Grad-CAM of one finding needs"
+    column: str
+    learn: object                  # the column's learner (None: no Grad-CAM)
+    image: StudyImage|CropImage    # the middle slice of its series, or its level crop
+    description: str               # the series it is read on
+    grade: str                     # the grade it explains: the predicted one
 
-def _study_cams(findings:pd.DataFrame, images:dict, learners:dict, series=None, crops:dict|None=None) -> dict:
-    "`{column: Cam}` of every finding of a study: on its series' middle slice, or on its level crop when `crops` are given"
-    cams = {}
+    @property
+    def crop(self): return self.image if isinstance(self.image, CropImage) else None
+    @property
+    def pixels(self): return self.image.gray if self.crop is None else self.crop.rgb
+    def cam(self, heatmap=None, problem=None) -> Cam: return Cam(self.description, self.grade, heatmap, problem, self.crop)
+    def failed(self, e:Exception) -> Cam:
+        return self.cam(problem=Problem(ProblemKind.gradcam_failed, self.column, f"Grad-CAM failed ({type(e).__name__}: {e})"))
+
+def _cam_jobs(findings:pd.DataFrame, images:dict, learners:dict, series=None, crops:dict|None=None) -> dict:
+    "`{column: CamJob}` of every finding of a study: on its series' middle slice, or on its level crop when `crops` are given"
+    jobs = {}
     for r in findings.itertuples():
         d, learn = _series_of(r.column, series), learners.get(r.column)
         if crops is None: im = images[d]
         else:
             im = CropImage() if learn is None else _read_crop(r.column, crops.get(r.column))
             d = im.description or d
-        cams[r.column] = _finding_cam(learn, im, col=r.column, desc=d, grade=r.grade)
-    return cams
+        jobs[r.column] = CamJob(r.column, learn, im, d, r.grade)
+    return jobs
+
+def _run_cams(jobs:dict, bs:int=32) -> dict:
+    "`{key: Cam}` of `{key: CamJob}`: each learner's images in batches; a batch that fails is retried one image at a time"
+    cams, todo = {}, {}
+    for key, j in jobs.items():
+        if j.learn is None: cams[key] = j.cam(problem=Problem(ProblemKind.no_learner, j.column, 'no learner given'))
+        elif j.pixels is None: cams[key] = j.cam(problem=j.image.problem)
+        else: todo.setdefault(id(j.learn), []).append(key)
+    for keys in todo.values():
+        learn = jobs[keys[0]].learn
+        try: maps = gradcams(learn, [jobs[k].pixels for k in keys], [_learner_class(learn, jobs[k].grade) for k in keys], bs=bs)
+        except Exception: maps = None   # the one image at fault fails alone below
+        for i, k in enumerate(keys):
+            j = jobs[k]
+            if maps is not None: cams[k] = j.cam(maps[i]); continue
+            try: cams[k] = j.cam(gradcam(learn, j.pixels, _learner_class(learn, j.grade)))
+            except Exception as e: cams[k] = j.failed(e)
+    return {k: cams[k] for k in jobs}
+
+def _study_cams(findings:pd.DataFrame, images:dict, learners:dict, series=None, crops:dict|None=None) -> dict:
+    "`{column: Cam}` of every finding of a study (see `_cam_jobs`)"
+    return _run_cams(_cam_jobs(findings, images, learners, series, crops))
 
 def _crop_problems(cams:dict, crops:dict|None) -> list:
     "The crop problems of a study: one for the columns without a crop, one per crop that cannot be read"
@@ -419,6 +475,27 @@ def _mark_levels(images:dict, cams:dict, coords:pd.DataFrame|None, sid:int, poin
     return out
 
 # %% ../nbs/08_report.ipynb #5bfbc31b
+class _StudyParts(NamedTuple):
+    "What a study's report is made of before its Grad-CAMs: findings, slices read, level crops"
+    study_id: int
+    findings: pd.DataFrame
+    images: dict
+    crops: dict|None
+
+    @classmethod
+    def read(cls, sid:int, preds, images, labels=None, series=None, crops=None):
+        return cls(sid, study_findings(preds, sid, labels), _read_images(images, sid, series),
+                   study_crops(crops, sid) if isinstance(crops, pd.DataFrame) else crops)
+
+    def report(self, cams:dict, coords=None, points=None, gradcam_used:bool=False) -> StudyReport:
+        "The study's report with its `cams` (`{column: Cam}`)"
+        sid, ims, crops = self.study_id, self.images, self.crops
+        failed = [c.problem for c in cams.values() if c.problem and c.problem.kind is ProblemKind.gradcam_failed]
+        for p in failed: log.warning("study %s %s", sid, p)
+        problems = [im.problem for im in ims.values() if im.problem] + _crop_problems(cams, crops) + failed
+        return StudyReport(sid, self.findings, _mark_levels(ims, cams, coords, sid, points), cams, problems,
+                           gradcam_used=gradcam_used, crops_used=crops is not None)
+
 def study_report(study_id,                   # the study
                  preds:pd.DataFrame,         # its predicted rows (or a whole submission): row_id or column + probabilities
                  images:dict|pd.DataFrame,   # `study_images(...)` result, `{description: png path}`, or a conversion index
@@ -431,15 +508,9 @@ def study_report(study_id,                   # the study
                 ) -> StudyReport:
     "Collect the findings, marked images and Grad-CAM heatmaps of one study"
     sid = as_id(study_id, 'study_id')
-    findings = study_findings(preds, sid, labels)
-    ims = _read_images(images, sid, series)
-    if isinstance(crops, pd.DataFrame): crops = study_crops(crops, sid)
-    cams = _study_cams(findings, ims, learners or {}, series, crops)
-    failed = [c.problem for c in cams.values() if c.problem and c.problem.kind is ProblemKind.gradcam_failed]
-    for p in failed: log.warning("study %s %s", sid, p)
-    problems = [im.problem for im in ims.values() if im.problem] + _crop_problems(cams, crops) + failed
-    return StudyReport(sid, findings, _mark_levels(ims, cams, coords, sid, points), cams, problems,
-                       gradcam_used=bool(learners), crops_used=crops is not None)
+    parts = _StudyParts.read(sid, preds, images, labels, series, crops)
+    return parts.report(_study_cams(parts.findings, parts.images, learners or {}, series, parts.crops), coords, points,
+                        gradcam_used=bool(learners))
 
 # %% ../nbs/08_report.ipynb #cdba7149
 DISCLAIMER = ("This report comes from a research model. It is not a diagnosis and must not be used to make decisions "
@@ -615,6 +686,11 @@ def _cam_image(rep:StudyReport, c:Cam, px:int) -> np.ndarray:
     "A finding's heatmap over the image it is computed on: its level crop, else its series' middle slice"
     return overlay_heatmap(rep.images[c.description].gray if c.crop is None else c.crop.rgb, c.cam, px)
 
+def _cam_png(rep:StudyReport, col:str, px:int) -> bytes:
+    "The PNG of a finding's heatmap figure, drawn and encoded once for the HTML page and the Markdown's file"
+    if (col, px) not in rep.figures: rep.figures[col, px] = encode_png(_cam_image(rep, rep.cams[col], px), compression=6)
+    return rep.figures[col, px]
+
 def _cams_html(rep:StudyReport, px:int) -> str:
     above = rep.findings[rep.findings.grade != GRADES[0]]
     if not len(above): return '<p>No finding above Normal/Mild: no heatmap to show.</p>'
@@ -630,8 +706,8 @@ def _cams_html(rep:StudyReport, px:int) -> str:
             figs.append(f'<figure>{_missing_box("no heatmap: " + c.problem.text)}<figcaption>{cap}: '
                         f'not available ({_esc(c.problem.text)}).</figcaption></figure>')
         else:
-            img = _cam_image(rep, c, px)
-            figs.append(f'<figure data-column="{_esc(r.column)}"><img alt="Grad-CAM {_esc(r.column)}" src="{png_data_uri(img)}">'
+            src = _data_uri(_cam_png(rep, r.column, px))
+            figs.append(f'<figure data-column="{_esc(r.column)}"><img alt="Grad-CAM {_esc(r.column)}" src="{src}">'
                         f'<figcaption>{cap}; circle: the peak.</figcaption></figure>')
     legend = '<div class="legend">low <span class="bar"></span> high: influence on the predicted grade</div>'
     return legend + f'<div class="figs">{"".join(figs)}</div>'
@@ -744,14 +820,13 @@ def _write_figures(rep:StudyReport, out:Path, px:int) -> dict:
     "Write the heatmap of each finding above Normal/Mild that has one as `study_{id}_{column}.png`; `{column: file name}`"
     above = rep.findings.column[rep.findings.grade != GRADES[0]]
     figs = {c: f'study_{rep.study_id}_{c}.png' for c in above if rep.cams[c].cam is not None}
-    for c, f in figs.items(): write_png(_cam_image(rep, rep.cams[c], px), out/f, compression=6)
+    for c, f in figs.items():
+        with atomic_path(out/f, durable=False) as tmp: tmp.write_bytes(_cam_png(rep, c, px))
     return figs
 
-def _write_study(sid:int, sub:pd.DataFrame, index:pd.DataFrame, out:Path, learners=None, coords=None, labels=None,
-                 series=None, px:int=384, crops:dict|None=None, points:pd.DataFrame|None=None) -> IndexRow:
+def _write_study(rep:StudyReport, out:Path, px:int=384) -> IndexRow:
     "Write the HTML and Markdown pages of one study (and its crop heatmaps) into `out`; its line of the index"
-    rep = study_report(sid, sub, study_images(index, sid, series), learners=learners, coords=coords, labels=labels,
-                       series=series, crops=crops, points=points)
+    sid = rep.study_id
     pages = {'html': f'study_{sid}.html', 'md': f'study_{sid}.md'}
     figures = _write_figures(rep, out, px) if rep.crops_used else {}
     write_text(render_study_html(rep, px), out/pages['html'])
@@ -761,6 +836,8 @@ def _write_study(sid:int, sub:pd.DataFrame, index:pd.DataFrame, out:Path, learne
     return IndexRow(sid, rep.summary, tuple(map(str, rep.problems)), pages, tuple(figures.values()))
 
 # %% ../nbs/08_report.ipynb #c32fc5bb
+REPORT_CHUNK = 32   # studies whose images are read at a time (`write_reports`)
+
 def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal_mild, moderate, severe) or its CSV
                   converted,                        # conversion folder, or a conversion index with `image`
                   out,                              # folder to write the reports into
@@ -785,18 +862,30 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
     if max_studies is not None: ids = ids[:int(max_studies)]
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     paths, rows = [], []
-    for k, sid in enumerate(ids, 1):
-        try:
-            cr = None if cx is None else study_crops(crop_of.get(sid, cx.iloc[:0]), sid)
-            row = _write_study(sid, sub, index, out, learners=learners, coords=coords, labels=labels, series=series, px=px,
-                               crops=cr, points=pts)
-            paths += [out/p for p in (*row.pages.values(), *row.files)]
-        except Exception as e:
-            log.exception("study %s: report failed", sid)
-            row = IndexRow(sid, 'report failed', (f"{type(e).__name__}: {e}",))
-            warnings.warn(f"study {sid}: report not written: {type(e).__name__}: {e}", ReportWarning)
-        rows.append(row)
-        if progress: print(f"[{k}/{len(ids)}] study {sid}: {row.summary}", flush=True)
+    def failed(sid, e):
+        log.exception("study %s: report failed", sid)
+        warnings.warn(f"study {sid}: report not written: {type(e).__name__}: {e}", ReportWarning)
+        return IndexRow(sid, 'report failed', (f"{type(e).__name__}: {e}",))
+    chunk = REPORT_CHUNK   # studies read at a time: each learner's Grad-CAMs over them in batches
+    for start in range(0, len(ids), chunk):
+        parts, early = {}, {}
+        for sid in ids[start:start + chunk]:
+            try: parts[sid] = _StudyParts.read(sid, sub, study_images(index, sid, series), labels, series,
+                                               None if cx is None else study_crops(crop_of.get(sid, cx.iloc[:0]), sid))
+            except Exception as e: early[sid] = failed(sid, e)
+        jobs = {(sid, c): j for sid, p in parts.items() for c, j in _cam_jobs(p.findings, p.images, learners or {}, series, p.crops).items()}
+        cams = _run_cams(jobs)
+        for k, sid in enumerate(ids[start:start + chunk], start + 1):
+            row = early.get(sid)
+            if row is None:
+                try:
+                    p = parts[sid]
+                    rep = p.report({c: cams[sid, c] for c in p.findings.column}, coords, pts, gradcam_used=bool(learners))
+                    row = _write_study(rep, out, px)
+                    paths += [out/f for f in (*row.pages.values(), *row.files)]
+                except Exception as e: row = failed(sid, e)
+            rows.append(row)
+            if progress: print(f"[{k}/{len(ids)}] study {sid}: {row.summary}", flush=True)
     paths.append(write_text(_index_md(rows, cx is not None), out/'index.md'))
     paths.append(write_text(_index_html(rows, cx is not None), out/'index.html'))
     return paths
