@@ -276,7 +276,8 @@ def main():
         print(f"  {k:10s} {hms(proj[k])}")
     print(f"  total      {hms(sum(proj[k] for k in ('synth', 'convert', 'localiser', 'axial', 'crops', 'columns')))}; "
           f"disk: crops {proj['disk_crops_gb']:.1f} GB, image cache {proj['cache_gb']:.1f} GB")
-    print(f"peak worker memory at RSNA size: {peak_worker:.2f} GB ({a.jobs} workers: {a.jobs * peak_worker:.1f} GB)")
+    print(f"peak worker memory at RSNA size: {peak_worker:.2f} GB ({a.jobs} workers: {a.jobs * peak_worker:.1f} GB; batch size "
+          f"{a.bs} on the CPU, the batch's activations included)")
     if a.reports: print(f"reports: {rep:.2f} s per study")
 
 
