@@ -484,8 +484,10 @@ class _StudyParts(NamedTuple):
 
     @classmethod
     def read(cls, sid:int, preds, images, labels=None, series=None, crops=None):
-        return cls(sid, study_findings(preds, sid, labels), _read_images(images, sid, series),
-                   study_crops(crops, sid) if isinstance(crops, pd.DataFrame) else crops)
+        ims = _read_images(images, sid, series)
+        if crops is not None:   # the learners read the crops: a series without a converted slice is nothing missing
+            ims = {d: im for d, im in ims.items() if not (im.problem and im.problem.kind is ProblemKind.no_series)}
+        return cls(sid, study_findings(preds, sid, labels), ims, study_crops(crops, sid) if isinstance(crops, pd.DataFrame) else crops)
 
     def report(self, cams:dict, coords=None, points=None, gradcam_used:bool=False) -> StudyReport:
         "The study's report with its `cams` (`{column: Cam}`)"
@@ -691,6 +693,10 @@ def _cam_png(rep:StudyReport, col:str, px:int) -> bytes:
     if (col, px) not in rep.figures: rep.figures[col, px] = encode_png(_cam_image(rep, rep.cams[col], px), compression=6)
     return rep.figures[col, px]
 
+def _peak_words(cam:np.ndarray) -> str:
+    "The end of a heatmap's caption: where its circle is, or that the map is flat (a learner's last feature map of a few pixels often is)"
+    return '; circle: the peak.' if heatmap_peak(cam) is not None else '; the map is flat: no region stands out, so no peak is circled.'
+
 def _cams_html(rep:StudyReport, px:int) -> str:
     above = rep.findings[rep.findings.grade != GRADES[0]]
     if not len(above): return '<p>No finding above Normal/Mild: no heatmap to show.</p>'
@@ -708,7 +714,7 @@ def _cams_html(rep:StudyReport, px:int) -> str:
         else:
             src = _data_uri(_cam_png(rep, r.column, px))
             figs.append(f'<figure data-column="{_esc(r.column)}"><img alt="Grad-CAM {_esc(r.column)}" src="{src}">'
-                        f'<figcaption>{cap}; circle: the peak.</figcaption></figure>')
+                        f'<figcaption>{cap}{_peak_words(c.cam)}</figcaption></figure>')
     legend = '<div class="legend">low <span class="bar"></span> high: influence on the predicted grade</div>'
     return legend + f'<div class="figs">{"".join(figs)}</div>'
 
