@@ -473,6 +473,7 @@ def _durations(marks:list) -> dict:
     ends = [t for _, t in marks[1:]] + [time.perf_counter()]
     return {k: round(e - t, 1) for (k, t), e in zip(marks, ends)}
 
+# %% ../nbs/08a_pipeline.ipynb #7b3d9f41
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder
                  columns=None,           # label columns to train (default all 25; the others get the training shares)

@@ -78,14 +78,14 @@ def _scaled(cam:np.ndarray) -> np.ndarray:
     lo, hi = float(cam.min()), float(cam.max())
     return (cam - lo) / (hi - lo) if np.isfinite(hi - lo) and hi - lo > 1e-12 else np.zeros_like(cam)
 
-def _cam_batch(model, layer, xb, ks:list, n_out_check) -> np.ndarray:
+def _cam_batch(model, layer, xb, ks:list) -> np.ndarray:
     "Grad-CAMs (n, H, W) of a batch: one forward and one backward pass (the model in eval mode: the images do not mix)"
     xb = xb.requires_grad_(True)
     with hook_output(layer) as acts, hook_output(layer, grad=True) as grads, warnings.catch_warnings(), \
          torch.enable_grad(), torch.autocast(xb.device.type, enabled=False):
         warnings.filterwarnings('ignore', message='Using a non-full backward hook')
         out = model(xb)
-        ks = [int(o.argmax()) if k is None else n_out_check(k, out.shape[1]) for o, k in zip(out, ks)]
+        ks = [int(o.argmax()) if k is None else _in_range(k, out.shape[1]) for o, k in zip(out, ks)]
         torch.autograd.grad(out[torch.arange(len(ks)), ks].sum(), xb)   # runs the backward pass that fills `grads`
     w = grads.stored[0].mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((w * acts.stored).sum(1, keepdim=True)).float()
@@ -112,7 +112,7 @@ def gradcams(learn,            # a fastai vision learner (`learn.model` is `Sequ
         model.eval()
         for i, b in enumerate(learn.dls.test_dl(imgs, bs=bs, num_workers=0)):   # in order: a test loader does not shuffle
             xb = torch.as_tensor(b[0]).to(dev).float()
-            out += list(_cam_batch(model, model[0][-1], xb, ks[i * bs:i * bs + len(xb)], _in_range))   # the body's last block
+            out += list(_cam_batch(model, model[0][-1], xb, ks[i * bs:i * bs + len(xb)]))   # the body's last block
     finally: model.train(was_training)
     return [_scaled(c) for c in out]
 
