@@ -17,7 +17,7 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', ca
 from lsdc.data import load_rsna
 from lsdc.synth import make_synthetic
 from lsdc.dicom import convert_dataset
-from lsdc.demo import CPU, demo_body
+from lsdc.demo import CPU, pretrain_synthetic_body
 from lsdc.pipeline import train_pipeline, compare_runs, format_comparison, format_cv
 
 
@@ -30,20 +30,20 @@ if __name__ == '__main__':
     a = p.parse_args()
     root = Path(a.root or tempfile.mkdtemp(prefix='bench_balance_'))
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
-    s, t0 = CPU.but(inputs='middle', phantom='middle'), time.perf_counter()
+    s, t0 = CPU.changed(inputs='middle', phantom='middle', n_workers=2), time.perf_counter()
     data = root/'data'
     if not (data/'test_labels.csv').exists():
         make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=a.seed, image_size=s.image_size, n_workers=2, phantom='middle')
     d = load_rsna(data, splits=('train',))
-    convert_dataset(d, root/'converted', split='train', size=s.train['size'], n_workers=2, progress=False)
-    weights = demo_body(root, s, seed=a.seed, n_workers=2, progress=False)
+    convert_dataset(d, root/'converted', split='train', size=s.method.learner.size, n_workers=2, progress=False)
+    weights = pretrain_synthetic_body(root, s, seed=a.seed, progress=False)
     print(f"data: {s.n_train} training synthetic studies (seed {a.seed}), converted, body pretrained in {time.perf_counter() - t0:.0f} s; "
-          f"{s.folds} folds", flush=True)
+          f"{s.method.folds} folds", flush=True)
     balances = [b.strip() for b in a.balances.split(',')]
     for b in balances:
         t = time.perf_counter()
-        cv = train_pipeline(d, root/'converted', root/b/'models', inputs='middle', folds=s.folds, progress=False,
-                            **{**s.train, 'weights': weights, 'jobs': a.jobs, 'balance': b})
+        method = s.method._replace(learner=s.method.learner._replace(weights=weights, balance=b))
+        cv = train_pipeline(d, root/'converted', root/b/'models', method, s.compute._replace(jobs=a.jobs), progress=False)
         print(f"\n{b} ({time.perf_counter() - t:.0f} s):\n{format_cv(cv)}", flush=True)
     for b in balances[1:]:
         print('\n' + format_comparison(compare_runs(root/b/'models', root/balances[0]/'models'), b, balances[0]))

@@ -22,7 +22,7 @@ from lsdc.pipeline import compare_runs, format_comparison
 
 CHOICES = dict(balance=dict(balance='weights'),
                pretrain75=dict(pretrain_crop_studies=75),
-               slice_jitter3=dict(levels=CPU.levels._replace(slice_jitter_mm=3.)),
+               slice_jitter3=dict(levels=CPU.method.levels._replace(slice_jitter_mm=3.)),
                same=dict())
 SAME_BODY = {'balance', 'same'}   # the choices whose pretrained body is the base run's (reused, not trained again)
 

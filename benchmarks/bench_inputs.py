@@ -20,7 +20,7 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', ca
 
 from lsdc.metrics import SCORE_TERMS
 from lsdc.synth import make_synthetic
-from lsdc.demo import CPU, demo_body
+from lsdc.demo import CPU, pretrain_synthetic_body
 from lsdc.pipeline import run_pipeline, compare_runs, format_comparison, format_cv
 from lsdc.axial import axial_summary
 
@@ -36,10 +36,10 @@ if __name__ == '__main__':
     p.add_argument('--root', default=None, help='output folder (default: a temporary folder, removed at the end)')
     args = p.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix='bench_inputs_'))
-    s = CPU.but(n_train=args.n_train, n_test=args.n_test, image_size=args.image_size, phantom='anatomical')
-    s = s.but(levels=s.levels._replace(axial=args.axial))
+    s = CPU.changed(n_train=args.n_train, n_test=args.n_test, image_size=args.image_size, phantom='anatomical', n_workers=args.workers)
+    s = s.changed(levels=s.method.levels._replace(axial=args.axial))
     print(f"lsdc bench_inputs: seed {args.seed}, {s.n_train} training and {s.n_test} test studies, anatomical phantom, "
-          f"{s.image_size} px, {s.folds} folds; learners: {s.train}", flush=True)
+          f"{s.image_size} px, {s.method.folds} folds; learners: {s.method.learner}", flush=True)
     data = root/'data'
     if not (data/'test_labels.csv').exists():
         make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=args.seed, image_size=s.image_size, n_workers=args.workers,
@@ -48,11 +48,11 @@ if __name__ == '__main__':
     for inputs in ('middle', 'levels'):
         if (root/inputs/'summary.json').is_file():
             res[inputs] = json.loads((root/inputs/'summary.json').read_text()); print(f"{inputs}: reused {root/inputs}"); continue
-        train, t = dict(s.train), time.perf_counter()
+        method, t = s.method._replace(inputs=inputs), time.perf_counter()
         if s.pretrain_studies:   # as `lsdc demo` does: a body pretrained on another synthetic set, on this input's images
-            train['weights'] = demo_body(root/inputs, s.but(inputs=inputs), seed=args.seed, n_workers=args.workers, progress=False)
-        res[inputs] = run_pipeline(data, root/inputs, test_labels=data/'test_labels.csv', n_workers=args.workers, max_reports=0,
-                                   progress=False, inputs=inputs, levels=s.levels, folds=s.folds, **train)
+            method = method._replace(learner=method.learner._replace(
+                weights=pretrain_synthetic_body(root/inputs, s.changed(inputs=inputs), seed=args.seed, progress=False)))
+        res[inputs] = run_pipeline(data, root/inputs, method, s.compute, test_labels=data/'test_labels.csv', max_reports=0, progress=False)
         print(f"{inputs}: {time.perf_counter() - t:.0f} s", flush=True)
     for inputs in ('middle', 'levels'): print(f"\n{inputs}:\n{format_cv(res[inputs]['cv'])}")
     print('\n' + format_comparison(compare_runs(root/'levels'/'models', root/'middle'/'models'), 'levels', 'middle'))

@@ -20,7 +20,7 @@ from fastai.vision.all import Callback
 from lsdc.core import LABEL_COLUMNS
 from lsdc.files import read_index
 from lsdc.sampling import training_table
-from lsdc.learners import Schedule, Feed, grade_dls, make_learner, find_lrs, fit_once, train_columns
+from lsdc.learners import Schedule, LearnerSettings, Compute, grade_dls, make_learner, find_lrs, fit_once, train_columns
 from lsdc.cache import ImageCache, build_cache
 
 
@@ -70,8 +70,8 @@ def one_column(args, data, conv, device, mixed, channels_last, loader='png'):
     t_lr = time.perf_counter() - t0
     tp = Throughput()
     t1 = time.perf_counter()
-    r = fit_once(dls, args.epochs, lrs['lr'], arch=args.arch, pretrained=False, weights=weights, path=work, progress=False,
-                 mixed_precision=mixed, channels_last=channels_last, cbs=[tp])
+    s = LearnerSettings(arch=args.arch, pretrained=False, weights=weights, mixed_precision=mixed, channels_last=channels_last)
+    r = fit_once(dls, args.epochs, lrs['lr'], s, path=work, progress=False, cbs=[tp])
     t_fit = time.perf_counter() - t1
     return dict(info=info, lrs=lrs, t_lr=t_lr, t_fit=t_fit, epochs=tp.rows, accuracy=r['accuracy'], log_loss=r['log_loss'],
                 epochs_run=r['epochs_run'])
@@ -126,13 +126,13 @@ if __name__ == '__main__':
         weights = root/'weights.pth'   # a local weights file: the method's pretrained path (frozen epoch first), no download
         torch.save(getattr(torchvision.models, args.arch)().state_dict(), weights)
         cols = LABEL_COLUMNS[:args.jobs_compare]
-        kw = dict(data=data, columns=cols, arch=args.arch, size=args.size, pretrained=False, weights=weights, bs=args.bs,
-                  aug=False, lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs),
-                  progress=False, resume=False)
+        s = LearnerSettings(arch=args.arch, size=args.size, pretrained=False, weights=weights, bs=args.bs, aug=False,
+                            lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs))
+        kw = dict(labels=data, columns=cols, settings=s, progress=False, resume=False)
         wall = {}
         for jobs in (1, 2):
             t = time.perf_counter()
-            df = train_columns(conv, root/f'models_jobs{jobs}', jobs=jobs, **kw)
+            df = train_columns(conv, root/f'models_jobs{jobs}', compute=Compute(jobs=jobs), **kw)
             wall[jobs] = time.perf_counter() - t
             print(f"{len(cols)} columns with jobs={jobs}: {wall[jobs]:.1f} s wall ({wall[jobs] / len(cols):.1f} s per column), "
                   f"{int((df.status == 'ok').sum())} trained, mean valid accuracy {df.valid_accuracy.mean():.3f}", flush=True)
@@ -140,10 +140,11 @@ if __name__ == '__main__':
         sys.exit(0)
     if args.all_columns:
         t = time.perf_counter()
-        df = train_columns(conv, root/'models', data=data, arch=args.arch, size=args.size, pretrained=False, bs=args.bs,
-                           lr_find_iters=args.lr_find_iters, schedule=Schedule.parse(args.full_epochs), feed=Feed(num_workers=args.num_workers), loader=args.loader,
-                           mixed_precision=args.mixed_precision if device.type == 'cuda' else False,
-                           channels_last=args.channels_last, progress=True, resume=False)
+        s = LearnerSettings(arch=args.arch, size=args.size, pretrained=False, bs=args.bs, lr_find_iters=args.lr_find_iters,
+                            schedule=Schedule.parse(args.full_epochs), mixed_precision=args.mixed_precision if device.type == 'cuda' else False,
+                            channels_last=args.channels_last)
+        df = train_columns(conv, root/'models', labels=data, settings=s, compute=Compute(num_workers=args.num_workers, loader=args.loader),
+                           progress=True, resume=False)
         dt = time.perf_counter() - t
         print(f"\nall {len(LABEL_COLUMNS)} columns: {dt:.0f} s wall ({dt / 60:.1f} min), {dt / len(LABEL_COLUMNS):.1f} s per column")
         print(df[['column', 'status', 'valid_accuracy', 'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'convergence']].to_string())

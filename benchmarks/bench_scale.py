@@ -125,7 +125,7 @@ def _train_worker(col, root, size, bs, arch, batches, n_train):
     import resource, time, torch
     from fastai.callback.core import Callback, CancelTrainException
     from lsdc.core import torch_worker_init, resident_gb
-    from lsdc.learners import Feed, Schedule, train_column
+    from lsdc.learners import Compute, LearnerSettings, Schedule, train_column
     from lsdc.sampling import training_table
     torch_worker_init(1)
     class Bounded(Callback):
@@ -143,9 +143,8 @@ def _train_worker(col, root, size, bs, arch, batches, n_train):
     table, info = training_table(lab, ix, col, valid_pct=0.2, seed=0)
     fn = next((root/'rsna_cache').glob('*.npy'))
     r0, t0 = resident_gb(), time.perf_counter()
-    rec = train_column(table, info, root/'rsna_models', schedule=Schedule(first=1, keep_above=-1.), size=size, bs=bs, aug=True,
-                       feed=Feed(cache=str(fn), device='cpu'), lr_find_iters=3, progress=False, arch=arch, pretrained=False,
-                       cbs=[cb])
+    s = LearnerSettings(arch=arch, pretrained=False, size=size, bs=bs, aug=True, lr_find_iters=3, schedule=Schedule(first=1, keep_above=-1.))
+    rec = train_column(table, info, root/'rsna_models', s, Compute(cache=str(fn), device='cpu'), progress=False, cbs=[cb])
     n_up, n_valid, n_images = int((~table.is_valid).sum()), int(table.is_valid.sum()), table.image.nunique()
     return dict(column=col, seconds=time.perf_counter() - t0, start_gb=r0, peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                 batch_s=cb.seconds / max(cb.timed, 1), n_train_rows=n_up, n_valid=n_valid, images_gb=n_images * 3 * size * size / 2**30,

@@ -11,70 +11,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
 from fastcore.script import call_parse
-from fastcore.meta import delegates
 from .core import *
 from .files import write_json
 from .data import load_rsna
 from .synth import make_synthetic
 from .dicom import convert_dataset
-from .learners import Schedule, pretrain_body, train_columns
+from .learners import Schedule, LearnerSettings, Compute, pretrain_body
 from .levels import LevelSettings
 from .crops import make_crops, annotated_points
-from .pipeline import run_pipeline, format_summary
+from .pipeline import PipelineSettings, run_pipeline, format_summary
 
 # %% auto #0
-__all__ = ['CPU', 'FULL', 'DemoSettings', 'demo_body', 'demo', 'demo_cli']
+__all__ = ['CPU', 'FULL', 'DemoSettings', 'pretrain_synthetic_body', 'demo', 'demo_cli']
 
 # %% ../nbs/10_demo.ipynb #e686b899
 @dataclass(frozen=True)
 class DemoSettings:
-    "The demo's sizes, and the options of `train_columns` it trains with"
+    "The demo's synthetic data set and pretraining, and the method's settings it runs with"
     n_train:int                 # training studies synthesised
     n_test:int                  # test studies synthesised
     image_size:int              # side of the synthetic DICOM slices
-    train:dict = field(default_factory=dict) # keyword options of `train_columns` (size, arch, schedule, jobs, ...)
+    method:PipelineSettings = PipelineSettings() # the method: inputs, learners, stage 1, folds
+    compute:Compute = Compute() # worker processes (`jobs`: columns at once), device, image cache
     pretrain_studies:int = 0    # studies of a second synthetic set a body is pretrained on first (0: none)
     pretrain_epochs:int = 0     # epochs of that pretraining
     pretrain_crop_studies:int = 0 # for the level crops, studies of that set (0: `pretrain_studies`): 25 crops a study, not 3 slices
     max_reports:int = 20        # reports for at most this many test studies
     phantom:str = 'anatomical'  # the synthetic set's phantom (`lsdc.synth.PHANTOMS`)
-    inputs:str = 'levels'       # the learners' inputs: 'levels' (crops around each level) or 'middle' (seed 001)
-    levels:LevelSettings = LevelSettings() # the levels method's localiser and crops (its crop size is the learners' `size`)
-    folds:int = 5               # folds of the study-level split (`lsdc.pipeline`): a learner per column and fold
 
-    def __post_init__(self):
-        ok = train_columns.__signature__.parameters
-        bad = [k for k in self.train if k not in ok or k in ('converted', 'models', 'kwargs')]
-        if bad: raise TypeError(f"DemoSettings.train: {bad} are not options of train_columns")
+    def changed(self, **changes) -> DemoSettings:
+        "A copy with `changes`, each a field of the demo, the method (`PipelineSettings`), the learners (`LearnerSettings`) or `Compute`"
+        groups = {'demo': {f.name for f in dataclasses.fields(self)}, 'method': set(PipelineSettings._fields),
+                  'learner': set(LearnerSettings._fields), 'compute': set(Compute._fields)}
+        bad = [k for k in changes if not any(k in g for g in groups.values())]
+        if bad: raise TypeError(f"{bad} are not settings of the demo, the method, the learners or Compute")
+        part = lambda g: {k: v for k, v in changes.items() if k in groups[g]}
+        own = part('demo')
+        m = own.pop('method', self.method)._replace(**part('method'))
+        return dataclasses.replace(self, **own, method=m._replace(learner=m.learner._replace(**part('learner'))),
+                                   compute=own.pop('compute', self.compute)._replace(**part('compute')))
 
-    def but(self, **changes) -> DemoSettings:
-        "A copy with `changes`: fields by name, anything else an option of `train_columns`"
-        names = {f.name for f in dataclasses.fields(self)} - {'train'}
-        own = {k: v for k, v in changes.items() if k in names}
-        return dataclasses.replace(self, **own, train={**self.train, **{k: v for k, v in changes.items() if k not in names}})
-
-CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=5, pretrain_crop_studies=150, max_reports=10, folds=2,
-                   levels=LevelSettings(loc_epochs=10),
-                   train=dict(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
-                              schedule=Schedule(first=1, short=2, long=3), train_bn=False, jobs=2))
+CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=5, pretrain_crop_studies=150, max_reports=10,
+                   method=PipelineSettings(folds=2, levels=LevelSettings(loc_epochs=10),
+                                           learner=LearnerSettings(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
+                                                                   schedule=Schedule(first=1, short=2, long=3), train_bn=False)),
+                   compute=Compute(jobs=2))
 FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
-                    train=dict(size=256, arch='resnet34', pretrained=True, aug=True, bs=64, lr_find_iters=100,
-                               schedule=Schedule(), train_bn=True, jobs=1))
+                    method=PipelineSettings(folds=5, learner=LearnerSettings(size=256, arch='resnet34', pretrained=True, aug=True, bs=64)))
 
 # %% ../nbs/10_demo.ipynb #2bbb48ef
-def demo_body(out:Path,            # the demo's output folder (the body goes to `out/pretrain`)
-              s:DemoSettings,      # the settings: studies, epochs, inputs, and the learners' arch, size and batch size
-              seed:int,            # the demo's seed; the pretraining set uses `seed + 1000`
-              n_workers=None,      # workers of synthesis, conversion and crops
-              progress:bool=True,  # a line per step and epoch
-             ) -> Path:
-    "Pretrain the learners' body on a second synthetic data set once, on the inputs they will see (reused when it exists)"
-    pre, arch, size = out/'pretrain', s.train.get('arch', 'resnet34'), s.train.get('size', 256)
-    middle = s.inputs == 'middle'
+def pretrain_synthetic_body(out:Path,  # the demo's output folder (the body goes to `out/pretrain`)
+                            s:DemoSettings, # the settings: studies, epochs, inputs, and the learners' arch, size and batch size
+                            seed:int,       # the demo's seed; the pretraining set uses `seed + 1000`
+                            progress:bool=True, # a line per step and epoch
+                           ) -> Path:
+    "Pretrain the learners' body on a second synthetic data set once, on the inputs they will see (reused when it exists); its weights file"
+    L, lv, n_workers = s.method.learner, s.method.levels, s.compute.n_workers
+    pre, arch, size, middle = out/'pretrain', L.arch, L.size, s.method.inputs == 'middle'
     weights, data = (pre/f"{arch}_body.pth", pre/'data') if middle else (pre/f"{arch}_crops_body.pth", pre/'crops_data')
     n = s.pretrain_studies if middle else s.pretrain_crop_studies or s.pretrain_studies
     if weights.exists(): return weights
-    if progress: print(f"\n== pretrain a {arch} body on {n} other synthetic studies (seed {seed + 1000}, {s.inputs} inputs)", flush=True)
+    if progress: print(f"\n== pretrain a {arch} body on {n} other synthetic studies (seed {seed + 1000}, {s.method.inputs} inputs)", flush=True)
     if not (data/'train.csv').exists():
         make_synthetic(data, n_train=n, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers, phantom=s.phantom)
     d = load_rsna(data, splits=('train',))
@@ -83,32 +80,29 @@ def demo_body(out:Path,            # the demo's output folder (the body goes to 
         convert_dataset(d, images, split='train', size=size, n_workers=n_workers, progress=False)
     else:   # the crops around the radiologist's points: the body learns what each column's crop shows
         images = pre/'crops'
-        make_crops(d, annotated_points(d), images, split='train', size=size, crop_mm=s.levels.crop_mm, neighbours=s.levels.neighbours,
-                   jitter_mm=s.levels.jitter_mm, slice_jitter_mm=s.levels.slice_jitter_mm, n_workers=n_workers, seed=seed)
-    return pretrain_body(images, d.train, weights, arch=arch, size=size,
-                         epochs=s.pretrain_epochs, bs=s.train.get('bs', 32), seed=seed, progress=progress)
+        make_crops(d, annotated_points(d), images, split='train', size=size, crop_mm=lv.crop_mm, neighbours=lv.neighbours,
+                   jitter_mm=lv.jitter_mm, slice_jitter_mm=lv.slice_jitter_mm, n_workers=n_workers, seed=seed)
+    return pretrain_body(images, d.train, weights, arch=arch, size=size, epochs=s.pretrain_epochs, bs=L.bs, seed=seed, progress=progress)
 
 def demo(out='lsdc-demo',              # output folder (data, converted PNGs, models, submission, evaluation, reports)
          full:bool=False,              # `FULL` settings (GPU, ImageNet weights) instead of `CPU`
          seed:int=0,                   # seed of the synthetic data set
-         columns=None,                 # train only these label columns (the others get the prior)
-         n_workers:int|None=None,      # workers of synthesis and conversion
          progress:bool=True,           # progress display
-         **changes,                    # changes to the settings (`DemoSettings.but`): n_train, n_test, size, arch, schedule, ...
+         **changes,                    # changes to the settings (`DemoSettings.changed`): n_train, columns, size, jobs, n_workers, ...
         ) -> dict:
     "Synthesise a data set and run the whole method on it; the summary"
-    s = (FULL if full else CPU).but(**changes)
+    s = (FULL if full else CPU).changed(**changes)
     out = Path(out); data = out/'data'
     t0 = time.perf_counter()
     if progress: print(f"== synthesise {s.n_train} training and {s.n_test} test studies into {data}", flush=True)
     if not (data/'test_labels.csv').exists():
-        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=n_workers,
+        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=s.compute.n_workers,
                        phantom=s.phantom)
-    t1, train = time.perf_counter(), dict(s.train)
-    if s.pretrain_studies: train['weights'] = demo_body(out, s, seed=seed, n_workers=n_workers, progress=progress)
+    t1, method = time.perf_counter(), s.method
+    if s.pretrain_studies:
+        method = method._replace(learner=method.learner._replace(weights=pretrain_synthetic_body(out, s, seed=seed, progress=progress)))
     t2 = time.perf_counter()
-    summary = run_pipeline(data, out, columns=columns, test_labels=data/'test_labels.csv', n_workers=n_workers,
-                           max_reports=s.max_reports, progress=progress, inputs=s.inputs, levels=s.levels, folds=s.folds, **train)
+    summary = run_pipeline(data, out, method, s.compute, test_labels=data/'test_labels.csv', max_reports=s.max_reports, progress=progress)
     summary['seconds'] = time.perf_counter() - t0
     summary['step_seconds'] = {'synthesis': round(t1 - t0, 1), 'body pretraining': round(t2 - t1, 1), **summary['step_seconds']}
     write_json(summary, out/'summary.json')
@@ -125,11 +119,11 @@ def demo_cli(out:str='lsdc-demo',   # output folder
              workers:int=None,      # workers of synthesis and conversion
              jobs:int=None,         # columns trained at once in worker processes (default 2 on CPU, 1 with --full)
              folds:int=None,        # folds of the study-level split (default 2 on CPU, 5 with --full)
-             inputs:str='levels',   # 'levels': each column on a crop around its level; 'middle': the middle slices (seed 001)
+             inputs:str='levels',   # 'levels': each column on a crop around its level; 'middle': the middle slices (the middle-slice method)
              phantom:str='anatomical', # the synthetic phantom: 'anatomical', or 'middle' (the grades drawn on the middle slices)
              quiet:bool=False,      # no progress display
             ) -> int:
     "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners per fold, the CV, submission, score, reports"
-    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom, folds=folds).items() if v}
-    s = demo(out, full=full, seed=seed, n_workers=workers, progress=not quiet, **changes)
+    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom, folds=folds, n_workers=workers).items() if v}
+    s = demo(out, full=full, seed=seed, progress=not quiet, **changes)
     return int(s['n_failed'] > 0)

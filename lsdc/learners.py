@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file, load_file
 from fastcore.script import call_parse
-from fastcore.meta import delegates
 from fastcore.imports import IN_NOTEBOOK
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, ColReader, ColSplitter, IndexSplitter,
                                Resize, ResizeMethod, aug_transforms, Normalize, imagenet_stats, Learner, vision_learner,
@@ -36,12 +35,12 @@ from .cache import CacheDL, ImageCache, attach_cache, build_cache
 __all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES',
            'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch',
            'known_archs', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss',
-           'pretrain_body', 'find_lrs', 'EpochLog', 'fit_once', 'Schedule', 'epoch_threshold_train', 'export_learner',
-           'Feed', 'train_column', 'test_time_tfms', 'learner_config', 'export_safe', 'check_learner_config',
-           'learner_from_config', 'column_done', 'results_table', 'manifest', 'plot_results', 'collect_results',
-           'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns', 'scheduler_shard',
-           'shard_columns', 'training_settings', 'settings_digest', 'settings_change', 'ColumnJob', 'worker_devices',
-           'train_columns']
+           'pretrain_body', 'find_lrs', 'Schedule', 'LearnerSettings', 'EpochLog', 'fit_once', 'epoch_threshold_train',
+           'export_learner', 'Compute', 'train_column', 'test_time_tfms', 'learner_config', 'export_safe',
+           'check_learner_config', 'learner_from_config', 'column_done', 'results_table', 'manifest', 'plot_results',
+           'collect_results', 'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns',
+           'scheduler_shard', 'shard_columns', 'valid_split', 'training_settings', 'settings_digest', 'settings_change',
+           'ColumnJob', 'worker_devices', 'train_columns', 'parse_pair']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -284,56 +283,7 @@ def find_lrs(learn,                    # a learner
     sug['lr'] = v if math.isfinite(v) and v > 0 else fallback_lr
     return sug
 
-# %% ../nbs/05_learners.ipynb #cfe57156
-class EpochLog(Callback):
-    "Record train/valid loss, metrics and seconds of every epoch, across fits"
-    order = 51  # after the Recorder has logged the epoch
-    def __init__(self): self.rows = []
-    def before_epoch(self): self._t0 = time.perf_counter()
-    def after_epoch(self):
-        names = [n for n in self.recorder.metric_names if n not in ('epoch', 'time')]
-        vals = self.recorder.values[-1] if self.recorder.values else []
-        self.rows.append({'epoch': len(self.rows), 'frozen': self.learn.opt.frozen_idx > 0 if self.learn.opt else False,
-                          **{n: float(v) for n, v in zip(names, vals)}, 'seconds': time.perf_counter() - self._t0})
-
-# %% ../nbs/05_learners.ipynb #54c02154
-@delegates(make_learner, but=['dls', 'path'])
-def fit_once(dls,                       # from `grade_dls`
-             epochs:int,                # unfrozen epochs of `fine_tune`
-             lr:float,                  # base learning rate (valley)
-             path=None,                 # working folder for checkpoints (None: a scratch folder, removed after)
-             freeze_epochs:int=1,       # frozen (head-only) epochs first
-             patience:int=3,            # early stopping patience on valid_loss
-             seed:int=42,               # seed of the initialisation and shuffling
-             progress:bool=True,        # show fastai's progress bars
-             cbs:list|None=None,        # more callbacks for this run (e.g. timing)
-             **kwargs,                  # `make_learner`'s options: arch, pretrained, weights, train_bn, ...
-            ) -> dict:
-    "Train a fresh learner; the learner (best epoch loaded), its validation accuracy/loss and the epoch log"
-    set_seed(seed, reproducible=True)
-    scratch_dir = None
-    if path is None: path = scratch_dir = tempfile.mkdtemp(prefix='lsdc-fit-')   # the best-epoch checkpoint never lands in the cwd
-    learn = make_learner(dls, path=path, **kwargs)
-    elog = EpochLog()
-    cbs = [EarlyStoppingCallback(monitor='valid_loss', patience=patience),
-           SaveModelCallback(monitor='valid_loss', fname='best', reset_on_fit=False), elog, *(cbs or [])]
-    t0 = time.perf_counter()
-    scratch = not kwargs.get('pretrained', True) and kwargs.get('weights') is None
-    def fit():
-        if scratch: learn.fit_one_cycle(epochs, lr, cbs=cbs)
-        else: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
-        return learn.validate()[:3]
-    try:
-        if progress: valid_loss, acc, wll = fit()
-        else:  # no bars, no tables, no 'Better model found' / 'early stopping' lines
-            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): valid_loss, acc, wll = fit()
-    finally:
-        if scratch_dir:   # the best epoch is loaded; its checkpoint folder goes, and the learner's path is the cwd as usual
-            shutil.rmtree(scratch_dir, ignore_errors=True); learn.path = Path('.')
-    return dict(learn=learn, epochs=epochs, accuracy=float(acc), log_loss=float(wll), valid_loss=float(valid_loss),
-                history=elog.rows, epochs_run=len(elog.rows), seconds=time.perf_counter() - t0)
-
-# %% ../nbs/05_learners.ipynb #f2bbcbb3
+# %% ../nbs/05_learners.ipynb #7d67e633
 class Schedule(NamedTuple):
     "The epoch-threshold retraining rule of the method"
     first:int=4               # epochs of the first model
@@ -351,6 +301,79 @@ class Schedule(NamedTuple):
         if len(t) != 2: raise ValueError(f"--thresholds needs 2 comma-separated values (keep, retrain), got {thresholds!r}")
         return cls(first=int(e[0]), short=int(e[1]), long=int(e[2]), keep_above=float(t[0]), retrain_above=float(t[1]), keep=keep)
 
+class LearnerSettings(NamedTuple):
+    "How a column's learner is built and trained: the method's settings, one object from the command line to `fit_once`"
+    arch:str|Callable = 'resnet34'    # architecture: torchvision name/builder, or a timm name
+    pretrained:bool = True            # ImageNet weights (torch.hub cache, else download)
+    weights:str|Path|None = None      # local state dict file for the body (instead of `pretrained`)
+    size:int = 256                    # image size
+    bs:int = 64                       # batch size
+    aug:bool = True                   # augmentation (`aug_transforms`) of training batches
+    schedule:Schedule = Schedule()    # the epoch-threshold retraining rule
+    lr_find_iters:int = 100           # lr_find iterations
+    lr_find_range:tuple = (1e-7, 10)  # lr_find's first and last learning rates (fewer iterations: a narrower range)
+    freeze_epochs:int = 1             # frozen (head-only) epochs before the unfrozen ones of `fine_tune`
+    patience:int = 3                  # early stopping patience on valid_loss
+    train_bn:bool = True              # the body's BatchNorm layers train while it is frozen (fastai's default)
+    balance:str = 'upsample'          # the imbalance: 'upsample' the training part (the method), 'weights' (1/2/4 in the loss) or 'none'
+    class_weights:tuple|None = None   # weigh each grade's cross-entropy (None: plain; `balance='weights'` sets `GRADE_WEIGHTS`)
+    series:dict|str|None = None       # the series each column reads (None: `DEFAULT_SERIES`; a description: that one for all)
+    mixed_precision:bool|None = None  # fp16 autocast; None: on CUDA only
+    channels_last:bool = False        # channels-last memory format (GPU)
+
+    def learner_options(self) -> dict:
+        "The keyword options of `make_learner`"
+        return dict(arch=self.arch, pretrained=self.pretrained, weights=self.weights, mixed_precision=self.mixed_precision,
+                    channels_last=self.channels_last, train_bn=self.train_bn, class_weights=self.class_weights)
+
+# %% ../nbs/05_learners.ipynb #cfe57156
+class EpochLog(Callback):
+    "Record train/valid loss, metrics and seconds of every epoch, across fits"
+    order = 51  # after the Recorder has logged the epoch
+    def __init__(self): self.rows = []
+    def before_epoch(self): self._t0 = time.perf_counter()
+    def after_epoch(self):
+        names = [n for n in self.recorder.metric_names if n not in ('epoch', 'time')]
+        vals = self.recorder.values[-1] if self.recorder.values else []
+        self.rows.append({'epoch': len(self.rows), 'frozen': self.learn.opt.frozen_idx > 0 if self.learn.opt else False,
+                          **{n: float(v) for n, v in zip(names, vals)}, 'seconds': time.perf_counter() - self._t0})
+
+# %% ../nbs/05_learners.ipynb #54c02154
+def fit_once(dls,                       # from `grade_dls`
+             epochs:int,                # unfrozen epochs of `fine_tune`
+             lr:float,                  # base learning rate (valley)
+             settings:LearnerSettings=LearnerSettings(), # the learner: architecture, weights, frozen epochs, patience, ...
+             path=None,                 # working folder for checkpoints (None: a scratch folder, removed after)
+             seed:int=42,               # seed of the initialisation and shuffling
+             progress:bool=True,        # show fastai's progress bars
+             cbs:list|None=None,        # more callbacks for this run (e.g. timing)
+            ) -> dict:
+    "Train a fresh learner; the learner (best epoch loaded), its validation accuracy/loss and the epoch log"
+    s = settings
+    set_seed(seed, reproducible=True)
+    scratch_dir = None
+    if path is None: path = scratch_dir = tempfile.mkdtemp(prefix='lsdc-fit-')   # the best-epoch checkpoint never lands in the cwd
+    learn = make_learner(dls, path=path, **s.learner_options())
+    elog = EpochLog()
+    cbs = [EarlyStoppingCallback(monitor='valid_loss', patience=s.patience),
+           SaveModelCallback(monitor='valid_loss', fname='best', reset_on_fit=False), elog, *(cbs or [])]
+    t0 = time.perf_counter()
+    scratch = not s.pretrained and s.weights is None
+    def fit():
+        if scratch: learn.fit_one_cycle(epochs, lr, cbs=cbs)
+        else: learn.fine_tune(epochs, base_lr=lr, freeze_epochs=s.freeze_epochs, cbs=cbs)
+        return learn.validate()[:3]
+    try:
+        if progress: valid_loss, acc, wll = fit()
+        else:  # no bars, no tables, no 'Better model found' / 'early stopping' lines
+            with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()): valid_loss, acc, wll = fit()
+    finally:
+        if scratch_dir:   # the best epoch is loaded; its checkpoint folder goes, and the learner's path is the cwd as usual
+            shutil.rmtree(scratch_dir, ignore_errors=True); learn.path = Path('.')
+    return dict(learn=learn, epochs=epochs, accuracy=float(acc), log_loss=float(wll), valid_loss=float(valid_loss),
+                history=elog.rows, epochs_run=len(elog.rows), seconds=time.perf_counter() - t0)
+
+# %% ../nbs/05_learners.ipynb #f2bbcbb3
 def epoch_threshold_train(trainer:Callable,              # `trainer(epochs) -> dict` with an `accuracy` key
                           schedule:Schedule=Schedule(),  # the rule
                          ) -> tuple[dict, list, str]:
@@ -365,8 +388,6 @@ def epoch_threshold_train(trainer:Callable,              # `trainer(epochs) -> d
     return kept, [first, second], 'moderate' if short else 'slow'
 
 # %% ../nbs/05_learners.ipynb #58d5a240
-_LEARNER_OPTIONS = {k: p.default for k, p in inspect.signature(make_learner).parameters.items() if k not in ('dls', 'path')}
-
 def _column_record(info:dict, kept:dict, attempts:list, convergence:str, lrs:dict, settings:dict) -> dict:
     "The record of a trained column: its settings, sizes, learning rates, attempts and validation figures"
     history = [{'attempt': i, 'epochs': a['epochs'], **h} for i, a in enumerate(attempts) for h in a['history']]
@@ -396,51 +417,49 @@ def export_learner(learn, dest) -> Path:
     return Path(dest)
 
 # %% ../nbs/05_learners.ipynb #0423712e
-class Feed(NamedTuple):
-    "Where a learner's batches come from, and the device they go to"
-    cache:str|None = None          # image cache file (`lsdc.cache.build_cache`) at the learner's size; None: decode the PNGs
-    device:str|None = None         # torch device (default: CUDA when present)
+class Compute(NamedTuple):
+    "Where a run's work happens: worker processes, the device, and how the learners read their images (none of it changes a model)"
+    jobs:int = 1                   # columns trained at once, each in a worker process (CPU cores, or GPUs: one each)
+    n_workers:int|None = None      # processes of conversion and crops (default: the CPU count)
+    device:str|None = None         # torch device of a learner (default: CUDA when present; workers get one GPU each)
+    loader:str = 'cache'           # 'cache': each image decoded once into an image cache (`lsdc.cache`); 'png': decoded every epoch
+    cache_dir:str|Path|None = None # where `train_columns` keeps the image cache (default: `converted/cache`, else `models/cache`)
+    cache:str|None = None          # the image cache file at the learner's size (`train_columns` fills it in); None: decode the PNGs
     num_workers:int|None = None    # PNG data loader workers (default: 0 on CPU, up to 8 on CUDA; the cache needs none)
 
 # %% ../nbs/05_learners.ipynb #da2b0c75
-@delegates(fit_once, but=['dls', 'epochs', 'lr', 'path', 'seed', 'progress', 'cbs'])
 def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, label, is_valid (upsampled training part)
                  info:dict,                 # the summary `training_table` returned with it
                  models,                    # models folder
-                 schedule:Schedule=Schedule(), # the epoch-threshold retraining rule
-                 size:int=256,              # image size
-                 bs:int=64,                 # batch size
-                 aug:bool=True,             # augmentation (`aug_transforms`) of training batches
-                 feed:Feed=Feed(),          # image cache, device and loader workers
-                 lr_find_iters:int=100,     # lr_find iterations
-                 lr_find_range:tuple=(1e-7, 10), # lr_find's first and last learning rates (fewer iterations: a narrower range)
+                 settings:LearnerSettings=LearnerSettings(), # the learner, its data and its schedule
+                 compute:Compute=Compute(), # the device, the image cache or the PNGs, loader workers
                  seed:int=42,               # seed of shuffling and initialisation
                  progress:bool=True,        # fastai progress bars
-                 **kwargs,                  # `fit_once`'s and `make_learner`'s options: arch, pretrained, weights, train_bn, ...
+                 cbs:list|None=None,        # more callbacks for each training run (e.g. timing; not lr_find's)
                 ) -> dict:
     "Train one column's learner, export its pickle, safetensors and config, and return its record"
-    col, models = info['column'], Path(models)
+    col, models, s = info['column'], Path(models), settings
+    if info.get('balance') == 'weights' and s.class_weights is None: s = s._replace(class_weights=GRADE_WEIGHTS)   # the loss balances
     work = models/'_work'/f'{col}.{owner_tag()}'   # this process's own: lr_find's and the best epoch's checkpoints
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if info.get('balance') == 'weights': kwargs = {'class_weights': GRADE_WEIGHTS, **kwargs}   # the loss does the balancing
     try:
-        if feed.device is not None and torch.device(feed.device).type == 'cuda': torch.cuda.set_device(torch.device(feed.device))
+        if compute.device is not None and torch.device(compute.device).type == 'cuda': torch.cuda.set_device(torch.device(compute.device))
         set_seed(seed, reproducible=True)   # the loaders' shuffling generators are drawn from the seeded generators
-        dls = grade_dls(table, size=size, bs=bs, num_workers=feed.num_workers, device=feed.device, seed=seed, aug=aug,
-                        cache=ImageCache(feed.cache) if feed.cache else None)
+        dls = grade_dls(table, size=s.size, bs=s.bs, num_workers=compute.num_workers, device=compute.device, seed=seed, aug=s.aug,
+                        cache=ImageCache(compute.cache) if compute.cache else None)
         set_seed(seed, reproducible=True)
-        finder = make_learner(dls, path=work, **{k: v for k, v in kwargs.items() if k in _LEARNER_OPTIONS})
+        finder = make_learner(dls, path=work, **s.learner_options())
         with contextlib.nullcontext() if progress else finder.no_bar():
-            lrs = find_lrs(finder, num_it=lr_find_iters, start_lr=lr_find_range[0], end_lr=lr_find_range[1])
+            lrs = find_lrs(finder, num_it=s.lr_find_iters, start_lr=s.lr_find_range[0], end_lr=s.lr_find_range[1])
         del finder
-        trainer = lambda epochs: fit_once(dls, epochs, lrs['lr'], path=work, seed=seed, progress=progress, **kwargs)
-        kept, attempts, convergence = epoch_threshold_train(trainer, schedule)
+        trainer = lambda epochs: fit_once(dls, epochs, lrs['lr'], s, path=work, seed=seed, progress=progress, cbs=cbs)
+        kept, attempts, convergence = epoch_threshold_train(trainer, s.schedule)
         pkl = export_learner(kept['learn'], models/f'{col}.pkl')
         safe = export_safe(kept['learn'], models, col)
     finally: shutil.rmtree(work, ignore_errors=True)
-    rec = _column_record(info, kept, attempts, convergence, lrs, settings={**_LEARNER_OPTIONS, **kwargs, 'size': size, 'aug': aug})
-    return {**rec, 'loader': 'cache' if feed.cache else 'png', 'device': str(dls.device), 'seconds': time.perf_counter() - t0,
+    rec = _column_record(info, kept, attempts, convergence, lrs, settings=s._asdict())
+    return {**rec, 'loader': 'cache' if compute.cache else 'png', 'device': str(dls.device), 'seconds': time.perf_counter() - t0,
             'pickle': pkl.name, 'sha256': file_sha256(pkl), **safe}
 
 # %% ../nbs/05_learners.ipynb #26aa43dd
@@ -732,30 +751,34 @@ def shard_columns(columns:list,  # the columns to share out
     return list(columns)[i::n]
 
 # %% ../nbs/05_learners.ipynb #1846f2e0
+def valid_split(valid) -> tuple:
+    "`(valid_pct, valid_ids)` of `valid`: a share of studies (each column splits its own), or the validation studies themselves"
+    if isinstance(valid, (int, float)) and not isinstance(valid, bool):
+        if not 0 < valid < 1: raise ValueError(f"valid must be a share between 0 and 1 or the validation studies, got {valid!r}")
+        return float(valid), None
+    return None, tuple(sorted(int(as_id(s)) for s in valid))
+
 def training_settings(index:pd.DataFrame,      # the conversion or level-crop index trained from
                       converted=None,          # the folder it was read from (None: the table itself is fingerprinted)
                       models=None,             # the models folder (level crops: its `levels.json` is fingerprinted too)
-                      series=None,             # series mapping
-                      valid_pct:float=0.2,     # share of studies in validation
+                      settings:LearnerSettings=LearnerSettings(), # the learners' settings
+                      valid=0.2,               # share of studies in validation, or the validation studies (`valid_split`)
                       seed:int=42,             # seed of split, resampling and training
-                      balance:str='upsample',  # how the training part is balanced
-                      valid_ids=None,          # the validation studies of a study-level split (None: each column splits itself)
-                      **options,               # `train_column`'s options (schedule, size, bs, arch, pretrained, weights, ...)
                      ) -> dict:
     "Everything that shapes a column's model, as JSON data: what resuming compares (`settings_digest`)"
-    o = {**{k: p.default for k, p in inspect.signature(train_column).parameters.items()}, **options}
+    o, (valid_pct, valid_ids) = settings, valid_split(valid)
     inputs = 'levels' if is_crop_index(index) else 'middle'
     if converted is None: conv = {'table': hashlib.sha256(pd.util.hash_pandas_object(index, index=False).values.tobytes()).hexdigest()}
     else: conv = {fn.relative_to(converted).as_posix(): file_sha256(fn) for fn in index_files(converted)}
     lv = None if models is None else Path(models)/'levels.json'   # the localiser, slice selector and crop settings
     if inputs == 'levels' and lv and lv.is_file(): conv['levels.json'] = file_sha256(lv)
-    w = o['weights']
-    s = dict(inputs=inputs, architecture=arch_name(o['arch']), image_size=o['size'], pretrained=bool(o['pretrained'] and w is None),
-             weights=file_sha256(w) if w else None, balance=balance, valid_pct=float(valid_pct), seed=seed, series=series,
-             valid_ids=None if valid_ids is None else sorted(int(as_id(s)) for s in valid_ids),
-             schedule=Schedule(*o['schedule'])._asdict(), bs=o['bs'], aug=bool(o['aug']), train_bn=bool(o['train_bn']),
-             lr_find_iters=o['lr_find_iters'], lr_find_range=[float(v) for v in o['lr_find_range']], freeze_epochs=o['freeze_epochs'],
-             patience=o['patience'], conversion=conv)
+    w = o.weights
+    s = dict(inputs=inputs, architecture=arch_name(o.arch), image_size=o.size, pretrained=bool(o.pretrained and w is None),
+             weights=file_sha256(w) if w else None, balance=o.balance, valid_pct=valid_pct, seed=seed, series=o.series,
+             valid_ids=None if valid_ids is None else list(valid_ids),
+             schedule=Schedule(*o.schedule)._asdict(), bs=o.bs, aug=bool(o.aug), train_bn=bool(o.train_bn),
+             lr_find_iters=o.lr_find_iters, lr_find_range=[float(v) for v in o.lr_find_range], freeze_epochs=o.freeze_epochs,
+             patience=o.patience, conversion=conv)
     return json.loads(json.dumps(s, default=json_default))   # as a record reads it back
 
 def settings_digest(settings:dict) -> str:
@@ -777,40 +800,39 @@ def settings_change(old:dict|None, # the settings of a record (None: an older re
 
 # %% ../nbs/05_learners.ipynb #1f82bb2c
 class ColumnJob(NamedTuple):
-    "What training one column needs: the data, where to write, and the options of `train_column`"
+    "What training one column needs: the data, where to write, and the settings of `train_column`"
     column: str
     labels: pd.DataFrame
     index: pd.DataFrame
     models: Path
-    series: dict|str|None
-    valid_pct: float
-    seed: int
-    balance: str         # how the training part is balanced (`lsdc.sampling.training_table`)
-    bars: bool           # fastai's progress bars (only where they render)
-    options: dict        # keyword options of `train_column`
-    settings: dict|None = None  # `training_settings`, recorded with the column (and its digest)
+    settings: LearnerSettings   # the learner's
+    compute: Compute            # the device and where its batches come from
+    valid: float|tuple = 0.2    # share of studies in validation, or the validation studies (`valid_split`)
+    seed: int = 42
+    bars: bool = False          # fastai's progress bars (only where they render)
+    recorded: dict|None = None  # `training_settings`, recorded with the column (and its digest)
     resume: bool = False        # skip the column when, once claimed, it turns out trained with these settings
-    valid_ids: tuple|None = None  # the validation studies of a study-level split (None: the column splits itself)
 
 def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> dict:
     "Claim, train, export and record one column (on `device`); a failure is recorded, never raised"
     col, models = job.column, Path(job.models)
-    digest = None if job.settings is None else settings_digest(job.settings)
+    digest = None if job.recorded is None else settings_digest(job.recorded)
     with column_claim(models, col, say):   # one writer per column, from its split to its record
         if job.resume and digest and column_done(models, col, digest): return {**_record(models, col), 'skipped': True}
         try:
-            table, info = training_table(job.labels, job.index, col, series=job.series, valid_pct=job.valid_pct, seed=job.seed,
-                                         balance=job.balance, valid_ids=job.valid_ids)
+            pct, ids = valid_split(job.valid)
+            table, info = training_table(job.labels, job.index, col, series=job.settings.series, valid_pct=pct or 0.2, seed=job.seed,
+                                         balance=job.settings.balance, valid_ids=ids)
             if info['n_missing_series']:
                 say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
             write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
-            opts = {**job.options, 'feed': job.options.get('feed', Feed())._replace(device=device)} if device else job.options
-            rec = train_column(table, info, models, seed=job.seed, progress=job.bars, **opts)
+            compute = job.compute._replace(device=device) if device else job.compute
+            rec = train_column(table, info, models, job.settings, compute, seed=job.seed, progress=job.bars)
         except Exception as e:
             log.exception("%s failed", col)
             rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
                        finished=now())
-        if digest: rec = {**rec, 'settings': job.settings, 'settings_sha256': digest}
+        if digest: rec = {**rec, 'settings': job.recorded, 'settings_sha256': digest}
         release_memory()   # a worker trains column after column: what this one used goes back before the next
         rec = {**rec, 'process': os.getpid(), 'resident_gb': resident_gb()}   # what the process holds once it is given back
         write_result(models, rec)
@@ -825,7 +847,7 @@ def _ended(tag:str, rec:dict) -> str:
 def _failed(job:ColumnJob, error:str) -> dict:
     "Record a column whose worker process could not return its record, unless another run holds its claim or trained it"
     rec, models = dict(column=job.column, status='failed', error=error, finished=now()), job.models
-    digest = None if job.settings is None else settings_digest(job.settings)
+    digest = None if job.recorded is None else settings_digest(job.recorded)
     with file_lock(claim_file(models, job.column), blocking=False) as free:
         if free and not (digest and column_done(models, job.column, digest)): write_result(models, rec)
     return rec
@@ -856,8 +878,8 @@ def _device_slot(folder, devices:list):
                 if free: yield d; return
         time.sleep(0.05)
 
-def _leased(fn:Callable, folder, devices:list, *args):
-    "`fn(*args, device=d)` on the device `d` of a slot of `folder` held for the call"
+def _on_free_device(fn:Callable, folder, devices:list, *args):
+    "`fn(*args, device=d)` on the device `d` of a free slot of `folder`, held for the call"
     with _device_slot(folder, devices) as d: return fn(*args, device=d)
 
 # %% ../nbs/05_learners.ipynb #07145ed2
@@ -883,7 +905,7 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     retry = []
     # a column holds a device slot while it trains: with n workers one is always free, and no two columns share a GPU
     with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, _pool(n, threads) as ex:
-        futs = {ex.submit(_leased, _train_one, slots, devices, job, say): job for job in jobs}
+        futs = {ex.submit(_on_free_device, _train_one, slots, devices, job, say): job for job in jobs}
         for f in as_completed(futs):
             job = futs[f]
             try: ended(job.column, f.result())
@@ -904,14 +926,13 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
 # %% ../nbs/05_learners.ipynb #112c1e21
 def _cache_folder(converted, models) -> Path:
     "`converted/cache` where the conversion folder is writable, else `models/cache` (a read-only Kaggle input, or an index given as a table)"
-    return Path(converted)/'cache' if converted is not None and os.access(converted, os.W_OK) else Path(models)/'cache'
+    ok = isinstance(converted, (str, Path)) and os.access(converted, os.W_OK)
+    return Path(converted)/'cache' if ok else Path(models)/'cache'
 
-def _with_cache(options:dict, loader:str, index:pd.DataFrame, labels:pd.DataFrame, series, folder, say:Callable) -> dict:
-    "`train_column`'s options with the image cache of every labelled study's training series (built once) in their `Feed`"
-    if loader not in ('cache', 'png'): raise ValueError(f"loader must be 'cache' or 'png', got {loader!r}")
-    feed = options.get('feed', Feed())
-    if loader == 'png': return {**options, 'feed': feed._replace(cache=None)}
-    size = options.get('size', inspect.signature(train_column).parameters['size'].default)
+def _with_cache(compute:Compute, size:int, index:pd.DataFrame, labels:pd.DataFrame, series, folder, say:Callable) -> Compute:
+    "`compute` with the image cache of every labelled study's training series (built once), unless it decodes PNGs"
+    if compute.loader not in ('cache', 'png'): raise ValueError(f"loader must be 'cache' or 'png', got {compute.loader!r}")
+    if compute.loader == 'png': return compute._replace(cache=None)
     descs = {series_for_condition(c, series) for c in LABEL_COLUMNS}   # every column's series, so that all shards share it
     ids = set(labels.study_id.map(as_id))
     use = index.study_id.map(as_id).isin(ids) & (True if is_crop_index(index) else index.series_description.isin(descs))
@@ -919,45 +940,38 @@ def _with_cache(options:dict, loader:str, index:pd.DataFrame, labels:pd.DataFram
     t0 = time.perf_counter()
     try: fn = build_cache(images, size, folder)
     except OSError as e:
-        say(f"no image cache ({type(e).__name__}: {e}); the learners decode the PNGs"); return {**options, 'feed': feed}
+        say(f"no image cache ({type(e).__name__}: {e}); the learners decode the PNGs"); return compute
     say(f"image cache: {len(images)} images at {size} px, {fn} ({time.perf_counter() - t0:.1f} s)")
-    return {**options, 'feed': feed._replace(cache=str(fn))}
+    return compute._replace(cache=str(fn))
 
 # %% ../nbs/05_learners.ipynb #c153194c
 def _say(msg:str): print(msg, flush=True)
 
-@delegates(train_column, but=['table', 'info', 'models', 'seed', 'progress'])
-def train_columns(converted,               # conversion folder (holds index.csv, from `lsdc convert`)
+def train_columns(converted,               # conversion or level-crop folder (holds index.csv), or its index table
                   models,                  # models folder to write
-                  data=None,               # RSNA data folder for the labels (default `$LSDC_DATA` / Kaggle)
-                  labels:pd.DataFrame|None=None, # or the labels themselves (train.csv table)
+                  labels=None,             # the labels (train.csv table), or the RSNA data folder to read them from (default `$LSDC_DATA` / Kaggle)
                   columns=None,            # columns to train (default: all 25)
                   shard=None,              # 'i/n': train only shard i of n of `columns`
-                  series=None,             # series mapping (None: `DEFAULT_SERIES`; 'Sagittal T1' for all)
-                  valid_pct:float=0.2,     # share of studies in validation (when `valid_ids` is None)
-                  valid_ids=None,          # the validation studies, the same for every column (a fold of `lsdc.pipeline`'s split)
+                  valid=0.2,               # share of studies in validation, or the validation studies for every column (a fold)
                   seed:int=42,             # seed of split, resampling and training
-                  balance:str='upsample',  # the training part: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
+                  settings:LearnerSettings=LearnerSettings(), # the learners' settings (architecture, size, schedule, balance, ...)
+                  compute:Compute=Compute(), # worker processes (`jobs`), the image cache or the PNGs, the device
                   resume:bool=True,        # skip columns already trained with these settings (model files match their record)
                   progress:bool=True,      # print a line per column and show fastai's bars
-                  index:pd.DataFrame|None=None, # the conversion index (default: read from `converted`)
-                  jobs:int=1,              # columns trained at once, in worker processes (CPU cores or GPUs; see above)
-                  loader:str='cache',      # 'cache': decode every image once (`lsdc.cache`); 'png': decode PNGs every epoch
-                  cache_dir=None,          # where the image cache lives (default: `converted/cache`, else `models/cache`)
-                  **kwargs,                # `train_column`'s options (schedule, size, bs, arch, pretrained, weights, ...)
                  ) -> pd.DataFrame:
     "Train one learner per label column into `models`; the merged results table"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     cols = shard_columns(parse_columns(columns), shard)
+    jobs = compute.jobs
     if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
-    settings_from = converted if index is None else None   # the index files are fingerprinted, else the table given
-    if index is None: index = read_index(converted)
-    if labels is None: labels = load_rsna(data, splits=('train',), check_images=False).train
+    table_given = isinstance(converted, pd.DataFrame)
+    index = converted if table_given else read_index(converted)
+    if not isinstance(labels, pd.DataFrame): labels = load_rsna(labels, splits=('train',), check_images=False).train
     say = _say if progress else log.info   # it goes to the worker processes too
-    valid_ids = None if valid_ids is None else tuple(sorted(int(as_id(s)) for s in valid_ids))
-    settings = training_settings(index, settings_from, models, series=series, valid_pct=valid_pct, seed=seed, balance=balance,
-                                 valid_ids=valid_ids, **kwargs)
-    digest = settings_digest(settings)
+    pct, ids = valid_split(valid)
+    valid = pct if ids is None else ids
+    recorded = training_settings(index, None if table_given else converted, models, settings=settings, valid=valid, seed=seed)
+    digest = settings_digest(recorded)
     with models_lock(models):   # sweeps the leftovers of runs that died
         todo = []
         for k, col in enumerate(cols, 1):
@@ -965,16 +979,15 @@ def train_columns(converted,               # conversion folder (holds index.csv,
             old = _record(models, col) if resume else {}
             if old.get('settings_sha256') == digest and column_done(models, col, digest): say(f"{tag}: already trained, skipped"); continue
             if old.get('status') == 'ok' and old.get('settings_sha256') != digest:
-                say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), settings)}); training it again")
+                say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), recorded)}); training it again")
             todo.append((tag, col))
         t0, jobs = time.perf_counter(), min(jobs, len(todo))
-        if todo: kwargs = _with_cache(kwargs, loader, index=index, labels=labels, series=series, say=say,
-                                      folder=cache_dir or _cache_folder(converted, models))
+        if todo: compute = _with_cache(compute, settings.size, index=index, labels=labels, series=settings.series, say=say,
+                                      folder=compute.cache_dir or _cache_folder(None if table_given else converted, models))
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
-        work = [ColumnJob(column=col, labels=labels, index=index, models=models, series=series, valid_pct=valid_pct,
-                          seed=seed, balance=balance, bars=bars, options=kwargs, settings=settings, resume=resume, valid_ids=valid_ids)
-                for _, col in todo]
+        work = [ColumnJob(column=col, labels=labels, index=index, models=models, settings=settings, compute=compute, valid=valid,
+                          seed=seed, bars=bars, recorded=recorded, resume=resume) for _, col in todo]
         if jobs > 1: _train_parallel(work, jobs, say)
         else: _train_serial(work, [tag for tag, _ in todo], say)
         df = collect_results(models)
@@ -985,7 +998,10 @@ def train_columns(converted,               # conversion folder (holds index.csv,
 # %% ../nbs/05_learners.ipynb #6e011c4c
 SERIES_MAPS = {'default': None, 'sagittal_t1': 'Sagittal T1', 'sagittal_t2': 'Sagittal T2/STIR'}
 
-def _pair(s, what:str) -> tuple:
+def parse_pair(s,         # two numbers, comma or space separated: '1e-7,10'
+               what:str,  # the option, for the error message
+              ) -> tuple:
+    "Two floats from the command line's `a,b`"
     v = str(s).replace(',', ' ').split()
     if len(v) != 2: raise ValueError(f"{what} needs 2 comma-separated values, got {s!r}")
     return float(v[0]), float(v[1])

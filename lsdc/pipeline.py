@@ -8,7 +8,7 @@ Docs: https://lsdc-dev.github.io/lsdc/pipeline.html.md"""
 from __future__ import annotations
 import argparse, json, logging, os, sys, time, warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 import numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 from fastcore.script import call_parse
@@ -18,7 +18,8 @@ from .files import (ModelIntegrityError, LockError, read_manifest, read_results,
                     verified_path)
 from .data import DataError, load_rsna
 from .dicom import convert_dataset
-from .learners import Schedule, SERIES_MAPS, train_columns, parse_columns, shard_columns, _pair
+from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, train_columns, parse_columns, shard_columns, parse_pair,
+                           arch_name)
 from .levels import LevelSettings, LEVELS_FILE, prepare_levels
 from .calibration import (BALANCES, posterior_factors, StudyCalibration, MetricRows, metric_terms, fit_study_calibration, calibrate_rows,
                           crossfit_calibration, expected_calibration_error, plot_reliability)
@@ -30,15 +31,30 @@ from .inference import (PROB_FORMAT, validation_predictions, predict_columns, pr
 from .report import write_reports, load_learners, submission_studies
 
 # %% auto #0
-__all__ = ['log', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', 'CAL_FILE', 'CV_FILE', 'CV_TABLE',
-           'ENSEMBLE_FORMAT', 'INPUTS', 'SUBMISSIONS', 'study_burden', 'make_folds', 'write_folds', 'read_folds',
-           'fold_dir', 'parse_folds', 'trained_folds', 'train_folds', 'fold_factors', 'oof_table', 'calibrate_oof',
-           'oof_submission', 'cv_scores', 'format_cv', 'write_ensemble_manifest', 'read_ensemble', 'cross_validate',
-           'fold_predictions', 'predict_folds', 'train_pipeline', 'compare_runs', 'format_comparison', 'score_files',
-           'run_pipeline', 'format_summary', 'train_cli', 'calibrate_cli', 'predict_cli', 'compare_cli']
+__all__ = ['log', 'INPUTS', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', 'CAL_FILE', 'CV_FILE', 'CV_TABLE',
+           'ENSEMBLE_FORMAT', 'SUBMISSIONS', 'PipelineSettings', 'study_burden', 'make_folds', 'write_folds',
+           'read_folds', 'fold_dir', 'parse_folds', 'trained_folds', 'train_folds', 'fold_factors', 'oof_table',
+           'calibrate_oof', 'oof_submission', 'cv_scores', 'format_cv', 'write_ensemble_manifest', 'read_ensemble',
+           'cross_validate', 'fold_predictions', 'predict_folds', 'train_pipeline', 'compare_runs', 'format_comparison',
+           'score_files', 'run_pipeline', 'format_summary', 'train_cli', 'calibrate_cli', 'predict_cli', 'compare_cli']
 
 # %% ../nbs/08a_pipeline.ipynb #f34e0501
 log = logging.getLogger(__name__)
+
+# %% ../nbs/08a_pipeline.ipynb #5a249367
+INPUTS = ('levels', 'middle')   # the learners' inputs: level crops (`lsdc.levels`), or the middle slices (the middle-slice method)
+
+class PipelineSettings(NamedTuple):
+    "The whole method's settings, from the split to the CV: what `lsdc train` trains"
+    inputs:str = 'levels'                       # 'levels': each column on a crop around its level; 'middle': the middle sagittal slices
+    learner:LearnerSettings = LearnerSettings() # every column's learner (its `size` is the crops' size too)
+    levels:LevelSettings = LevelSettings()      # 'levels': the localiser, the axial slice selector and the crops
+    folds:int = 5                               # folds of the study-level split
+    which_folds:str|tuple|None = None           # the folds to train (None: all; '0': a quick holdout)
+    columns:str|tuple|None = None               # the label columns to train (None: all 25; the others get the training shares)
+    seed:int = 42                               # seed of the split, the localiser and the learners
+    factors:str = 'pooled'                      # how the balancing factors are counted (`fold_factors`)
+    n_boot:int = 1000                           # bootstrap draws of the CV's intervals
 
 # %% ../nbs/08a_pipeline.ipynb #421d58ef
 FOLDS_FILE = 'folds.csv'
@@ -103,17 +119,20 @@ def trained_folds(models, folds:pd.DataFrame|None=None) -> list[int]:
 def train_folds(inputs,                 # the learners' images: a conversion or level-crop folder (index.csv)
                 models,                 # models folder holding `folds.csv`; fold k's learners go to `fold{k}/`
                 labels:pd.DataFrame,    # train.csv-style labels
-                which=None,             # the folds to train (default all; e.g. [0]: a quick holdout)
+                settings:PipelineSettings=PipelineSettings(), # the learners, the folds to train, the columns, the seed
+                compute:Compute=Compute(), # worker processes, device, image cache
+                shard=None,             # 'i/n': train only shard i of n of the columns (`lsdc.learners.shard_columns`)
+                resume:bool=True,       # skip columns already trained with the same settings
                 progress:bool=True,     # a line per fold and column
-                **kwargs,               # `lsdc.learners.train_columns`'s options: columns, shard, size, arch, balance, jobs, ...
                ) -> pd.DataFrame:
-    "Train every column's learner of each fold in `which`; the results tables, with a `fold` column"
-    folds = read_folds(models)
+    "Train every column's learner of each fold in `settings.which_folds`; the results tables, with a `fold` column"
+    folds, s = read_folds(models), settings
     out = []
-    for k in parse_folds(which, int(folds.fold.max()) + 1):
+    for k in parse_folds(s.which_folds, int(folds.fold.max()) + 1):
         ids = folds.study_id[folds.fold == k].tolist()
         if progress: print(f"\n-- fold {k}: {len(ids)} validation studies, the others train", flush=True)
-        out.append(train_columns(inputs, fold_dir(models, k), labels=labels, valid_ids=ids, progress=progress, **kwargs).assign(fold=k))
+        out.append(train_columns(inputs, fold_dir(models, k), labels=labels, columns=s.columns, shard=shard, valid=ids, seed=s.seed,
+                                 settings=s.learner, compute=compute, resume=resume, progress=progress).assign(fold=k))
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/08a_pipeline.ipynb #664e6b23
@@ -380,41 +399,34 @@ def predict_folds(data,                 # RSNA data folder (Kaggle layout) or `R
     return sub
 
 # %% ../nbs/08a_pipeline.ipynb #07abaf21
-INPUTS = ('levels', 'middle')   # the learners' inputs: level crops (`lsdc.levels`), or the middle slices (seed 001)
-
 def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or `RSNAData`
                    converted,              # conversion of the training studies (`lsdc convert`; the localiser's mid-sagittal PNGs for 'levels')
                    models,                 # models folder to write
-                   inputs:str='levels',    # 'levels': each column on a crop around its level; 'middle': the middle slices
+                   settings:PipelineSettings=PipelineSettings(), # the method: inputs, learners, stage 1, folds, seed, CV
+                   compute:Compute=Compute(), # worker processes (columns at once, conversion and crops), device, image cache
+                   shard=None,             # 'i/n': train only shard i of n of the columns
                    crops=None,             # 'levels': the training crops' folder (default: `crops/<name of converted>` beside it)
-                   levels:LevelSettings|None=None, # 'levels': the localiser's and the crops' settings (default `LevelSettings()`)
-                   folds:int=5,            # folds of the study-level split
-                   which=None,             # the folds to train (default all)
-                   seed:int=42,            # seed of the split, the localiser and the learners
-                   factors:str='pooled',   # how the balancing factors are counted (`fold_factors`)
-                   n_boot:int=1000,        # bootstrap draws of the CV's intervals
-                   n_workers:int|None=None,# workers of the crops
+                   out=None,               # folder of the evaluation files (default: `models`)
                    resume:bool=True,       # reuse a finished localiser and skip columns trained with the same settings
                    progress:bool=True,     # progress lines
-                   out=None,               # folder of the evaluation files (default: `models`)
-                   **kwargs,               # `lsdc.learners.train_columns`'s options: columns, shard, size, arch, balance, jobs, ...
                   ) -> dict:
     "Split, stage 1 (levels), the learners of each fold, OOF predictions, calibration and CV into `models`; the CV dict (`trained`: the results)"
-    if inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
-    d = data if hasattr(data, 'series') else load_rsna(data, splits=('train',), check_images=inputs == 'levels')
+    s, L = settings, settings.learner
+    if s.inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {s.inputs!r}")
+    d = data if hasattr(data, 'series') else load_rsna(data, splits=('train',), check_images=s.inputs == 'levels')
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
-    f = make_folds(d.train, folds, seed)
+    f = make_folds(d.train, s.folds, s.seed)
     with file_lock(models/'.folds.lock'):
         if not (models/FOLDS_FILE).is_file() or not read_folds(models).equals(f): write_folds(models, f)
     src = Path(converted)
-    if inputs == 'levels':
+    if s.inputs == 'levels':
         crops = Path(crops) if crops else src.parent/'crops'/src.name
-        s = (levels or LevelSettings())._replace(crop_size=kwargs.get('size', 256))
-        src = prepare_levels(d, converted, models, crops, settings=s, seed=seed, folds=dict(zip(f.study_id, f.fold)), n_workers=n_workers,
-                             progress=progress, resume=resume, pretrained=kwargs.get('pretrained', True) and not kwargs.get('weights'))
-    res = train_folds(src, models, d.train, which=which, seed=seed, resume=resume, progress=progress, **kwargs)
+        src = prepare_levels(d, converted, models, crops, settings=s.levels._replace(crop_size=L.size), seed=s.seed,
+                             folds=dict(zip(f.study_id, f.fold)), n_workers=compute.n_workers, progress=progress, resume=resume,
+                             pretrained=L.pretrained and not L.weights)
+    res = train_folds(src, models, d.train, s, compute, shard=shard, resume=resume, progress=progress)
     if not (res.status == 'ok').any(): raise RuntimeError(f"no column could be trained; see {models}/fold*/results.csv")
-    cv = cross_validate(models, src, d.train, factors=factors, n_boot=n_boot, out=out, progress=progress)
+    cv = cross_validate(models, src, d.train, factors=s.factors, n_boot=s.n_boot, out=out, progress=progress)
     return {**cv, 'trained': res, 'inputs_folder': str(src)}
 
 # %% ../nbs/08a_pipeline.ipynb #e5f44ec6
@@ -476,36 +488,30 @@ def _durations(marks:list) -> dict:
 # %% ../nbs/08a_pipeline.ipynb #7b3d9f41
 def run_pipeline(data,                   # Kaggle-layout data folder
                  out,                    # output folder
-                 columns=None,           # label columns to train (default all 25; the others get the training shares)
+                 settings:PipelineSettings=PipelineSettings(), # the method: inputs, learners, stage 1, folds, seed, CV
+                 compute:Compute=Compute(), # worker processes, device, image cache
                  test_labels=None,       # train.csv-style file or table of the test studies' true grades, to score
-                 n_workers:int|None=None,# conversion workers
                  max_reports:int|None=20,# reports for at most this many test studies
-                 inputs:str='levels',    # 'levels': each column on its level crop; 'middle': the middle slices (seed 001)
-                 levels:LevelSettings|None=None, # the levels method's localiser and crops (default `LevelSettings()`)
-                 folds:int=5,            # folds of the study-level split
-                 which=None,             # the folds to train (default all)
-                 n_boot:int=1000,        # bootstrap draws of the CV's intervals
                  progress:bool=True,     # progress display
-                 **kwargs,               # `lsdc.learners.train_columns`'s options: size, arch, pretrained, weights, schedule, balance, jobs, seed, ...
                 ) -> dict:
     "Convert, train the folds, cross-validate, predict, score and report; a summary dict with the paths and figures"
     t0 = time.perf_counter()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     d = load_rsna(data)
     conv, models = out/'converted', out/'models'
-    size = kwargs.get('size', train_columns.__signature__.parameters['size'].default)
-    if 'jobs' in kwargs: kwargs['jobs'] = max(1, min(kwargs['jobs'], os.cpu_count() or 1))
-    lv = (levels or LevelSettings())._replace(crop_size=size)
+    inputs, size, n_workers = settings.inputs, settings.learner.size, compute.n_workers
+    compute = compute._replace(jobs=max(1, min(compute.jobs, os.cpu_count() or 1)))
+    lv = settings.levels._replace(crop_size=size)
+    settings = settings._replace(levels=lv)
     marks = []   # where the seconds go, step by step (the summary's `step_seconds`)
     _step('convert the training studies' + (' (mid-sagittal slices, for the level localiser)' if inputs == 'levels' else ''), t0, progress,
           marks, 'conversion')
     convert_dataset(d, conv/'train', split='train', size=lv.loc_size if inputs == 'levels' else size, n_workers=n_workers, progress=progress)
-    n_cols = len(parse_columns(columns))
-    _step(f"split the {len(d.train)} training studies into {folds} folds" + (f"; locate the levels ({lv.crop_mm:g} mm crops)" if inputs == 'levels' else '')
-          + f"; train {n_cols} learners per fold ({kwargs.get('arch', 'resnet34')}, {size} px, {inputs})", t0, progress, marks,
+    n_cols = len(parse_columns(settings.columns))
+    _step(f"split the {len(d.train)} training studies into {settings.folds} folds" + (f"; locate the levels ({lv.crop_mm:g} mm crops)" if inputs == 'levels' else '')
+          + f"; train {n_cols} learners per fold ({arch_name(settings.learner.arch)}, {size} px, {inputs})", t0, progress, marks,
           'folds (localiser, crops, learners, CV)' if inputs == 'levels' else 'folds (learners, CV)')
-    cv = train_pipeline(d, conv/'train', models, inputs=inputs, crops=out/'crops'/'train', levels=lv, folds=folds, which=which,
-                        n_workers=n_workers, n_boot=n_boot, progress=progress, out=out, columns=columns, **kwargs)
+    cv = train_pipeline(d, conv/'train', models, settings, compute, crops=out/'crops'/'train', out=out, progress=progress)
     res = cv.pop('trained')
     _step(f"predict the test studies (the mean of {len(cv['trained_folds'])} folds' models)", t0, progress, marks, 'prediction and scores')
     t1 = time.perf_counter()
@@ -563,7 +569,7 @@ def _fail(cmd:str, e:BaseException) -> int:
 def train_cli(converted:str,                 # conversion folder (holds index.csv); with --inputs levels, the mid-sagittal PNGs
               models:str,                    # models folder to write
               data:str=None,                 # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
-              inputs:str='levels',           # 'levels': locate the levels, cut crops, train on them; 'middle': CONVERTED's middle slices (seed 001)
+              inputs:str='levels',           # 'levels': locate the levels, cut crops, train on them; 'middle': CONVERTED's middle slices (the middle-slice method)
               folds:int=5,                   # folds of the study-level split (every column, the localiser and the slice selector)
               train_folds:str=None,          # train only these folds, e.g. '0' (a quick holdout); default all
               columns:str=None,              # comma-separated label columns (default: all 25)
@@ -582,7 +588,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               aug:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # augmentation of training batches
               keep:str='last',               # after retraining keep the 'last' model (the method) or the 'best'
               train_bn:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # BatchNorm trains while the body is frozen
-              balance:str='upsample',        # the imbalance: 'upsample' (seed 001), 'weights' (1/2/4 in the loss) or 'none'
+              balance:str='upsample',        # the imbalance: 'upsample' (the middle-slice method's), 'weights' (1/2/4 in the loss) or 'none'
               factors:str='pooled',          # the factors that undo the balancing: a condition's levels 'pooled', or each 'column' its own
               n_boot:int=1000,               # bootstrap draws of the CV's 95 % intervals
               no_resume:bool=False,          # retrain columns already trained with these settings (and the localiser)
@@ -603,11 +609,14 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial)
     try:
-        cv = train_pipeline(data, converted, models, inputs=inputs, crops=crops, levels=ls, folds=folds, which=train_folds, seed=seed,
-                            factors=factors, n_boot=n_boot, resume=not no_resume, progress=not quiet, columns=columns, shard=shard, balance=balance,
-                            series=SERIES_MAPS.get(series_map, series_map), jobs=jobs, loader=loader, schedule=Schedule.parse(epochs, thresholds, keep),
-                            size=size, bs=bs, aug=aug, lr_find_iters=lr_find_iters, lr_find_range=_pair(lr_find_range, '--lr-find-range'),
-                            arch=arch, pretrained=pretrained, weights=weights, train_bn=train_bn)
+        learner = LearnerSettings(arch=arch, pretrained=pretrained, weights=weights, size=size, bs=bs, aug=aug, train_bn=train_bn,
+                                  schedule=Schedule.parse(epochs, thresholds, keep), lr_find_iters=lr_find_iters,
+                                  lr_find_range=parse_pair(lr_find_range, '--lr-find-range'), balance=balance,
+                                  series=SERIES_MAPS.get(series_map, series_map))
+        s = PipelineSettings(inputs=inputs, learner=learner, levels=ls, folds=folds, which_folds=train_folds, columns=columns, seed=seed,
+                             factors=factors, n_boot=n_boot)
+        cv = train_pipeline(data, converted, models, s, Compute(jobs=jobs, loader=loader), shard=shard, crops=crops, resume=not no_resume,
+                            progress=not quiet)
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, RuntimeError) as e: return _fail('train', e)
     if quiet: print(format_cv(cv))
     df = cv['trained']; cols = set(shard_columns(parse_columns(columns), shard))

@@ -9,12 +9,12 @@ import numpy as np, pandas as pd, pytest
 from lsdc.core import GRADES, LABEL_COLUMNS
 from lsdc.files import read_index, file_sha256, read_results
 from lsdc.sampling import training_table, grade_counts
-from lsdc.learners import (Schedule, epoch_threshold_train, train_columns, shard_columns, parse_columns, column_done,
-                           collect_results)
+from lsdc.learners import (Schedule, LearnerSettings, Compute, epoch_threshold_train, train_columns, shard_columns, parse_columns,
+                           column_done, collect_results)
 
 COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l4_l5']
 FAILING = 'right_subarticular_stenosis_l1_l2'   # all labels removed: no study to train on
-TINY = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), progress=False)
+TINY = LearnerSettings(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1))
 
 
 @pytest.fixture(scope='module')
@@ -48,8 +48,8 @@ def models(converted, labels, tmp_path_factory):
     dest = tmp_path_factory.mktemp('models')
     cols = COLS + [FAILING]
     assert shard_columns(parse_columns(cols), '0/2') == [COLS[0], FAILING]
-    train_columns(converted, dest, labels=labels, columns=cols, shard='0/2', arch='resnet18', **TINY)
-    train_columns(converted, dest, labels=labels, columns=cols, shard='1/2', arch='resnet34', **TINY)
+    train_columns(converted, dest, labels=labels, columns=cols, shard='0/2', settings=TINY._replace(arch='resnet18'), progress=False)
+    train_columns(converted, dest, labels=labels, columns=cols, shard='1/2', settings=TINY._replace(arch='resnet34'), progress=False)
     return dest
 
 
@@ -147,7 +147,8 @@ def test_second_run_skips_finished_columns(models, converted, labels):
     before = {c: (models/f'{c}.pkl').stat().st_mtime_ns for c in COLS}
     assert all(column_done(models, c) for c in COLS)
     for shard, arch in (('0/2', 'resnet18'), ('1/2', 'resnet34')):   # each shard with its own settings, as the fixture
-        df = train_columns(converted, models, labels=labels, columns=COLS + [FAILING], shard=shard, arch=arch, **TINY)
+        df = train_columns(converted, models, labels=labels, columns=COLS + [FAILING], shard=shard, settings=TINY._replace(arch=arch),
+                           progress=False)
     assert {c: (models/f'{c}.pkl').stat().st_mtime_ns for c in COLS} == before
     assert list(df.set_index('column').loc[COLS, 'status']) == ['ok', 'ok']
 
@@ -181,8 +182,8 @@ def test_cli(models, converted, synth, capsys):
 def test_parallel_jobs_match_serial_run(converted, labels, models, tmp_path, capsys):
     # two columns at a time in spawned workers, plus the column that fails: the same records as one at a time
     par = tmp_path/'par'
-    df = train_columns(converted, par, labels=labels, columns=COLS + [FAILING], arch='resnet18', jobs=2, seed=42,
-                       **{**TINY, 'progress': True})
+    df = train_columns(converted, par, labels=labels, columns=COLS + [FAILING], settings=TINY._replace(arch='resnet18'),
+                       compute=Compute(jobs=2), seed=42, progress=True)
     out = capsys.readouterr().out
     assert 'in 2 worker processes of' in out and out.count('/3] ') == 3, out
     st = df.set_index('column').status
@@ -195,14 +196,14 @@ def test_parallel_jobs_match_serial_run(converted, labels, models, tmp_path, cap
         assert recs[COLS[0]][k] == serial[k], k
     for c in COLS: assert recs[c]['sha256'] == file_sha256(par/f'{c}.pkl')
     assert sorted(json.loads((par/'manifest.json').read_text())['columns']) == sorted(COLS)
-    with pytest.raises(ValueError, match='jobs must be'): train_columns(converted, par, labels=labels, columns=COLS, jobs=0)
+    with pytest.raises(ValueError, match='jobs must be'): train_columns(converted, par, labels=labels, columns=COLS, compute=Compute(jobs=0))
 
 
 DEAD_WORKER = r"""
 import json, os, sys
 from pathlib import Path
 import pandas as pd
-from lsdc.learners import Schedule, train_columns
+from lsdc.learners import Schedule, LearnerSettings, Compute, train_columns
 from lsdc.files import read_results
 
 def dies(*args, **kwargs):   # an 'architecture' whose construction kills the worker, as the out-of-memory killer would
@@ -216,11 +217,11 @@ def dies_once(*args, **kwargs):   # kills the first worker that builds it (the m
 
 converted, out, cols, more = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(','), sys.argv[4].split(',')
 labels = pd.read_csv(sys.argv[5])
-tiny = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), aug=False)
+tiny = LearnerSettings(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), aug=False)
 os.environ['DIE_ONCE'] = str(out/'died')
-train_columns(converted, out/'m', labels=labels, columns=cols, arch=dies_once, jobs=2, **tiny)
+train_columns(converted, out/'m', labels=labels, columns=cols, settings=tiny._replace(arch=dies_once), compute=Compute(jobs=2))
 first = {c: r['status'] for c, r in read_results(out/'m').items()}
-train_columns(converted, out/'m', labels=labels, columns=more, arch=dies, jobs=2, progress=False, **tiny)
+train_columns(converted, out/'m', labels=labels, columns=more, settings=tiny._replace(arch=dies), compute=Compute(jobs=2), progress=False)
 print(json.dumps(dict(died=(out/'died').exists(), first=first, last={c: [r['status'], r.get('error', '')] for c, r in read_results(out/'m').items()})))
 """
 
@@ -246,17 +247,17 @@ MEMORY = r"""
 import gc, json, sys
 gc.disable()   # Python's collector runs on its own schedule; here never: only what lsdc frees itself is freed
 import pandas as pd
-from lsdc.learners import Schedule, train_columns
+from lsdc.learners import Schedule, LearnerSettings, train_columns
 
 def rss_gb():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS'): return int(line.split()[1]) / 2**20
 
 converted, out, cols, labels = sys.argv[1], sys.argv[2], sys.argv[3].split(','), pd.read_csv(sys.argv[4])
-tiny = dict(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), progress=False)
+tiny = LearnerSettings(arch='resnet18', size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1))
 after = []
 for c in cols:   # one process, column after column, as a training worker does
-    train_columns(converted, out, labels=labels, columns=[c], arch='resnet18', **tiny)
+    train_columns(converted, out, labels=labels, columns=[c], settings=tiny, progress=False)
     after.append(rss_gb())
 print(json.dumps(after))
 """
@@ -311,8 +312,8 @@ def test_epoch_threshold_rule(accs, epochs, conv):
 
 def test_retraining_branch_in_a_real_run(converted, labels, tmp_path):
     # a real (tiny) training that must retrain: no first model is kept (> 1.01), every one retrains short (>= 0)
-    df = train_columns(converted, tmp_path/'m', labels=labels, columns=[COLS[0]], arch='resnet18',
-                       **{**TINY, 'schedule': Schedule(first=1, keep_above=1.01, retrain_above=0.0, short=2, long=3)})
+    df = train_columns(converted, tmp_path/'m', labels=labels, columns=[COLS[0]], progress=False,
+                       settings=TINY._replace(arch='resnet18', schedule=Schedule(first=1, keep_above=1.01, retrain_above=0.0, short=2, long=3)))
     rec = read_results(tmp_path/'m')[COLS[0]]
     assert rec['convergence'] == 'moderate' and [a['epochs'] for a in rec['attempts']] == [1, 2] and rec['kept_attempt'] == 1
     assert df.set_index('column').loc[COLS[0], 'convergence'] == 'moderate'
@@ -365,8 +366,9 @@ def test_each_worker_trains_on_a_device_of_its_own(tmp_path):
 
 def test_cache_and_png_loaders_train_the_same_model(converted, labels, tmp_path):
     # without augmentation, at the PNGs' own size, both data paths feed the same batches in the same order
-    kw = dict(TINY, arch='resnet18', aug=False, columns=[COLS[0]])
-    recs = {ld: train_columns(converted, tmp_path/ld, labels=labels, loader=ld, **kw).set_index('column').loc[COLS[0]]
+    tiny = TINY._replace(arch='resnet18', aug=False)
+    recs = {ld: train_columns(converted, tmp_path/ld, labels=labels, columns=[COLS[0]], settings=tiny, compute=Compute(loader=ld),
+                              progress=False).set_index('column').loc[COLS[0]]
             for ld in ('png', 'cache')}
     assert recs['png'].loader == 'png' and recs['cache'].loader == 'cache' and recs['cache'].device == 'cpu'
     assert recs['png'].valid_log_loss == pytest.approx(recs['cache'].valid_log_loss, abs=1e-5)

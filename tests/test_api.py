@@ -1,0 +1,42 @@
+"""The shape of lsdc's public API: short parameter lists (settings objects instead), no private names across modules."""
+import ast, importlib, inspect, pkgutil
+from pathlib import Path
+import lsdc
+
+MODULES = [m.name for m in pkgutil.iter_modules(lsdc.__path__) if not m.name.startswith('_')]
+
+
+def _public_callables():
+    for name in MODULES:
+        mod = importlib.import_module(f'lsdc.{name}')
+        for n in getattr(mod, '__all__', []):
+            o = getattr(mod, n, None)
+            if getattr(o, '__module__', None) != mod.__name__: continue
+            if inspect.isfunction(o): yield f'{name}.{n}', o
+            elif inspect.isclass(o):
+                for k, v in vars(o).items():
+                    if inspect.isfunction(v) and not k.startswith('_'): yield f'{name}.{n}.{k}', v
+
+
+def test_no_public_function_takes_more_than_12_parameters():
+    # the command-line entry points (`*_cli`) take one parameter per option, by their nature
+    long = {q: len(ps) for q, f in _public_callables() if not q.endswith('_cli')
+            for ps in [[p for p in inspect.signature(f).parameters.values() if p.name not in ('self', 'cls')]] if len(ps) > 12}
+    assert not long, f"more than 12 parameters (pass a settings object): {long}"
+
+
+def test_no_module_imports_a_private_name_of_another():
+    bad = []
+    for name in MODULES:
+        tree = ast.parse((Path(lsdc.__file__).parent/f'{name}.py').read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or '').lstrip('.').split('.')[-1] in MODULES + ['lsdc']:
+                bad += [f"{name} imports {a.name} from {node.module}" for a in node.names if a.name.startswith('_') and a.name != '__version__']
+    assert not bad, bad
+
+
+def test_the_checks_can_fail():
+    def f(a, b, c, d, e, f, g, h, i, j, k, l, m): pass
+    assert len(inspect.signature(f).parameters) == 13   # what the first test would report
+    tree = ast.parse('from .dicom import _private')
+    assert [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names] == ['_private']
