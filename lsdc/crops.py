@@ -1,4 +1,4 @@
-"""Level crops of the levels method: each level's point on the mid-sagittal T2/STIR slice becomes a patient point, and every label column gets a 2.5-D crop around it on the slice where its condition shows (the mid-sagittal T2/STIR, the parasagittal T1 at the learned foraminal offset, the axial T2 through the disc). Owns `dest/{study_id}/{source}_{column}.png`, `dest/index.csv`, `dest/failures.csv` and `dest/offsets.json`.
+"""Level crops of the levels method: each level's point on the mid-sagittal T2/STIR slice becomes a patient point, and every label column gets a 2.5-D crop around it on the slice where its condition shows (the mid-sagittal T2/STIR, the parasagittal T1 at the learned foraminal offset, the axial T2 through the disc), with the foraminal and subarticular offsets learned from the training coordinates and the axial slice candidates the slice selector (`lsdc.axial`) learns from. Owns `dest/{study_id}/{source}_{column}.png`, `dest/index.csv`, `dest/failures.csv` and `dest/offsets.json`.
 
 Docs: https://lsdc-dev.github.io/lsdc/crops.html.md"""
 

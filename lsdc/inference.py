@@ -1,4 +1,4 @@
-"""From test studies and trained per-column learners to a Kaggle submission: conversion, verified model loading, batched prediction and the prior fallback.
+"""From test studies and trained per-column learners to a Kaggle submission: conversion, verified model loading, batched prediction and the prior fallback; and, on the validation studies, each column's calibration and the evaluation of a models folder.
 
 Docs: https://lsdc-dev.github.io/lsdc/inference.html.md"""
 

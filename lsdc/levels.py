@@ -1,4 +1,4 @@
-"""The levels method end to end: locate the five disc levels, cut each label column's crop on the slice where its condition shows, and do the same for the test studies with the settings the models were trained with.
+"""The levels method end to end: locate the five disc levels, cut each label column's crop on the slice where its condition shows, and do the same for the test studies with the settings the models were trained with. Owns `{models}/levels.json`: those settings, the offsets and the SHA-256 of each stage's files.
 
 Docs: https://lsdc-dev.github.io/lsdc/levels.html.md"""
 
@@ -114,6 +114,7 @@ def write_levels(models, settings:LevelSettings, offsets:Offsets) -> Path:
     return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), files=stage_files(models, settings.axial == 'learned')),
                       models/LEVELS_FILE)
 
+# %% ../nbs/05e_levels.ipynb #27457851
 class Levels(NamedTuple):
     "What `read_levels` gives: the settings and offsets the columns were trained with, and the manifest whose `files` the stages' loaders check"
     settings: LevelSettings

@@ -843,13 +843,14 @@ def _write_study(rep:StudyReport, out:Path, px:int=384) -> IndexRow:
         if p.kind in WARN_KINDS: warnings.warn(f"study {sid}: {p}", ReportWarning)
     return IndexRow(study_id=sid, summary=rep.summary, notes=tuple(map(str, rep.problems)), pages=pages, files=tuple(figures.values()))
 
-# %% ../nbs/08_report.ipynb #c32fc5bb
-REPORT_CHUNK = 32   # studies whose images are read at a time (`write_reports`)
-
+# %% ../nbs/08_report.ipynb #2ce6fdb9
 class Truth(NamedTuple):
     "What is known of the studies, shown beside the predictions (both optional)"
     labels: pd.DataFrame|None = None   # true grades, `train.csv`-style
     coords: pd.DataFrame|None = None   # label coordinates, `train_label_coordinates.csv`-style: the levels to mark
+
+# %% ../nbs/08_report.ipynb #c32fc5bb
+REPORT_CHUNK = 32   # studies whose images are read at a time (`write_reports`)
 
 def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal_mild, moderate, severe) or its CSV
                   converted,                        # conversion folder, or a conversion index with `image`
