@@ -41,8 +41,9 @@ import pydicom
 from lsdc.core import SAGITTAL
 from lsdc.data import load_rsna, series_table
 import lsdc.dicom
-from lsdc.dicom import (ConvertOptions, _convert_job, _pydicom_header, convert_dataset, plan_conversion, png_info, read_header,
-                        run_jobs, source_fingerprint)
+from lsdc.dicom import (ConvertOptions, _convert_job, _pydicom_header, convert_dataset, plan_conversion, read_header, run_jobs,
+                        source_fingerprint)
+from lsdc.png import png_info
 
 
 def naive_convert(folder: Path, dest: Path, size: int = 256):

@@ -182,7 +182,7 @@ def stage_reports(a, root):
     d = load_rsna(run/'data', splits=('train',), check_images=False)
     lab = pd.read_csv(run/'data'/'test_labels.csv') if (run/'data'/'test_labels.csv').exists() else None
     crops = run/'submission_crops'
-    kw = dict(studies=ids, labels=lab, series=manifest_series(read_manifest(fold_dir(run/'models', 0))), coords=d.coords,
+    kw = dict(studies=ids, truth=R.Truth(labels=lab, coords=d.coords), series=manifest_series(read_manifest(fold_dir(run/'models', 0))),
               crops=crops, points=crops/'points.csv')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)

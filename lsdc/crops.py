@@ -1,4 +1,4 @@
-"""Level crops of the levels method: each level's point on the mid-sagittal T2/STIR slice becomes a patient point, and every label column gets a 2.5-D crop around it on the slice where its condition shows (the mid-sagittal T2/STIR, the parasagittal T1 at the learned foraminal offset, the axial T2 through the disc). Owns `dest/{study_id}/{source}_{column}.png`, `dest/index.csv`, `dest/failures.csv` and `dest/offsets.json`.
+"""Level crops of the levels method: each level's point on the mid-sagittal T2/STIR slice becomes a patient point, and every label column gets a 2.5-D crop around it on the slice where its condition shows (the mid-sagittal T2/STIR, the parasagittal T1 at the learned foraminal offset, the axial T2 through the disc), with the foraminal and subarticular offsets learned from the training coordinates and the axial slice candidates the slice selector (`lsdc.axial`) learns from. Owns `dest/{study_id}/{source}_{column}.png`, `dest/index.csv`, `dest/failures.csv` and `dest/offsets.json`.
 
 Docs: https://lsdc-dev.github.io/lsdc/crops.html.md"""
 
@@ -8,9 +8,11 @@ Docs: https://lsdc-dev.github.io/lsdc/crops.html.md"""
 from __future__ import annotations
 import re, sys, json, time, zlib, hashlib, warnings, multiprocessing
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd, cv2, pydicom
+from fastcore.basics import patch
 from fastcore.parallel import parallel as fc_parallel
 from fastcore.script import call_parse
 from fastcore.imports import IN_NOTEBOOK
@@ -18,19 +20,20 @@ from .core import (LABEL_COLUMNS, LEVELS, LEVEL_NAMES, CONDITION_NAMES, as_id, l
                        write_csv)
 from .files import write_json
 from .data import DataError, load_rsna, series_dir
-from .dicom import (DicomError, BlankSliceWarning, read_header, series_files, read_pixels, normalise_pixels, write_png,
-                        png_info, source_fingerprint, _check_percentiles, _check_dest, _clean_temp, _cpus, _load)
-from .geometry import (GeometryError, slice_geometry, slice_normal, pixel_to_patient, patient_to_pixel, midline_offsets,
-                           sagittal_slice_for_offset, nearest_slice)
+from .png import write_png, png_info
+from .dicom import (DicomError, BlankSliceWarning, read_header, series_files, read_pixels, normalise_pixels, source_fingerprint,
+                        check_percentiles, check_dest, clean_temp, usable_cpus, load_split)
+from .geometry import (GeometryError, FORAMEN_MM, slice_geometry, slice_normal, pixel_to_patient, patient_to_pixel,
+                           midline_offsets, sagittal_slice_for_offset, nearest_slice)
 
 # %% auto #0
 __all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'LEFT', 'POSTERIOR',
-           'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'FORAMEN_MM', 'RECESS_MM', 'read_points', 'annotated_points',
-           'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix',
-           'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site',
-           'Offsets', 'default_offsets', 'level_point', 'study_offsets', 'parallel_map', 'learn_offsets', 'CropOptions',
-           'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs',
-           'make_crops', 'crops_cli']
+           'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'RECESS_MM', 'read_points', 'annotated_points', 'SeriesSlices',
+           'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix', 'crop_slice',
+           'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site', 'Offsets',
+           'default_offsets', 'level_point', 'study_offsets', 'parallel_map', 'learn_offsets', 'CropOptions',
+           'StudySeries', 'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult', 'crop_study', 'Candidate',
+           'axial_candidates', 'slice_candidates', 'crop_jobs', 'make_crops', 'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
@@ -98,7 +101,7 @@ def read_slices(folder,               # series folder of DICOM files
         if (s.rows, s.columns) not in spacing: spacing[(s.rows, s.columns)] = _pixel_spacing(s.path)
     geoms = [slice_geometry(s.position, s.orientation, spacing[(s.rows, s.columns)], rows=s.rows, columns=s.columns,
                             file=s.path, instance=s.instance) for s in infos]
-    return SeriesSlices(int(series_id), description, str(folder), infos, geoms)
+    return SeriesSlices(series_id=int(series_id), description=description, folder=str(folder), slices=infos, geoms=geoms)
 
 # %% ../nbs/03a_crops.ipynb #0b7e18a5
 LEFT, POSTERIOR, SUPERIOR = np.eye(3)    # the patient frame's axes (DICOM LPS)
@@ -190,14 +193,15 @@ def spinal_site(t2:SeriesSlices, point,
                ) -> CropSite:
     "The crop of a spinal canal label: on the Sagittal T2/STIR slice of (or nearest) `point`, centred on it"
     i = nearest_slice(t2.geoms, point).index if index is None else index; g = t2.geoms[i]
-    return CropSite(t2, i, in_plane(g, point), plane_axes(g, *SAGITTAL_AXES))
+    return CropSite(series=t2, index=i, centre=in_plane(g, point), axes=plane_axes(g, *SAGITTAL_AXES))
 
 def foraminal_site(t1:SeriesSlices, point,
                    offset, # (signed offset from the midline, posterior, superior), mm
                   ) -> CropSite:
     "The crop of a foraminal label: on the Sagittal T1 slice at the foraminal offset, centred on the foramen"
     i = sagittal_slice_for_offset(t1.geoms, offset[0]); g = t1.geoms[i]
-    return CropSite(t1, i, in_plane(g, point, offset[1:], axes=(POSTERIOR, SUPERIOR)), plane_axes(g, *SAGITTAL_AXES))
+    return CropSite(series=t1, index=i, centre=in_plane(g, point, offset[1:], axes=(POSTERIOR, SUPERIOR)),
+                    axes=plane_axes(g, *SAGITTAL_AXES))
 
 def axial_slice(axials:list,       # `SeriesSlices` of the study's Axial T2 series
                 point,             # the level's patient point, mm
@@ -219,11 +223,10 @@ def subarticular_site(axials:list, point,
                      ) -> CropSite:
     "The crop of a subarticular label: on the Axial T2 slice nearest `point`, centred on the side's recess"
     s, i = at or axial_slice(axials, point, max_mm); g = s.geoms[i]
-    return CropSite(s, i, in_plane(g, point, offset, axes=AXIAL_AXES), plane_axes(g, *AXIAL_AXES))
+    return CropSite(series=s, index=i, centre=in_plane(g, point, offset, axes=AXIAL_AXES), axes=plane_axes(g, *AXIAL_AXES))
 
 # %% ../nbs/03a_crops.ipynb #7af375e6
-FORAMEN_MM = (14.9, 15.7, 16.7, 17.8, 18.9)  # default foraminal offsets from the midline, L1/L2..L5/S1 (a top-10 solution's)
-RECESS_MM = 9.0                              # default lateral offset of the subarticular recesses
+RECESS_MM = 9.0   # default lateral offset of the subarticular recesses (the foramina's: `lsdc.geometry.FORAMEN_MM`)
 
 class Offsets(NamedTuple):
     "Where the foramina and subarticular recesses lie relative to a level's spinal point, mm"
@@ -244,14 +247,16 @@ class Offsets(NamedTuple):
     def load(cls, fn) -> Offsets:
         "Read from a JSON file `save` wrote"
         d = json.loads(Path(fn).read_text())
-        return cls(*({k: tuple(v) for k, v in d[f].items()} for f in ('foraminal', 'subarticular')), d['counts'], d['learned'])
+        values = lambda f: {k: tuple(v) for k, v in d[f].items()}
+        return cls(foraminal=values('foraminal'), subarticular=values('subarticular'), counts=d['counts'], learned=d['learned'])
 
 def default_offsets() -> Offsets:
     "The fallback `Offsets`: `FORAMEN_MM` to the foramina, recesses `RECESS_MM` to each side"
     side = lambda c: 1. if c.startswith('left') else -1.
     cols = lambda g: [c for c in LABEL_COLUMNS if condition_group(c) == g]
-    return Offsets({c: (side(c) * FORAMEN_MM[LEVELS.index(split_column(c)[1])], 0., 0.) for c in cols('foraminal')},
-                   {c: (side(c) * RECESS_MM, 0.) for c in cols('subarticular')}, {c: 0 for c in LABEL_COLUMNS if condition_group(c) != 'spinal'})
+    return Offsets(foraminal={c: (side(c) * FORAMEN_MM[LEVELS.index(split_column(c)[1])], 0., 0.) for c in cols('foraminal')},
+                   subarticular={c: (side(c) * RECESS_MM, 0.) for c in cols('subarticular')},
+                   counts={c: 0 for c in LABEL_COLUMNS if condition_group(c) != 'spinal'})
 
 # %% ../nbs/03a_crops.ipynb #709a7f36
 def level_point(t2:SeriesSlices, instance:int, x:float, y:float) -> np.ndarray:
@@ -286,23 +291,20 @@ def study_offsets(root,   # data folder
 # %% ../nbs/03a_crops.ipynb #a93fca29
 def parallel_map(f, items:list, n_workers:int|None=None, progress:bool=False) -> list:
     "`[f(x) for x in items]` in worker processes (forked where the platform can); 0 or 1 worker, or few items: serially"
-    n = min(_cpus(), 8) if n_workers is None else int(n_workers)
+    n = min(usable_cpus(), 8) if n_workers is None else int(n_workers)
     n = 0 if n <= 1 or len(items) < 4 else n
     method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
     progress = progress and (sys.stdout.isatty() or IN_NOTEBOOK)   # a bar redrawn in a log file is one endless line
     return list(fc_parallel(f, items, n_workers=n, method=method, progress=progress, chunksize=max(1, min(8, len(items) // (4 * max(n, 1))))))
-
-def _study_offsets(job): return study_offsets(*job)
 
 def learn_offsets(data,                    # `RSNAData` with the training coordinates, or a data folder
                   n_workers:int|None=None, # parallel workers (default: one per core, at most 8)
                   progress:bool=False,     # show a progress bar
                  ) -> Offsets:
     "Median foraminal offsets and subarticular shifts of the training coordinates; defaults where a column has none"
-    data = _load(data, 'train')
-    c = data.coords
-    jobs = [(data.path, g) for _, g in c.groupby('study_id') if not g.column.str.startswith('spinal').all()]
-    rows = [r for res in parallel_map(_study_offsets, jobs, n_workers=n_workers, progress=progress) for r in res]
+    data = load_split(data, 'train')
+    studies = [g for _, g in data.coords.groupby('study_id') if not g.column.str.startswith('spinal').all()]
+    rows = [r for res in parallel_map(partial(study_offsets, data.path), studies, n_workers=n_workers, progress=progress) for r in res]
     d, counts, learned = default_offsets(), {}, False
     out = {'foraminal': dict(d.foraminal), 'subarticular': dict(d.subarticular)}
     for col in LABEL_COLUMNS[5:]:
@@ -311,7 +313,7 @@ def learn_offsets(data,                    # `RSNAData` with the training coordi
         if not len(v): continue
         med = [float(np.nanmedian(v[:, k])) if np.isfinite(v[:, k]).any() else 0. for k in range(v.shape[1])]
         out[condition_group(col)][col] = tuple(round(m, 3) for m in med); learned = True
-    return Offsets(out['foraminal'], out['subarticular'], counts, learned)
+    return Offsets(foraminal=out['foraminal'], subarticular=out['subarticular'], counts=counts, learned=learned)
 
 # %% ../nbs/03a_crops.ipynb #44264bc7
 class CropOptions(NamedTuple):
@@ -328,16 +330,45 @@ class CropOptions(NamedTuple):
     slice_jitter_mm: float = 0. # random move of an annotated level point along the patient's superior axis before its
                                 # axial slice is chosen, up to this many mm (the localiser's error moves the slice too)
 
+
+# %% ../nbs/03a_crops.ipynb #b104695e
+class StudySeries(NamedTuple):
+    "One series of a study, as a `CropJob` carries it"
+    series_id: int
+    description: str        # its series description
+    folder: str             # its folder of DICOM files
+
+class LevelPoint(NamedTuple):
+    "One level's point, as a `CropJob` carries it"
+    source: str             # where the point comes from: `annotated`, `located`, ...
+    level: str              # `lsdc.core` level key
+    series_id: int          # the Sagittal T2/STIR series it lies on
+    instance: int           # the InstanceNumber of its slice
+    x: float                # pixel column on that slice
+    y: float                # pixel row
+
+    @property
+    def pixel(self) -> list:
+        "`[series_id, instance, x, y]`: where the point lies, as a crop's `params` record it"
+        return [self.series_id, self.instance, self.x, self.y]
+
+class AxialChoice(NamedTuple):
+    "The Axial T2 slice chosen for a level's point (`lsdc.axial`)"
+    source: str             # the point's source
+    level: str              # the point's level
+    series_id: int          # the slice's series
+    instance: int           # its InstanceNumber
+
 class CropJob(NamedTuple):
     "The crops of one study"
     study_id: int
-    series: tuple           # (series_id, series_description, folder) of each of its series
-    points: tuple           # (source, level, series_id, instance_number, x, y) of each of its points
+    series: tuple           # a `StudySeries` of each of its series
+    points: tuple           # a `LevelPoint` of each of its points
     dest: str               # output folder
     opts: CropOptions
     offsets: Offsets
     resume: bool = True     # keep the crops whose PNG is up to date
-    axial: tuple = ()       # (source, level, series_id, instance_number) of each axial slice chosen for a point
+    axial: tuple = ()       # an `AxialChoice` of each axial slice chosen for a point
 
 class CropResult(NamedTuple):
     "What became of one crop"
@@ -378,16 +409,25 @@ def _memo(cache:dict, key, f):
 class _Study:
     "A study's series, read once, and its normalised slices, decoded once"
     def __init__(self, job:CropJob):
-        self.job, self.folders = job, {int(s): (d, f) for s, d, f in job.series}
-        self.points = {(p[0], p[1]): p[2:] for p in job.points}
-        self.axial = {(a[0], a[1]): (int(a[2]), int(a[3])) for a in job.axial}
-        self._fp, self._series, self._px, self._near, self._nb = {}, {}, {}, {}, {}
+        self.job = job
+        self.series = {int(s.series_id): s for s in job.series}      # `StudySeries` by series id
+        self.points = {(p.source, p.level): p for p in job.points}   # `LevelPoint` by (source, level)
+        self.axial = {(a.source, a.level): a for a in job.axial}     # `AxialChoice` by (source, level)
+        # what is read or computed once per study (`_memo`): keyed by series, slice or point
+        self._fingerprint_of, self._slices_of, self._pixels_of, self._axial_slice_of, self._neighbours_of = {}, {}, {}, {}, {}
 
-    def fingerprint(self, sid:int) -> str: return _memo(self._fp, sid, lambda: source_fingerprint(self.folders[sid][1]))
+    def fingerprint(self, sid:int) -> str:
+        "`source_fingerprint` of series `sid`"
+        return _memo(self._fingerprint_of, sid, lambda: source_fingerprint(self.series[sid].folder))
+
     def slices(self, sid:int) -> SeriesSlices:
-        d, f = self.folders[sid]
-        return _memo(self._series, sid, lambda: read_slices(f, series_id=sid, description=d))
-    def ids(self, desc:str) -> list: return sorted(s for s, (d, _) in self.folders.items() if d == desc)
+        "The headers and geometry of series `sid`"
+        s = self.series[sid]
+        return _memo(self._slices_of, sid, lambda: read_slices(s.folder, series_id=sid, description=s.description))
+
+    def ids(self, desc:str) -> list:
+        "The ids of the study's series of description `desc`"
+        return sorted(sid for sid, s in self.series.items() if s.description == desc)
 
     def readable(self, ids:list) -> list:
         "The series of `ids` that can be read (the first one's error when none can)"
@@ -398,46 +438,53 @@ class _Study:
         if not out: raise errs[0]
         return out
 
-    def site(self, col:str, point:tuple, src:str='located') -> CropSite:
-        "Where the crop of `col` is cut, from the level's point `(series_id, instance, x, y)` of source `src`"
-        sid, inst, x, y = point; grp = condition_group(col); t2 = self.slices(sid)
-        i = t2.find(inst); P, off = pixel_to_patient(t2.geoms[i], x, y), self.job.offsets.of(col)
-        if grp == 'spinal': return spinal_site(t2, P, index=i)
-        series = self.readable(self.ids(CROP_SERIES[grp]))
-        if grp == 'foraminal': return foraminal_site(series[0], P, off)
-        level = split_column(col)[1]
-        P = P + self.slice_shift(src, level)   # the same for a level's left and right columns
-        at = self._near.get((point, src)) or self._near.setdefault((point, src), self.chosen(series, P, src, level))
-        return subarticular_site(series, P, off, at=at)
+# %% ../nbs/03a_crops.ipynb #f849cf5a
+@patch
+def site(self:_Study, col:str, point:LevelPoint) -> CropSite:
+    "Where the crop of `col` is cut, from the level's `point`"
+    grp, t2 = condition_group(col), self.slices(point.series_id)
+    i = t2.find(point.instance); P, off = pixel_to_patient(t2.geoms[i], point.x, point.y), self.job.offsets.of(col)
+    if grp == 'spinal': return spinal_site(t2, P, index=i)
+    series = self.readable(self.ids(CROP_SERIES[grp]))
+    if grp == 'foraminal': return foraminal_site(series[0], P, off)
+    P = P + self.slice_shift(point)   # the same for a level's left and right columns
+    if point not in self._axial_slice_of: self._axial_slice_of[point] = self.chosen(series, P, point)
+    return subarticular_site(series, P, off, at=self._axial_slice_of[point])
 
-    def chosen(self, series:list, P, src:str, level:str) -> tuple:
-        "`(series, index)` of the level's axial slice: the one the points table names, else the nearest"
-        m = self.job.opts.max_mm
-        if (src, level) not in self.axial: return axial_slice(series, P, m)
-        sid, inst = self.axial[(src, level)]
-        s = next((s for s in series if s.series_id == sid), None)
-        if s is None: raise CropError(f'the chosen axial slice is in series {sid}, not a readable {CROP_SERIES["subarticular"]} series of this study')
-        i = s.find(inst); d = nearest_slice([s.geoms[i]], P).distance
-        if abs(d) > m: raise CropError(f'the chosen axial slice (series {sid}, instance {inst}) is {abs(d):.1f} mm from the level, over {m:g} mm')
-        return s, i
+@patch
+def chosen(self:_Study, series:list, P, point:LevelPoint) -> tuple:
+    "`(series, index)` of the level's axial slice: the one the points table names, else the one nearest `P`"
+    m = self.job.opts.max_mm
+    a = self.axial.get((point.source, point.level))
+    if a is None: return axial_slice(series, P, m)
+    s = next((s for s in series if s.series_id == a.series_id), None)
+    if s is None: raise CropError(f'the chosen axial slice is in series {a.series_id}, not a readable {CROP_SERIES["subarticular"]} series of this study')
+    i = s.find(a.instance); d = nearest_slice([s.geoms[i]], P).distance
+    if abs(d) > m: raise CropError(f'the chosen axial slice (series {a.series_id}, instance {a.instance}) is {abs(d):.1f} mm from the level, over {m:g} mm')
+    return s, i
 
-    def slice_shift(self, src:str, level:str) -> np.ndarray:
-        "An annotated point's move along the patient's superior axis before its axial slice is chosen (seeded per study and level)"
-        o = self.job.opts
-        if o.slice_jitter_mm <= 0 or src != 'annotated': return np.zeros(3)   # located points are used as at test time
-        rng = np.random.default_rng([o.seed, self.job.study_id, LEVELS.index(level), zlib.crc32(b'slice')])
-        return rng.uniform(-o.slice_jitter_mm, o.slice_jitter_mm) * np.asarray(SUPERIOR, float)
+@patch
+def slice_shift(self:_Study, point:LevelPoint) -> np.ndarray:
+    "An annotated point's move along the patient's superior axis before its axial slice is chosen (seeded per study and level)"
+    o = self.job.opts
+    if o.slice_jitter_mm <= 0 or point.source != 'annotated': return np.zeros(3)   # located points are used as at test time
+    rng = np.random.default_rng([o.seed, self.job.study_id, LEVELS.index(point.level), zlib.crc32(b'slice')])
+    return rng.uniform(-o.slice_jitter_mm, o.slice_jitter_mm) * np.asarray(SUPERIOR, float)
 
-    def pixels(self, s) -> np.ndarray:
-        o = self.job.opts
-        return _memo(self._px, (s.path, s.frame), lambda: normalise_pixels(read_pixels(s), o.p_lo, o.p_hi, s.path))
+# %% ../nbs/03a_crops.ipynb #92f6bd0e
+@patch
+def pixels(self:_Study, s) -> np.ndarray:
+    "The normalised pixels of slice `s` (a `SliceInfo`)"
+    o = self.job.opts
+    return _memo(self._pixels_of, (s.path, s.frame), lambda: normalise_pixels(read_pixels(s), o.p_lo, o.p_hi, s.path))
 
-    def image(self, site:CropSite, centre) -> np.ndarray:
-        "The RGB crop around `centre`: the centre slice and its neighbours as channels"
-        o, sr = self.job.opts, site.series
-        ch = [crop_slice(self.pixels(sr.slices[i]), crop_matrix(sr.geoms[i], centre, site.axes, o.crop_mm, o.size), o.size)
-              for i in _memo(self._nb, (sr.series_id, site.index), lambda: stack_neighbours(sr.geoms, site.index, o.neighbours))]
-        return np.dstack(ch if len(ch) == 3 else ch * 3)
+@patch
+def image(self:_Study, site:CropSite, centre) -> np.ndarray:
+    "The RGB crop around `centre`: the centre slice and its neighbours as channels"
+    o, sr = self.job.opts, site.series
+    near = _memo(self._neighbours_of, (sr.series_id, site.index), lambda: stack_neighbours(sr.geoms, site.index, o.neighbours))
+    ch = [crop_slice(self.pixels(sr.slices[i]), crop_matrix(sr.geoms[i], centre, site.axes, o.crop_mm, o.size), o.size) for i in near]
+    return np.dstack(ch if len(ch) == 3 else ch * 3)
 
 # %% ../nbs/03a_crops.ipynb #5259bae7
 def _jitter(job:CropJob, col:str, src:str, site:CropSite) -> np.ndarray:
@@ -455,14 +502,15 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
     pt = st.points.get((src, level))
     if pt is None: return _failed(key, png, f'no {src} point for level {LEVEL_NAMES[level]}')
     if not st.ids(desc): return _failed(key, png, f'no {desc} series')
-    if pt[0] not in st.folders: return _failed(key, png, f"the point's series {pt[0]} is not a series of this study")
+    if pt.series_id not in st.series: return _failed(key, png, f"the point's series {pt.series_id} is not a series of this study")
     try:
-        params = {**o._asdict(), 'point': list(pt), 'offset': j.offsets.of(col)}
-        if desc == CROP_SERIES['subarticular'] and (src, level) in st.axial: params['axial'] = list(st.axial[(src, level)])
-        fp = _fingerprints([st.fingerprint(s) for s in [pt[0], *st.ids(desc)]])
+        params = {**o._asdict(), 'point': pt.pixel, 'offset': j.offsets.of(col)}
+        a = st.axial.get((src, level))
+        if desc == CROP_SERIES['subarticular'] and a is not None: params['axial'] = [a.series_id, a.instance]
+        fp = _fingerprints([st.fingerprint(s) for s in [pt.series_id, *st.ids(desc)]])
         why, info = _stale(png, params, fp) if j.resume else ('overwrite', None)
         if info is not None: return CropResult(key, info=info)
-        site = st.site(col, pt, src)
+        site = st.site(col, pt)
         centre = _jitter(j, col, src, site)
         img, g = st.image(site, centre), site.series.geoms[site.index]
         c = patient_to_pixel(g, centre)
@@ -477,7 +525,7 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
 
 def crop_study(job:CropJob) -> list:
     "The `CropResult` of every label column of one study, for each source of its points; never raises"
-    srcs = sorted({p[0] for p in job.points})
+    srcs = sorted({p.source for p in job.points})
     if not srcs: return [CropResult((job.study_id, c, ''), failure=(job.study_id, c, '', 'no level points for this study')) for c in LABEL_COLUMNS]
     st = _Study(job)
     with warnings.catch_warnings():
@@ -512,20 +560,22 @@ def slice_candidates(job:CropJob,          # a study's series and points; `job.o
     st, o, out, fails = _Study(job), job.opts, [], []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', BlankSliceWarning)
-        for (src, level), (sid, inst, x, y) in sorted(st.points.items()):
+        for src, level in sorted(st.points):
+            p = st.points[(src, level)]
             try:
                 ids = st.ids(CROP_SERIES['subarticular'])
                 if not ids: raise CropError(f"no {CROP_SERIES['subarticular']} series")
-                if sid not in st.folders: raise CropError(f"the point's series {sid} is not a series of this study")
-                t2 = st.slices(sid); P = pixel_to_patient(t2.geoms[t2.find(inst)], x, y); c = P
+                if p.series_id not in st.series: raise CropError(f"the point's series {p.series_id} is not a series of this study")
+                t2 = st.slices(p.series_id); P = pixel_to_patient(t2.geoms[t2.find(p.instance)], p.x, p.y); c = P
                 if src == 'annotated' and jitter_mm > 0:
                     c = P + np.random.default_rng([o.seed, job.study_id, LEVELS.index(level), zlib.crc32(b'axial')]).uniform(-jitter_mm, jitter_mm, 3)
                 near = axial_candidates(st.readable(ids), c, window_mm)
                 if not near: raise CropError(f"no {CROP_SERIES['subarticular']} image within {window_mm:g} mm of the level")
                 for s, i, _ in near:
                     g = s.geoms[i]; centre = in_plane(g, c)
-                    img = st.image(CropSite(s, i, centre, plane_axes(g, *AXIAL_AXES)), centre)
-                    out.append(Candidate(job.study_id, src, level, s.series_id, g.instance, float(nearest_slice([g], P).distance), img))
+                    img = st.image(CropSite(series=s, index=i, centre=centre, axes=plane_axes(g, *AXIAL_AXES)), centre)
+                    out.append(Candidate(study_id=job.study_id, source=src, level=level, series_id=s.series_id, instance=g.instance,
+                                         distance=float(nearest_slice([g], P).distance), image=img))
             except OSError as e: fails.append((job.study_id, src, level, f'cannot read ({e})'))
             except ValueError as e: fails.append((job.study_id, src, level, str(e)))   # DicomError, GeometryError, CropError
     return out, fails
@@ -544,22 +594,32 @@ def _offsets(offsets, data, n_workers=None) -> Offsets:
         return default_offsets()
     return learn_offsets(train, n_workers=n_workers)
 
-def _check_options(o:CropOptions):
-    _check_percentiles(o.p_lo, o.p_hi)
+_INTS = ('size', 'neighbours', 'seed', 'compression')   # the integer fields of `CropOptions`; the others are floats
+
+def _checked_options(o:CropOptions) -> CropOptions:
+    "`o` with each field of its type (as every PNG records them), checked"
+    o = CropOptions(**{k: (int if k in _INTS else float)(v) for k, v in o._asdict().items()})
+    check_percentiles(o.p_lo, o.p_hi)
     if o.neighbours not in (0, 1): raise ValueError(f'neighbours must be 0 or 1 (a PNG holds three channels), not {o.neighbours}')
     if o.size < 8 or o.crop_mm <= 0 or o.jitter_mm < 0 or o.max_mm <= 0 or o.slice_jitter_mm < 0:
         raise ValueError(f'size must be at least 8, crop_mm and max_mm positive and jitter_mm and slice_jitter_mm not negative: {o}')
+    return o
 
 def crop_jobs(series:pd.DataFrame, points:pd.DataFrame, root, split:str, dest, opts:CropOptions, offsets:Offsets, resume:bool=True) -> list:
     "One `CropJob` per study of `series` (a split's series table), with its points and the axial slices chosen for them"
-    pts = {s: tuple((r.source, r.level, int(r.series_id), int(r.instance_number), float(r.x), float(r.y)) for r in g.itertuples())
+    pts = {s: tuple(LevelPoint(source=r.source, level=r.level, series_id=int(r.series_id), instance=int(r.instance_number), x=float(r.x),
+                               y=float(r.y)) for r in g.itertuples())
            for s, g in points.groupby('study_id')}
     ax = {}
     if set(AXIAL_COLUMNS) <= set(points.columns):
         for s, g in points.dropna(subset=list(AXIAL_COLUMNS)).groupby('study_id'):
-            ax[s] = tuple((r.source, r.level, int(r.axial_series_id), int(r.axial_instance)) for r in g.itertuples())
-    return [CropJob(int(s), tuple((int(r.series_id), r.series_description, str(series_dir(root, split, s, r.series_id))) for r in g.itertuples()),
-                    pts.get(s, ()), str(dest), opts, offsets, resume, ax.get(s, ())) for s, g in series.groupby('study_id')]
+            ax[s] = tuple(AxialChoice(source=r.source, level=r.level, series_id=int(r.axial_series_id), instance=int(r.axial_instance))
+                          for r in g.itertuples())
+    def study_series(s, g):
+        return tuple(StudySeries(series_id=int(r.series_id), description=r.series_description, folder=str(series_dir(root, split, s, r.series_id)))
+                     for r in g.itertuples())
+    return [CropJob(study_id=int(s), series=study_series(s, g), points=pts.get(s, ()), dest=str(dest), opts=opts, offsets=offsets,
+                    resume=resume, axial=ax.get(s, ())) for s, g in series.groupby('study_id')]
 
 # %% ../nbs/03a_crops.ipynb #ac298737
 def _write_crop_index(results:list, dest:Path) -> tuple:
@@ -574,27 +634,16 @@ def make_crops(data,                    # `RSNAData` from `lsdc.data.load_rsna`,
                points,                  # points table: `points.csv` or a DataFrame (`read_points`)
                dest,                    # output folder
                split:str='train',       # 'train' or 'test'
-               size:int=96,             # side of the crops, pixels
-               crop_mm:float=40.,       # side of the crops, mm
-               neighbours:int=1,        # slices on each side of the centre slice: 0 or 1
-               jitter_mm:float=0.,      # random shift of each annotated crop's centre, up to this many mm per axis
+               opts:CropOptions=CropOptions(), # how the crops are cut: size, mm, neighbours, jitter, seed, clipping, ...
                offsets=None,            # `Offsets`, a JSON file of them, or None: learn from the training coordinates
                n_workers:int|None=None, # parallel workers (default: one per core, at most 8; 0 or 1: serial)
                resume:bool=True,        # keep crops already cut from the same sources with the same parameters
                progress:bool=False,     # show a progress bar
-               seed:int=0,              # seeds the jitter
-               p_lo:float=1.,           # lower clipping percentile
-               p_hi:float=99.,          # upper clipping percentile
-               compression:int=1,       # PNG deflate level 0-9
-               max_mm:float=10.,        # farthest an axial image may lie from a level, mm
-               slice_jitter_mm:float=0.,# random move of each annotated point along the superior axis before its axial slice is chosen
               ) -> tuple:
     "Cut the level crops of every study of `split`; write and return `(index, failures)`"
-    opts = CropOptions(int(size), float(crop_mm), int(neighbours), float(jitter_mm), int(seed), float(p_lo), float(p_hi), int(compression),
-                       float(max_mm), float(slice_jitter_mm))
-    _check_options(opts)
-    data, dest = _load(data, split), Path(dest)
-    _check_dest(dest); _clean_temp(dest)
+    opts = _checked_options(opts)
+    data, dest = load_split(data, split), Path(dest)
+    check_dest(dest); clean_temp(dest)
     pts, offsets = read_points(points), _offsets(offsets, data, n_workers=n_workers)
     offsets.save(dest/'offsets.json')
     jobs = crop_jobs(data.series(split), pts, root=data.path, split=split, dest=dest, opts=opts, offsets=offsets, resume=resume)
@@ -627,8 +676,9 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
              ):
     "Cut the level crops of every label column around each study's level points"
     t0 = time.perf_counter()
-    try: index, failures = make_crops(data, points, dest, split=split, size=size, crop_mm=crop_mm, neighbours=neighbours,
-                                      jitter_mm=jitter_mm, slice_jitter_mm=slice_jitter_mm, offsets=offsets, seed=seed, max_mm=max_mm, n_workers=workers,
+    opts = CropOptions(size=size, crop_mm=crop_mm, neighbours=neighbours, jitter_mm=jitter_mm, slice_jitter_mm=slice_jitter_mm, seed=seed,
+                       max_mm=max_mm)
+    try: index, failures = make_crops(data, points, dest, split=split, opts=opts, offsets=offsets, n_workers=workers,
                                       resume=not overwrite, progress=not quiet)
     except (DataError, ValueError, OSError) as e:
         print(f'lsdc crops: {e}', file=sys.stderr); return 2

@@ -1,4 +1,4 @@
-"""Middle-slice conversion: order the slices of a series in space from their headers, decode only the middle one, normalise it to 8 bits with percentile clipping and write it as a PNG, for one series or a whole data set.
+"""Middle-slice conversion: order the slices of a series in space from their headers, decode only the middle one, normalise it to 8 bits with percentile clipping and write it as a PNG (`lsdc.png`), for one series or a whole data set; and the checks a run makes of its output folder, shared with `lsdc.crops`.
 
 Docs: https://lsdc-dev.github.io/lsdc/dicom.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/dicom.html.md"""
 
 # %% ../nbs/03_dicom.ipynb #7821fd69
 from __future__ import annotations
-import os, sys, json, hashlib, struct, tempfile, time, warnings, zlib, multiprocessing
+import os, sys, json, hashlib, struct, tempfile, time, warnings, multiprocessing
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -18,14 +18,15 @@ from fastcore.script import call_parse
 from fastcore.imports import IN_NOTEBOOK
 from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv, sweep_temp
 from .files import INDEX_COLUMNS, FAILURE_COLUMNS
+from .png import write_png, png_info
 from .data import DataError, load_rsna, series_table
 
 # %% auto #0
 __all__ = ['DicomError', 'BlankSliceWarning', 'SliceInfo', 'read_header', 'slice_order', 'middle_index', 'pick_slices',
-           'series_files', 'Pixels', 'read_pixels', 'modality_array', 'normalise', 'normalise_pixels', 'series_image',
-           'encode_png', 'write_png', 'png_chunks', 'png_complete', 'png_text', 'source_fingerprint', 'png_info',
-           'convert_series', 'ConvertOptions', 'ConvertJob', 'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs',
-           'convert_dataset', 'convert_cli']
+           'series_files', 'Pixels', 'read_pixels', 'modality_array', 'check_percentiles', 'check_clip', 'normalise',
+           'normalise_pixels', 'series_image', 'source_fingerprint', 'convert_series', 'ConvertOptions', 'ConvertJob',
+           'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs', 'check_dest', 'clean_temp', 'usable_cpus',
+           'load_split', 'convert_dataset', 'convert_cli']
 
 # %% ../nbs/03_dicom.ipynb #1aa0b943
 class DicomError(ValueError):
@@ -175,7 +176,8 @@ def read_header(fn, # DICOM file
     except OSError as e: raise DicomError(fn, f'cannot read file ({e.strerror or e})') from None
     h = _fast_header(buf)
     if h is not None and h.get('rows') and h.get('columns'):
-        res = [SliceInfo(str(fn), 0, h.get('instance'), h.get('position'), h.get('orientation'), h['rows'], h['columns'])]
+        res = [SliceInfo(path=str(fn), instance=h.get('instance'), position=h.get('position'), orientation=h.get('orientation'),
+                         rows=h['rows'], columns=h['columns'])]
     else: res = _pydicom_header(fn)
     if any(s.rows is None or s.columns is None for s in res): raise DicomError(fn, 'no Rows/Columns in the header: not an image')
     return res
@@ -277,7 +279,8 @@ def read_pixels(s:SliceInfo|str, # a slice, or a single-frame file
         raise DicomError(s.path, f"cannot decode the pixel data ({ts.name if ts else 'unknown transfer syntax'}): {e}") from None
     if arr.ndim != 2: raise DicomError(s.path, f'expected a 2-D slice, got pixel data of shape {arr.shape}')
     slope, icpt = _rescale(ds, s.frame)
-    return Pixels(arr, float(slope), float(icpt), str(ds.get('PhotometricInterpretation', '')).strip() == 'MONOCHROME1')
+    return Pixels(stored=arr, slope=float(slope), intercept=float(icpt),
+                  invert=str(ds.get('PhotometricInterpretation', '')).strip() == 'MONOCHROME1')
 
 def modality_array(px:Pixels) -> np.ndarray:
     "Modality values of a slice as float64: rescaled, and negated for MONOCHROME1"
@@ -286,8 +289,16 @@ def modality_array(px:Pixels) -> np.ndarray:
     return -a if px.invert else a
 
 # %% ../nbs/03_dicom.ipynb #591828ee
-def _check_percentiles(p_lo, p_hi):
+def check_percentiles(p_lo, p_hi):
+    "Raise a `ValueError` unless `0 <= p_lo < p_hi <= 100`"
     if not 0 <= p_lo < p_hi <= 100: raise ValueError(f'percentiles must satisfy 0 <= p_lo < p_hi <= 100, not {p_lo}, {p_hi}')
+
+def check_clip(clip) -> tuple:
+    "`(p_lo, p_hi)` of a clip pair of percentiles, checked"
+    try: p_lo, p_hi = (float(p) for p in clip)
+    except (TypeError, ValueError): raise ValueError(f'clip must be two percentiles (low, high), not {clip!r}') from None
+    check_percentiles(p_lo, p_hi)
+    return p_lo, p_hi
 
 def _blank(shape, name:str='') -> np.ndarray:
     warnings.warn(f"{name + ': ' if name else ''}constant slice, written as an all-zero image", BlankSliceWarning, stacklevel=3)
@@ -299,7 +310,7 @@ def normalise(a:np.ndarray,   # pixel values (any real dtype)
               name:str='',    # names the slice in the warning about a constant slice
              ) -> np.ndarray:
     "`a` as uint8: clipped to its `p_lo`/`p_hi` percentiles, shifted to 0, divided by its maximum, times 255"
-    _check_percentiles(p_lo, p_hi)
+    check_percentiles(p_lo, p_hi)
     a = np.asarray(a, dtype=np.float64)
     lo, hi = np.percentile(a, (p_lo, p_hi))
     a = np.clip(a, lo, hi) - lo
@@ -331,7 +342,7 @@ def normalise_pixels(px:Pixels,     # decoded slice
                      name:str='',    # names the slice in the warning about a constant slice
                     ) -> np.ndarray:
     "`normalise(modality_array(px), p_lo, p_hi)`, computed through a look-up table on the stored values"
-    _check_percentiles(p_lo, p_hi)
+    check_percentiles(p_lo, p_hi)
     raw = px.stored
     if raw.dtype.kind not in 'iub' or raw.size == 0: return normalise(modality_array(px), p_lo, p_hi, name)
     flat = raw.ravel()
@@ -390,61 +401,6 @@ def series_image(folder,               # series folder of DICOM files
                 file=os.path.basename(mid.path), frame=mid.frame)
     return img, info
 
-# %% ../nbs/03_dicom.ipynb #aeede00b
-_SIG = b'\x89PNG\r\n\x1a\n'
-
-def _png_params(compression:int) -> list:
-    p = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
-    if compression > 0: p += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
-    if compression > 0 and hasattr(cv2, 'IMWRITE_PNG_FILTER'): p += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS]
-    return p
-
-def encode_png(img:np.ndarray,        # uint8 greyscale (H, W) or RGB (H, W, 3) image
-               compression:int=1,     # deflate level 0-9
-               text:str|None=None,    # stored in a `tEXt` chunk with keyword `lsdc`
-              ) -> bytes:
-    "PNG bytes of `img`"
-    if img.ndim == 3: img = np.ascontiguousarray(img[..., ::-1])
-    ok, buf = cv2.imencode('.png', img, _png_params(compression))
-    if not ok: raise ValueError(f'cannot encode an image of shape {img.shape} and dtype {img.dtype} as PNG')
-    data = buf.tobytes()
-    if text is None: return data
-    body = b'tEXt' + b'lsdc\x00' + text.encode('latin-1')
-    chunk = struct.pack('>I', len(body) - 4) + body + struct.pack('>I', zlib.crc32(body))
-    return data[:33] + chunk + data[33:]   # right after the signature and the IHDR chunk
-
-def write_png(img:np.ndarray, dest, compression:int=1, text:str|None=None) -> Path:
-    "Write `img` as a PNG atomically (not `fsync`ed: a PNG cut short by a power loss fails `png_complete` and is made again)"
-    data = encode_png(img, compression, text)
-    with atomic_path(dest, durable=False) as tmp: tmp.write_bytes(data)
-    return Path(dest)
-
-# %% ../nbs/03_dicom.ipynb #1dfcb2a7
-def png_chunks(fn) -> list|None:
-    "`(type, data)` of each chunk of the PNG `fn`, or None when it is not a whole, undamaged PNG"
-    try: buf = memoryview(Path(fn).read_bytes())
-    except OSError: return None
-    if buf[:8] != _SIG: return None
-    pos, out = 8, []
-    while pos + 12 <= len(buf):
-        n, kind = struct.unpack_from('>I4s', buf, pos)
-        end = pos + 12 + n
-        if end > len(buf) or zlib.crc32(buf[pos+4:end-4]) != struct.unpack_from('>I', buf, end-4)[0]: return None
-        out.append((kind, buf[pos+8:end-4]))
-        if kind == b'IEND': return out if end == len(buf) else None
-        pos = end
-    return None
-
-def png_complete(fn) -> bool:
-    "Whether `fn` is a whole PNG whose every chunk matches its CRC"
-    return png_chunks(fn) is not None
-
-def png_text(fn) -> str|None:
-    "The `lsdc` text of a whole, undamaged PNG, else None"
-    for kind, data in png_chunks(fn) or ():
-        if kind == b'tEXt' and data[:5] == b'lsdc\x00': return bytes(data[5:]).decode('latin-1')
-    return None
-
 # %% ../nbs/03_dicom.ipynb #e691993c
 def source_fingerprint(folder) -> str:
     "A hash of the name, size and modification time (ns) of each file of a series folder"
@@ -458,12 +414,6 @@ def source_fingerprint(folder) -> str:
 # %% ../nbs/03_dicom.ipynb #8f7f9d0f
 def _params(size, offsets, p_lo, p_hi, compression) -> dict:
     return dict(size=size, offsets=[int(o) for o in offsets], p_lo=float(p_lo), p_hi=float(p_hi), compression=int(compression))
-
-def png_info(fn) -> dict|None:
-    "The description `convert_series` stored in a complete PNG, or None"
-    t = png_text(fn)
-    try: return None if t is None else json.loads(t)
-    except ValueError: return None
 
 def convert_series(folder,                # series folder of DICOM files
                    dest,                  # PNG to write
@@ -601,7 +551,7 @@ def _write_index(table:pd.DataFrame, # the series of the run, in the order of th
     return index, failures
 
 # %% ../nbs/03_dicom.ipynb #5891d4fe
-def _check_dest(dest:Path):
+def check_dest(dest:Path):
     "Create `dest` and check that files can be written in it; else raise an `OSError` that names it"
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -612,15 +562,16 @@ def _check_dest(dest:Path):
         raise type(e)(f'cannot write to the output folder {dest}: {why}') from None
 
 # %% ../nbs/03_dicom.ipynb #28a0eb0a
-def _clean_temp(dest:Path):
+def clean_temp(dest:Path):
     "Remove the temporary files that runs which died left in `dest` and its sub-folders (never a live run's: `lsdc.core.sweep_temp`)"
     for d in [dest, *(p for p in dest.iterdir() if p.is_dir())]: sweep_temp(d)
 
-def _cpus() -> int:
+def usable_cpus() -> int:
     "Cores this process may run on"
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
-def _load(data, split:str):
+def load_split(data, split:str):
+    "`data` as `RSNAData`: as given, or the `split` of the data folder `data` (its images not checked)"
     if hasattr(data, 'series') and hasattr(data, 'path'): return data
     return load_rsna(data, splits=(split,), check_images=False)
 
@@ -630,8 +581,7 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
                     descriptions=SAGITTAL,     # series descriptions to convert
                     size:int|None=256,         # side of the square PNGs (None: keep each slice's shape)
                     offsets:tuple=(0,),        # slices around the middle: (0,) greyscale, or three offsets for RGB
-                    p_lo:float=1.,             # lower clipping percentile
-                    p_hi:float=99.,            # upper clipping percentile
+                    clip:tuple=(1., 99.),      # lower and upper clipping percentiles
                     compression:int=1,         # PNG compression level 0-9
                     n_workers:int|None=None,   # parallel workers (default: one per core, at most 8; 0 or 1: serial)
                     parallel:str='process',    # 'process' or 'thread'
@@ -639,18 +589,18 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
                     progress:bool=True,        # show a progress bar
                    ) -> pd.DataFrame:
     "Convert the middle slice of each selected series to a PNG; write and return the index"
-    _check_percentiles(p_lo, p_hi); _check_parallel(parallel)
+    p_lo, p_hi = check_clip(clip); _check_parallel(parallel)
     opts = ConvertOptions(size=size, offsets=_check_offsets(offsets), p_lo=p_lo, p_hi=p_hi, compression=compression)
     descriptions = (descriptions,) if isinstance(descriptions, str) else tuple(descriptions)
     unknown = [d for d in descriptions if d not in SERIES_DESCRIPTIONS]
     if unknown: warnings.warn(f'series descriptions {unknown} are not among {list(SERIES_DESCRIPTIONS)}')
-    data = _load(data, split)
+    data = load_split(data, split)
     dest = Path(dest)
-    _check_dest(dest); _clean_temp(dest)
+    check_dest(dest); clean_temp(dest)
     table = series_table(data, split, descriptions).drop_duplicates(['study_id', 'series_id'])
     done, jobs = plan_conversion(table, dest, opts=opts, resume=resume)
     t0 = time.perf_counter()
-    ran = run_jobs(jobs, n_workers=min(_cpus(), 8) if n_workers is None else int(n_workers), parallel=parallel, progress=progress)
+    ran = run_jobs(jobs, n_workers=min(usable_cpus(), 8) if n_workers is None else int(n_workers), parallel=parallel, progress=progress)
     index, failures = _write_index(table, {r.key: r for r in done + ran}, dest)
     index.attrs.update(converted=len(index) - len(done), skipped=len(done), failed=len(failures), seconds=time.perf_counter() - t0,
                        reasons=dict(Counter(j.why for j in jobs)))
@@ -698,7 +648,7 @@ def convert_cli(data:str,                  # RSNA data folder (Kaggle layout)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', BlankSliceWarning)
             idx = convert_dataset(data, dest, split=split, descriptions=[d.strip() for d in descriptions.split(',') if d.strip()],
-                                  size=size or None, offsets=_ints(offsets), p_lo=p_lo, p_hi=p_hi, n_workers=workers,
+                                  size=size or None, offsets=_ints(offsets), clip=(p_lo, p_hi), n_workers=workers,
                                   parallel='thread' if threads else 'process', resume=not overwrite, progress=not quiet)
     except (DataError, ValueError, OSError) as e:
         print(f'lsdc convert: {e}', file=sys.stderr); return 2

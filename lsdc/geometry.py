@@ -1,4 +1,4 @@
-"""Slice geometry from DICOM headers, in the patient frame: pixel <-> patient coordinates, slice order and spacing along the normal, left/right offsets from the midline, the slice nearest a 3-D point and the patient side of an image column. Pure functions of the headers; it writes no files.
+"""Slice geometry from DICOM headers, in the patient frame: pixel <-> patient coordinates, slice order and spacing along the normal, left/right offsets from the midline, the slice nearest a 3-D point and the patient side of an image column, and where the foramina usually lie (`FORAMEN_MM`). Pure functions of the headers; it writes no files.
 
 Docs: https://lsdc-dev.github.io/lsdc/geometry.html.md"""
 
@@ -14,9 +14,10 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 
 # %% auto #0
-__all__ = ['GeometryError', 'SliceGeometry', 'slice_geometry', 'read_geometry', 'slice_normal', 'image_centre', 'PixelPoint',
-           'pixel_to_patient', 'patient_to_pixel', 'parallel_stack', 'SliceOrder', 'series_normal', 'order_slices',
-           'midline_offsets', 'slice_side', 'sagittal_slice_for_offset', 'NearestSlice', 'nearest_slice', 'axial_side']
+__all__ = ['FORAMEN_MM', 'GeometryError', 'SliceGeometry', 'slice_geometry', 'read_geometry', 'slice_normal', 'image_centre',
+           'PixelPoint', 'pixel_to_patient', 'patient_to_pixel', 'parallel_stack', 'SliceOrder', 'series_normal',
+           'order_slices', 'midline_offsets', 'slice_side', 'sagittal_slice_for_offset', 'NearestSlice',
+           'nearest_slice', 'axial_side']
 
 # %% ../nbs/02a_geometry.ipynb #f7850dad
 class GeometryError(ValueError):
@@ -78,7 +79,8 @@ def slice_geometry(position,               # ImagePositionPatient: patient (x, y
     if (s <= 0).any(): raise GeometryError(where, f'PixelSpacing {s.tolist()} must be positive')
     arrays = [p, r / lr, c / lc, s]
     for a in arrays: a.flags.writeable = False
-    return SliceGeometry(*arrays, rows=_count(rows, 'Rows', where), columns=_count(columns, 'Columns', where),
+    return SliceGeometry(position=arrays[0], row_dir=arrays[1], col_dir=arrays[2], spacing=arrays[3], rows=_count(rows, 'Rows', where),
+                         columns=_count(columns, 'Columns', where),
                          file=None if file is None else str(file), instance=None if instance is None else int(instance))
 
 # %% ../nbs/02a_geometry.ipynb #129b9e8a
@@ -147,7 +149,7 @@ def patient_to_pixel(g:SliceGeometry, # the slice
                     ) -> PixelPoint:
     "Column, row (pixels) and signed plane distance (mm) of `points` in slice `g`"
     u = (np.asarray(points, float) - g.position) @ np.linalg.inv(_frame(g)).T
-    return PixelPoint(*(u[..., i][()] for i in range(3)))
+    return PixelPoint(x=u[..., 0][()], y=u[..., 1][()], distance=u[..., 2][()])
 
 # %% ../nbs/02a_geometry.ipynb #f2083d12
 def parallel_stack(orientation,              # ImageOrientationPatient of every slice
@@ -188,7 +190,7 @@ def order_slices(geoms, # `SliceGeometry`s of one series, in any order
     inst = np.array([np.inf if g.instance is None else g.instance for g in geoms], float)
     order = np.lexsort((np.array([g.file or '' for g in geoms]), inst, np.round(d, 6)))
     pos = d[order]; gaps = np.diff(pos); gaps = gaps[gaps > 1e-3]
-    return SliceOrder(order, pos, float(np.median(gaps)) if len(gaps) else float('nan'), n)
+    return SliceOrder(order=order, positions=pos, spacing=float(np.median(gaps)) if len(gaps) else float('nan'), normal=n)
 
 # %% ../nbs/02a_geometry.ipynb #5b7b8fb2
 def _sides(v, tol:float):
@@ -217,6 +219,8 @@ def slice_side(offset,        # signed offset(s) from the midline, mm, + towards
     return _sides(offset, spacing / 2 + 1e-6 if np.isfinite(spacing) else 1e-6)
 
 # %% ../nbs/02a_geometry.ipynb #1df351c4
+FORAMEN_MM = (14.9, 15.7, 16.7, 17.8, 18.9)   # usual offsets of the foramina from the midline, L1/L2..L5/S1, mm (a top-10 solution's)
+
 @delegates(midline_offsets)
 def sagittal_slice_for_offset(geoms,     # `SliceGeometry`s of one sagittal series, in any order
                               offset_mm, # wanted offset(s) from the midline, mm, + towards the patient's Left
@@ -255,8 +259,8 @@ def nearest_slice(geoms, # `SliceGeometry`s in any order: one stack, or several 
     ties = [np.broadcast_to(P[:, i, None], d.shape) for i in (2, 1, 0)]               # last resort: lowest x, y, z
     keys = ties + [np.round(np.abs(d), 6), ~inside, np.round(reach, 6)]               # np.lexsort: last key first
     best = np.lexsort(keys, axis=0)[0]; k = np.arange(best.size)
-    res = NearestSlice(best, d[best, k], x[best, k], y[best, k], inside[best, k])
-    return NearestSlice(*(a[0].item() for a in res)) if pts.ndim == 1 else res
+    res = NearestSlice(index=best, distance=d[best, k], x=x[best, k], y=y[best, k], inside=inside[best, k])
+    return NearestSlice(**{f: a[0].item() for f, a in res._asdict().items()}) if pts.ndim == 1 else res
 
 # %% ../nbs/02a_geometry.ipynb #3d660a8d
 def axial_side(g:SliceGeometry,         # an axial (or coronal) slice

@@ -1,4 +1,4 @@
-"""From test studies and trained per-column learners to a Kaggle submission: conversion, verified model loading, batched prediction and the prior fallback.
+"""From test studies and trained per-column learners to a Kaggle submission: conversion, verified model loading, batched prediction and the prior fallback; and, on the validation studies, each column's calibration and the evaluation of a models folder.
 
 Docs: https://lsdc-dev.github.io/lsdc/inference.html.md"""
 
@@ -180,7 +180,8 @@ def prior_fallbacks(preds:pd.DataFrame, # long predictions (`predict_columns`)
     for (sid, why), g in groups if warn else ():
         warnings.warn(f"study {sid}: {why.removeprefix('prior: ')} (missing, or it failed to convert); "
                       f"{_many(len(g), 'column')} from the prior: {column_list(g.column)}")
-    return PriorFallback(lost.study_id.nunique(), groups.ngroups, len(lost), unt.column.nunique(), len(unt))
+    return PriorFallback(studies=lost.study_id.nunique(), series=groups.ngroups, study_columns=len(lost), untrained=unt.column.nunique(),
+                         untrained_rows=len(unt))
 
 # %% ../nbs/06_inference.ipynb #b910f67e
 def predict_columns(models,               # models folder (manifest.json, each column's model files)
@@ -376,8 +377,8 @@ def fit_calibrations(preds:pd.DataFrame,   # `validation_predictions` (its raw_*
         t, shift, _, _ = fit_calibration(raw[idx], y[idx], np.stack([_metric_factors(records[c]) for c in cols]), scope=scope)
         for c in dict.fromkeys(cols):
             m, f = (preds.column == c).to_numpy(), _metric_factors(records[c])
-            out[c] = Calibration(t, tuple(float(v) for v in f) if shift else None, scope, calibrated_loss(raw[m], y[m]),
-                                 calibrated_loss(raw[m], y[m], t, f if shift else None))
+            out[c] = Calibration(temperature=t, factors=tuple(float(v) for v in f) if shift else None, scope=scope,
+                                 valid_loss_raw=calibrated_loss(raw[m], y[m]), valid_loss=calibrated_loss(raw[m], y[m], t, f if shift else None))
     return out
 
 def calibrate_models(models,              # models folder (trained columns, split.csv)

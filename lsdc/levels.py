@@ -1,4 +1,4 @@
-"""The levels method end to end: locate the five disc levels, cut each label column's crop on the slice where its condition shows, and do the same for the test studies with the settings the models were trained with.
+"""The levels method end to end: locate the five disc levels, cut each label column's crop on the slice where its condition shows, and do the same for the test studies with the settings the models were trained with. Owns `{models}/levels.json`: those settings, the offsets and the SHA-256 of each stage's files.
 
 Docs: https://lsdc-dev.github.io/lsdc/levels.html.md"""
 
@@ -14,8 +14,8 @@ from .core import write_csv
 from .files import (file_sha256, file_lock, write_json, read_manifest, ModelIntegrityError, verified_path, record_file,
                         checked_settings)
 from .data import load_rsna
-from .crops import Offsets, learn_offsets, make_crops, annotated_points
-from .localize import train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, read_localizer_record
+from .crops import CropOptions, Offsets, learn_offsets, make_crops, annotated_points
+from .localize import LocalizerSettings, train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, read_localizer_record
 from .axial import AxialSettings, train_axial, select_axial, read_axial_record, AXIAL_DIR, RECORD_FILE as AXIAL_RECORD
 
 # %% auto #0
@@ -59,7 +59,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
                    seed:int=0,             # seed of the localiser and the jitter
                    folds=None,             # each training study's fold (`{study_id: fold}`, `lsdc.pipeline`'s split); None: `settings.folds` at random
                    progress:bool=True,     # a line per step
-                   **kwargs,               # `train_localizer`'s options: pretrained, weights, ...
+                   **kwargs,               # the localiser's other settings (`LocalizerSettings`: pretrained, weights, lr, ...) and `train_localizer`'s options (resume, device)
                   ) -> Path:
     "Train the localiser (or reuse a finished one), learn the offsets and cut the training studies' crops into `dest`; `dest`"
     s, models, dest = settings, Path(models), Path(dest)
@@ -70,8 +70,9 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
     say = (lambda m: print(m, flush=True)) if progress else log.info
     with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localiser and the crops
         t0 = time.perf_counter()
-        rec = train_localizer(converted, d, models, arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs, folds=s.folds if folds is None else folds,
-                              seed=seed, progress=progress, **kwargs)
+        loc = LocalizerSettings(arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs)
+        loc = loc._replace(**{k: kwargs.pop(k) for k in list(kwargs) if k in LocalizerSettings._fields})
+        rec = train_localizer(converted, d, models, settings=loc, folds=s.folds if folds is None else folds, seed=seed, progress=progress, **kwargs)
         say(f"localiser: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
         points = locate_levels(models, converted, d, split='train')
         pts = points[points.source == 'located']
@@ -81,8 +82,9 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         if s.train_crops == 'annotated': pts = pd.concat([annotated_points(d), pts], ignore_index=True)
         offsets = learn_offsets(d, n_workers=n_workers)
         t1 = time.perf_counter()
-        idx, fail = make_crops(d, pts, dest, split='train', size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours,
-                               jitter_mm=s.jitter_mm, slice_jitter_mm=s.slice_jitter_mm, offsets=offsets, n_workers=n_workers, seed=seed)
+        opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, jitter_mm=s.jitter_mm, slice_jitter_mm=s.slice_jitter_mm,
+                           seed=seed)
+        idx, fail = make_crops(d, pts, dest, split='train', opts=opts, offsets=offsets, n_workers=n_workers)
         say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
         write_levels(models, s, offsets)
     return dest
@@ -112,6 +114,7 @@ def write_levels(models, settings:LevelSettings, offsets:Offsets) -> Path:
     return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), files=stage_files(models, settings.axial == 'learned')),
                       models/LEVELS_FILE)
 
+# %% ../nbs/05e_levels.ipynb #27457851
 class Levels(NamedTuple):
     "What `read_levels` gives: the settings and offsets the columns were trained with, and the manifest whose `files` the stages' loaders check"
     settings: LevelSettings
@@ -134,7 +137,8 @@ def read_levels(models,
     try:
         d = json.loads(fn.read_text()); s = checked_settings(LevelSettings, {'axial': 'nearest', **d['settings']}, _BOUNDS, str(fn), _CHOICES)
         o = d['offsets']   # folders written before the slice selector took the nearest slice
-        offsets = Offsets(*({k: tuple(float(x) for x in v) for k, v in o[f].items()} for f in ('foraminal', 'subarticular')), o['counts'], o['learned'])
+        values = lambda f: {k: tuple(float(x) for x in v) for k, v in o[f].items()}
+        offsets = Offsets(foraminal=values('foraminal'), subarticular=values('subarticular'), counts=o['counts'], learned=o['learned'])
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ModelIntegrityError(f"{fn}: not a levels file of this lsdc ({type(e).__name__}: {e})") from None
     if isinstance(d.get('files'), dict):
@@ -165,8 +169,8 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
     points = locate_levels(models, converted, d, split=split, trust_pickles=trust_pickles, manifest=man)
     if s.axial == 'learned': points = select_axial(models, d, points, split=split, n_workers=n_workers, manifest=man)
-    idx, fail = make_crops(d, points[points.source == 'located'], dest, split=split, size=s.crop_size, crop_mm=s.crop_mm,
-                           neighbours=s.neighbours, offsets=offsets, n_workers=n_workers)
+    opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours)   # as the training crops, without their jitter
+    idx, fail = make_crops(d, points[points.source == 'located'], dest, split=split, opts=opts, offsets=offsets, n_workers=n_workers)
     write_csv(points, Path(dest)/'points.csv')   # where the levels were found, for the reports
     if progress: print(f"crops of the {split} studies: {len(idx)} cut, {len(fail)} failed; {dest}", flush=True)
     return Path(dest)

@@ -431,14 +431,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
                     models,                # models folder: writes `localizer/`
                     data=None,             # RSNA data folder (or `RSNAData`): PixelSpacing for the errors in mm
                     valid_ids=None,        # studies that make fold 0 (default: all dealt at random)
-                    arch='resnet18',       # torchvision architecture
-                    size:int=96,           # image size
-                    epochs:int=15,         # epochs of each model
-                    lr:float=1e-2,         # peak learning rate
-                    bs:int=8,              # batch size
-                    aug:bool=True,         # batch augmentation (no flips)
-                    pretrained:bool=False, # ImageNet weights
-                    weights=None,          # local state dict file of the full model (instead of `pretrained`)
+                    settings:LocalizerSettings=LocalizerSettings(), # architecture, image size, epochs, learning rate, batch size, ...
                     seed:int=0,            # seed of the folds and of training
                     folds=2,               # folds of the out-of-fold points, or each study's fold (a study-level split: `{study_id: fold}`)
                     device=None,           # torch device (default: CUDA when present)
@@ -448,8 +441,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     "Train the out-of-fold and final localizers into `models/localizer/`; the record written to `localizer.json`"
     if hasattr(coords, 'coords'): data, coords = (coords if data is None else data), coords.coords
     if hasattr(data, 'path'): data = data.path
-    s = LocalizerSettings(arch=arch_name(arch), size=size, epochs=epochs, lr=lr, bs=bs, aug=aug, pretrained=pretrained,
-                          weights=None if weights is None else str(weights))
+    s = settings._replace(arch=arch_name(settings.arch), weights=None if settings.weights is None else str(settings.weights))
     say = (lambda m: print(m, flush=True)) if progress else log.info
     folder, t0 = localizer_dir(models), time.perf_counter()
     table = level_targets(read_index(converted), coords)
@@ -566,9 +558,8 @@ def localize_cli(converted:str,                # conversion folder (index.csv, o
     "Train the level localizer (out-of-fold and final models) and write MODELS/localizer/points.csv"
     try:
         d = load_rsna(data, check_images=False)
-        rec = train_localizer(converted, d, models, arch=arch, size=size, epochs=epochs, folds=folds, lr=lr, bs=bs,
-                              pretrained=pretrained, weights=weights, seed=seed, resume=not no_resume,
-                              progress=not quiet)
+        s = LocalizerSettings(arch=arch, size=size, epochs=epochs, lr=lr, bs=bs, pretrained=pretrained, weights=weights)
+        rec = train_localizer(converted, d, models, settings=s, folds=folds, seed=seed, resume=not no_resume, progress=not quiet)
         fn = write_points(pd.concat([locate_levels(models, converted, d), annotated_points(d)], ignore_index=True), localizer_dir(models))
     except (DataError, ValueError, OSError, ModelIntegrityError) as e:
         print(f"lsdc localize: {e}", file=sys.stderr); return 2

@@ -20,7 +20,7 @@ from fastai.callback.hook import hook_output
 from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id,
                        label_column, level_key, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
 from .files import read_index, read_manifest, manifest_series, verified_path
-from .dicom import encode_png
+from .png import encode_png
 from .crops import POINT_COLUMNS, read_points
 from .inference import load_column_learner
 from .sampling import is_crop_index
@@ -31,7 +31,7 @@ __all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'CROPS_DISCLAIM
            'study_images', 'read_gray', 'read_rgb', 'centre_channel', 'png_data_uri', 'draw_levels', 'overlay_heatmap',
            'coordinate_marks', 'study_points', 'CropImage', 'study_crops', 'crop_label', 'Cam', 'StudyReport', 'CamJob',
            'study_report', 'Cell', 'Table', 'html_table', 'md_table', 'render_study_html', 'render_study_markdown',
-           'IndexRow', 'submission_studies', 'write_reports', 'load_learners', 'find_chromium', 'screenshot',
+           'IndexRow', 'submission_studies', 'Truth', 'write_reports', 'load_learners', 'find_chromium', 'screenshot',
            'report_cli']
 
 # %% ../nbs/08_report.ipynb #76f7e810
@@ -411,7 +411,8 @@ class CamJob(NamedTuple):
     def crop(self): return self.image if isinstance(self.image, CropImage) else None
     @property
     def pixels(self): return self.image.gray if self.crop is None else self.crop.rgb
-    def cam(self, heatmap=None, problem=None) -> Cam: return Cam(self.description, self.grade, heatmap, problem, self.crop)
+    def cam(self, heatmap=None, problem=None) -> Cam:
+        return Cam(description=self.description, grade=self.grade, cam=heatmap, problem=problem, crop=self.crop)
     def failed(self, e:Exception) -> Cam:
         return self.cam(problem=Problem(ProblemKind.gradcam_failed, self.column, f"Grad-CAM failed ({type(e).__name__}: {e})"))
 
@@ -424,7 +425,7 @@ def _cam_jobs(findings:pd.DataFrame, images:dict, learners:dict, series=None, cr
         else:
             im = CropImage() if learn is None else _read_crop(r.column, crops.get(r.column))
             d = im.description or d
-        jobs[r.column] = CamJob(r.column, learn, im, d, r.grade)
+        jobs[r.column] = CamJob(column=r.column, learn=learn, image=im, description=d, grade=r.grade)
     return jobs
 
 def _run_cams(jobs:dict, bs:int=32) -> dict:
@@ -487,7 +488,8 @@ class _StudyParts(NamedTuple):
         ims = _read_images(images, sid, series)
         if crops is not None:   # the learners read the crops: a series without a converted slice is nothing missing
             ims = {d: im for d, im in ims.items() if not (im.problem and im.problem.kind is ProblemKind.no_series)}
-        return cls(sid, study_findings(preds, sid, labels), ims, study_crops(crops, sid) if isinstance(crops, pd.DataFrame) else crops)
+        return cls(study_id=sid, findings=study_findings(preds, sid, labels), images=ims,
+                   crops=study_crops(crops, sid) if isinstance(crops, pd.DataFrame) else crops)
 
     def report(self, cams:dict, coords=None, points=None, gradcam_used:bool=False) -> StudyReport:
         "The study's report with its `cams` (`{column: Cam}`)"
@@ -495,8 +497,8 @@ class _StudyParts(NamedTuple):
         failed = [c.problem for c in cams.values() if c.problem and c.problem.kind is ProblemKind.gradcam_failed]
         for p in failed: log.warning("study %s %s", sid, p)
         problems = [im.problem for im in ims.values() if im.problem] + _crop_problems(cams, crops) + failed
-        return StudyReport(sid, self.findings, _mark_levels(ims, cams, coords, sid, points), cams, problems,
-                           gradcam_used=gradcam_used, crops_used=crops is not None)
+        return StudyReport(study_id=sid, findings=self.findings, images=_mark_levels(ims, cams, coords, sid, points), cams=cams,
+                           problems=problems, gradcam_used=gradcam_used, crops_used=crops is not None)
 
 def study_report(study_id,                   # the study
                  preds:pd.DataFrame,         # its predicted rows (or a whole submission): row_id or column + probabilities
@@ -839,7 +841,13 @@ def _write_study(rep:StudyReport, out:Path, px:int=384) -> IndexRow:
     write_text(render_study_markdown(rep, pages['html'], figures), out/pages['md'])
     for p in rep.problems:
         if p.kind in WARN_KINDS: warnings.warn(f"study {sid}: {p}", ReportWarning)
-    return IndexRow(sid, rep.summary, tuple(map(str, rep.problems)), pages, tuple(figures.values()))
+    return IndexRow(study_id=sid, summary=rep.summary, notes=tuple(map(str, rep.problems)), pages=pages, files=tuple(figures.values()))
+
+# %% ../nbs/08_report.ipynb #2ce6fdb9
+class Truth(NamedTuple):
+    "What is known of the studies, shown beside the predictions (both optional)"
+    labels: pd.DataFrame|None = None   # true grades, `train.csv`-style
+    coords: pd.DataFrame|None = None   # label coordinates, `train_label_coordinates.csv`-style: the levels to mark
 
 # %% ../nbs/08_report.ipynb #c32fc5bb
 REPORT_CHUNK = 32   # studies whose images are read at a time (`write_reports`)
@@ -850,8 +858,7 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
                   learners:dict|None=None,          # optional {column: Learner} for Grad-CAM
                   studies=None,                     # study ids to report (default: all of the submission)
                   max_studies:int|None=None,        # at most this many studies
-                  coords:pd.DataFrame|None=None,    # optional label coordinates
-                  labels:pd.DataFrame|None=None,    # optional true grades
+                  truth:Truth=Truth(),              # optional true grades and label coordinates
                   series=None,                      # series mapping (see `lsdc.core.series_for_condition`)
                   px:int=384,                       # image size in the pages
                   progress:bool=False,              # print one line per study
@@ -876,7 +883,7 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
     for start in range(0, len(ids), chunk):
         parts, early = {}, {}
         for sid in ids[start:start + chunk]:
-            try: parts[sid] = _StudyParts.read(sid, sub, study_images(index, sid, series), labels, series,
+            try: parts[sid] = _StudyParts.read(sid, sub, study_images(index, sid, series), truth.labels, series,
                                                None if cx is None else study_crops(crop_of.get(sid, cx.iloc[:0]), sid))
             except Exception as e: early[sid] = failed(sid, e)
         jobs = {(sid, c): j for sid, p in parts.items() for c, j in _cam_jobs(p.findings, p.images, learners or {}, series, p.crops).items()}
@@ -886,7 +893,7 @@ def write_reports(submission:pd.DataFrame|str|Path, # submission (row_id, normal
             if row is None:
                 try:
                     p = parts[sid]
-                    rep = p.report({c: cams[sid, c] for c in p.findings.column}, coords, pts, gradcam_used=bool(learners))
+                    rep = p.report({c: cams[sid, c] for c in p.findings.column}, truth.coords, pts, gradcam_used=bool(learners))
                     row = _write_study(rep, out, px)
                     paths += [out/f for f in (*row.pages.values(), *row.files)]
                 except Exception as e: row = failed(sid, e)
@@ -979,7 +986,7 @@ def report_cli(submission:str,         # submission CSV (row_id, normal_mild, mo
         print(f"lsdc report: {type(e).__name__}: {e}", file=sys.stderr); return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', ReportWarning)
-        paths = write_reports(sub, index, out, learners, studies=ids, max_studies=max_studies, coords=co, labels=lab,
+        paths = write_reports(sub, index, out, learners, studies=ids, max_studies=max_studies, truth=Truth(labels=lab, coords=co),
                               series=series, px=px, progress=not quiet, crops=cx, points=pts)
     bad = [w for w in caught if issubclass(w.category, ReportWarning)]
     for w in bad: print(f"lsdc report: {w.message}", file=sys.stderr)

@@ -16,16 +16,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid, MRImageStorage
 from fastcore.script import call_parse
 from .core import *
+from .geometry import FORAMEN_MM
 
 # %% auto #0
 __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL_V', 'AXIAL_POINTS', 'SAG_ORIENT', 'AX_ORIENT',
-           'SERIES_KINDS', 'LEVEL_SHIFT', 'DEGENERATION', 'GRADE_CUTS', 'DIFFICULTY', 'GRADE_SEVERITY',
-           'FORAMEN_OFFSET', 'DISC_TILT', 'SAG_FADE', 'PHANTOMS', 'sample_grades', 'missing_mask', 'Layout',
-           'level_points', 'Canvas', 'sagittal_canvas', 'sagittal_layers', 'sagittal_slice', 'sagittal_image',
-           'axial_image', 'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec',
-           'degenerated_grades', 'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy',
-           'anatomical_sagittal_layers', 'anatomical_sagittal_slice', 'Plane', 'canal_crossing',
-           'anatomical_axial_image', 'axial_planes', 'make_synthetic', 'synth_cli']
+           'SERIES_KINDS', 'LEVEL_SHIFT', 'DEGENERATION', 'GRADE_CUTS', 'DIFFICULTY', 'GRADE_SEVERITY', 'DISC_TILT',
+           'SAG_FADE', 'PHANTOMS', 'sample_grades', 'missing_mask', 'Layout', 'level_points', 'Canvas',
+           'sagittal_canvas', 'sagittal_layers', 'sagittal_slice', 'sagittal_image', 'axial_image', 'SlicePlacement',
+           'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec', 'degenerated_grades',
+           'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy', 'anatomical_sagittal_layers',
+           'anatomical_sagittal_slice', 'Plane', 'canal_crossing', 'anatomical_axial_image', 'axial_planes',
+           'make_synthetic', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #3634081b
 GRADE_PROBS = {'spinal': (0.878, 0.075, 0.047), 'foraminal': (0.78, 0.18, 0.04), 'subarticular': (0.714, 0.19, 0.096)}
@@ -182,15 +183,19 @@ AXIAL_POINTS = {'left': (0.61, 0.62), 'right': (0.39, 0.62)}
 # %% ../nbs/02_synth.ipynb #d1685d49
 def _uid(*parts) -> str: return generate_uid(entropy_srcs=[str(p) for p in parts])
 
+class SlicePlacement(NamedTuple):
+    "Where a slice lies in the patient frame and how large its pixels are, as its header records it"
+    position: tuple         # ImagePositionPatient (mm)
+    orientation: tuple      # ImageOrientationPatient
+    spacing: float          # pixel spacing (mm)
+    thickness: float        # slice thickness (mm)
+
 def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
                 study_id:int,        # also the patient id
                 series_id:int,
                 instance:int,        # instance number
                 description:str,     # series description
-                position,            # ImagePositionPatient (mm)
-                orientation,         # ImageOrientationPatient
-                spacing:float,       # pixel spacing (mm)
-                thickness:float,     # slice thickness (mm)
+                placement:SlicePlacement, # position, orientation, pixel spacing and thickness
                 seed:int,            # the data set's seed, for the UIDs
                 slope:float|None=None,     # RescaleSlope, when the series stores rescaled values
                 intercept:float|None=None, # RescaleIntercept, with `slope`
@@ -209,10 +214,11 @@ def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
     ds.StudyInstanceUID = _uid(seed, study_id); ds.SeriesInstanceUID = _uid(seed, study_id, series_id)
     ds.StudyID = str(study_id)[-8:]; ds.SeriesNumber = int(series_id % 100000); ds.InstanceNumber = int(instance)
     ds.SeriesDescription = description; ds.ImagesInAcquisition = nslices
-    ds.ImagePositionPatient = [round(float(x), 4) for x in position]
-    ds.ImageOrientationPatient = [float(x) for x in orientation]
-    ds.PixelSpacing = [round(spacing, 6), round(spacing, 6)]
-    ds.SliceThickness = thickness
+    p = placement
+    ds.ImagePositionPatient = [round(float(x), 4) for x in p.position]
+    ds.ImageOrientationPatient = [float(x) for x in p.orientation]
+    ds.PixelSpacing = [round(p.spacing, 6), round(p.spacing, 6)]
+    ds.SliceThickness = p.thickness
     if between is not None: ds.SpacingBetweenSlices = between
     ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = 'MONOCHROME2'
     ds.Rows, ds.Columns = pixels.shape
@@ -321,8 +327,9 @@ def _save_slice(ds:Dataset|None, img:np.ndarray, spec:SeriesSpec, instance:int, 
     else:
         rescale = dict(slope=con.slope, intercept=con.intercept) if con.rescale else {}
         ds = dicom_slice(px, study_id=spec.study_id, series_id=spec.series_id, instance=instance, description=spec.description,
-                         position=position, orientation=spec.orientation if orientation is None else orientation,
-                         spacing=spec.spacing, thickness=spec.thickness, seed=spec.seed, nslices=spec.nslices,
+                         placement=SlicePlacement(position=position, orientation=spec.orientation if orientation is None else orientation,
+                                                  spacing=spec.spacing, thickness=spec.thickness),
+                         seed=spec.seed, nslices=spec.nslices,
                          between=spec.between, **rescale)
     ds.save_as(spec.folder/f'{instance}.dcm', enforce_file_format=True)
     return ds
@@ -434,8 +441,7 @@ def mark_severity(grades:dict, difficulty:float, rng:np.random.Generator) -> dic
     return {c: float(np.clip(GRADE_SEVERITY[g]*span + rng.normal(0, sd), -0.3, 1.2)) for c, g in grades.items()}
 
 # %% ../nbs/02_synth.ipynb #c9046d27
-FORAMEN_OFFSET = (14.9, 15.7, 16.7, 17.8, 18.9)  # mm from the midline to the foramina, L1/L2..L5/S1 (a top-10 solution's offsets)
-DISC_TILT = (-4.0, 0.0, 4.0, 10.0, 22.0)         # degrees about the patient x axis; the study adds +/-4
+DISC_TILT = (-4.0, 0.0, 4.0, 10.0, 22.0)   # degrees about the patient x axis; the study adds +/-4 (the foramina: `FORAMEN_MM`)
 
 class Spine(NamedTuple):
     "A study's lumbar spine in the patient frame (LPS, mm)"
@@ -460,7 +466,7 @@ def draw_spine(rng:np.random.Generator) -> Spine:
     z = rng.uniform(-15, 15) + (2 - i)*37*scale + rng.uniform(-1.5, 1.5, 5)
     y = rng.uniform(20, 40) - rng.uniform(6, 16)*np.sin(np.pi*(i + 0.5)/5)
     return Spine(x=x, canal=np.stack([np.full(5, x), y, z], axis=1), tilt=np.radians(np.array(DISC_TILT) + rng.uniform(-4, 4, 5)),
-                 foramen=np.array(FORAMEN_OFFSET)*rng.uniform(0.96, 1.04) + rng.uniform(-0.5, 0.5, 5),
+                 foramen=np.array(FORAMEN_MM)*rng.uniform(0.96, 1.04) + rng.uniform(-0.5, 0.5, 5),
                  recess=rng.uniform(8, 10)*scale, scale=scale)
 
 # %% ../nbs/02_synth.ipynb #4e489448

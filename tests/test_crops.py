@@ -8,7 +8,7 @@ from lsdc.core import GRADES, LABEL_COLUMNS, LEVELS, condition_group, split_colu
 from lsdc.crops import *
 from lsdc.data import RSNAData, load_rsna, long_labels, series_dir
 from lsdc.geometry import midline_offsets, parallel_stack, patient_to_pixel, pixel_to_patient
-from lsdc.synth import _study_jobs, dicom_slice, draw_anatomy, make_synthetic
+from lsdc.synth import _study_jobs, dicom_slice, draw_anatomy, make_synthetic, SlicePlacement
 
 SAG, AX, AX_MIRROR = (0., 1., 0., 0., 0., -1.), (1., 0., 0., 0., 1., 0.), (-1., 0., 0., 0., 1., 0.)
 T2, T1, AXIAL = 'Sagittal T2/STIR', 'Sagittal T1', 'Axial T2'
@@ -26,8 +26,8 @@ def _write_series(folder, geoms, instances, dots, study_id, series_id, descripti
             x, y = round(float(q.x)), round(float(q.y))
             if abs(q.distance) < 0.5 and 0 <= x < g.columns and 0 <= y < g.rows: img[y, x] = 1000
         dicom_slice(img, study_id=study_id, series_id=series_id, instance=int(inst), description=description,
-                    position=g.position, orientation=(*g.row_dir, *g.col_dir), spacing=float(g.spacing[0]), thickness=4.,
-                    seed=0).save_as(folder / f'{inst}.dcm', enforce_file_format=True)
+                    placement=SlicePlacement(position=g.position, orientation=(*g.row_dir, *g.col_dir), spacing=float(g.spacing[0]),
+                                             thickness=4.), seed=0).save_as(folder / f'{inst}.dcm', enforce_file_format=True)
 
 
 def _numbering(n, order):
@@ -68,13 +68,17 @@ def _crop(dest, idx, col, study_id=None):
     return r, cv2.cvtColor(cv2.imread(str(dest / r.png)), cv2.COLOR_BGR2RGB)
 
 
-OPTS = dict(crop_mm=21., size=21, offsets=default_offsets(), n_workers=1)   # 1 mm per crop pixel, centre pixel (10, 10)
+OPTS = CropOptions(crop_mm=21., size=21)   # 1 mm per crop pixel, centre pixel (10, 10)
+
+def _crops(data, points, dest, resume:bool=True, **opts):
+    "`make_crops` with the default offsets, serially, and `OPTS` with `opts` changed"
+    return make_crops(data, points, dest, opts=OPTS._replace(**opts), offsets=default_offsets(), n_workers=1, resume=resume)
 
 
 @pytest.mark.parametrize('order', ['natural', 'reversed', 'shuffled'])
 def test_crop_centres_and_sides_on_a_hand_made_study(tmp_path, order):
     series, point, inst = _study(tmp_path, 1, order=order)
-    idx, fail = make_crops(_data(tmp_path, series), _points([point]), tmp_path / 'crops', **OPTS)
+    idx, fail = _crops(_data(tmp_path, series), _points([point]), tmp_path / 'crops')
     assert len(idx) == 5 and len(fail) == 20 and fail.reason.str.startswith('no annotated point for level').all()
     c = 10
     r, im = _crop(tmp_path / 'crops', idx, 'spinal_canal_stenosis_l1_l2')
@@ -95,7 +99,7 @@ def test_subarticular_sides_follow_the_orientation(tmp_path):
     crops = {}
     for k, axial in enumerate((AX, AX_MIRROR)):
         series, point, inst = _study(tmp_path / str(k), 1, axial=axial)
-        idx, _ = make_crops(_data(tmp_path / str(k), series), _points([point]), tmp_path / f'crops{k}', **OPTS)
+        idx, _ = _crops(_data(tmp_path / str(k), series), _points([point]), tmp_path / f'crops{k}')
         left, right = (_crop(tmp_path / f'crops{k}', idx, f'{s}_subarticular_stenosis_l1_l2') for s in ('left', 'right'))
         assert left[0].instance_number == inst[AXIAL][4]                                 # z = 0 in both
         crops[k] = left[1], right[1], left[0].x
@@ -109,7 +113,7 @@ def test_the_axial_slice_through_the_level(tmp_path):
     for sid, z in ((1, 1.5), (2, 2.5), (3, -50.)):
         s, p, inst = _study(tmp_path, sid, order='shuffled', z=z)
         series += s; points.append(p)
-    idx, fail = make_crops(_data(tmp_path, series), _points(points), tmp_path / 'crops', **OPTS)
+    idx, fail = _crops(_data(tmp_path, series), _points(points), tmp_path / 'crops')
     got = idx[idx.column == 'left_subarticular_stenosis_l1_l2'].set_index('study_id').instance_number
     assert got.loc[1] == inst[AXIAL][4] and got.loc[2] == inst[AXIAL][5], got                  # z = 0, then z = 4
     f = fail[(fail.study_id == 3) & fail.column.str.contains('subarticular_stenosis_l1_l2')]
@@ -119,12 +123,12 @@ def test_the_axial_slice_through_the_level(tmp_path):
 def test_jitter_is_bounded_and_seeded(tmp_path):
     series, point, _ = _study(tmp_path, 1)
     data, pts = _data(tmp_path, series), _points([point])
-    run = lambda name, **kw: make_crops(data, pts, tmp_path / name, **{**OPTS, **kw})[0].set_index('column')[['x', 'y']]
+    run = lambda name, **kw: _crops(data, pts, tmp_path / name, **kw)[0].set_index('column')[['x', 'y']]
     base, a, b, c = run('base'), run('a', jitter_mm=3.), run('b', jitter_mm=3.), run('c', jitter_mm=3., seed=1)
     d = (a - base).abs().to_numpy()
     assert (d <= 3 + 1e-6).all() and (d > 0).any() and a.equals(b) and not a.equals(c)
     located = _points([point]).assign(source='located')          # cut as at test time: never jittered
-    loc = lambda name, **kw: make_crops(data, located, tmp_path / name, **{**OPTS, **kw})[0].set_index('column')[['x', 'y']]
+    loc = lambda name, **kw: _crops(data, located, tmp_path / name, **kw)[0].set_index('column')[['x', 'y']]
     assert loc('la', jitter_mm=3.).equals(loc('lb'))
 
 
@@ -134,7 +138,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     s3, _, _ = _study(tmp_path, 3)
     (tmp_path / 'train_images' / '2' / '23').rename(tmp_path / 'gone')     # study 2 loses its axial series
     p4 = (1, 999, 1, 'l2_l3', 1., 1., 'annotated')                          # a point on a series the study does not have
-    idx, fail = make_crops(_data(tmp_path, s1 + s2 + s3), _points([p1, p2, p4]), tmp_path / 'crops', **OPTS)
+    idx, fail = _crops(_data(tmp_path, s1 + s2 + s3), _points([p1, p2, p4]), tmp_path / 'crops')
     assert list(idx.columns) == list(CROP_COLUMNS) and list(fail.columns) == list(CROP_FAILURE_COLUMNS)
     assert list(pd.read_csv(tmp_path / 'crops' / 'index.csv').columns) == list(CROP_COLUMNS)
     assert list(pd.read_csv(tmp_path / 'crops' / 'failures.csv').columns) == list(CROP_FAILURE_COLUMNS)
@@ -148,7 +152,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
 def test_resume_skips_done_crops_and_redoes_changed_ones(tmp_path):
     series, point, inst = _study(tmp_path, 1)
     data, pts, dest = _data(tmp_path, series), _points([point]), tmp_path / 'crops'
-    run = lambda p=pts, **kw: make_crops(data, p, dest, **{**OPTS, **kw})[0]
+    run = lambda p=pts, **kw: _crops(data, p, dest, **kw)[0]
     first = run()
     assert first.attrs['reasons'] == {'new': 5}
     again = run()
@@ -167,7 +171,7 @@ def test_resume_skips_done_crops_and_redoes_changed_ones(tmp_path):
 def test_bad_options_and_cli(tmp_path):
     series, point, _ = _study(tmp_path, 1)
     with pytest.raises(ValueError, match='neighbours must be 0 or 1'):
-        make_crops(_data(tmp_path, series), _points([point]), tmp_path / 'c', neighbours=2, offsets=default_offsets())
+        make_crops(_data(tmp_path, series), _points([point]), tmp_path / 'c', opts=CropOptions(neighbours=2), offsets=default_offsets())
     assert crops_cli(str(tmp_path / 'nowhere'), str(tmp_path / 'p.csv'), str(tmp_path / 'c'), quiet=True) == 2
 
 

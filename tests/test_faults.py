@@ -13,7 +13,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from lsdc.data import series_dir
-from lsdc.dicom import convert_cli, convert_dataset, png_complete, png_info, write_png
+from lsdc.dicom import convert_cli, convert_dataset
+from lsdc.png import png_complete, png_info, write_png
 from test_dicom import Fake, write_slice
 
 

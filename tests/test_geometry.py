@@ -7,13 +7,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from lsdc.geometry import (GeometryError, SliceGeometry, axial_side, image_centre, midline_offsets, nearest_slice,
+from lsdc.geometry import (GeometryError, FORAMEN_MM, SliceGeometry, axial_side, image_centre, midline_offsets, nearest_slice,
                            order_slices, parallel_stack, patient_to_pixel, pixel_to_patient, read_geometry,
                            sagittal_slice_for_offset, slice_normal, slice_side)
 
 SAGITTAL = (0., 1., 0., 0., 0., -1.)          # rows go posterior, columns go down: normal -x (patient right)
 MIRRORED = (0., -1., 0., 0., 0., -1.)         # rows go anterior: normal +x (patient left)
-FORAMEN_MM = (14.9, 15.7, 16.7, 17.8, 18.9)   # a top-10 solution's foramen offsets from the midline, L1/L2..L5/S1
 
 
 def rotated_sagittal(deg):

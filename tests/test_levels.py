@@ -81,7 +81,7 @@ def test_located_subarticular_crops_use_the_chosen_axial_slices(run):
 def test_axial_nearest_needs_no_selector(run, tmp_path):
     # axial='nearest' (earlier releases): no selector trained or listed, the crops' PNGs record no chosen slice
     from lsdc.levels import LevelSettings, prepare_levels, read_levels
-    from lsdc.dicom import png_info
+    from lsdc.png import png_info
     w = run['w']
     models = tmp_path/'models'
     shutil.copytree(w/'models', models, ignore=shutil.ignore_patterns('axial'))

@@ -11,7 +11,7 @@ from lsdc.dicom import convert_dataset
 from lsdc.files import read_index, file_sha256
 from lsdc.synth import make_synthetic
 from lsdc.crops import POINT_COLUMNS
-from lsdc.localize import (LOCATE_SERIES, FINAL_FOLD, OOF_FILE, POINTS_FILE, RECORD_FILE, FIGURE_FILE, localizer_dir,
+from lsdc.localize import (LocalizerSettings, LOCATE_SERIES, FINAL_FOLD, OOF_FILE, POINTS_FILE, RECORD_FILE, FIGURE_FILE, localizer_dir,
                            spinal_points, level_targets, train_localizer, locate_levels, write_points, slice_spacing,
                            point_errors, localize_cli)
 
@@ -30,8 +30,8 @@ def synth(tmp_path_factory):
 def trained(synth):
     "The localizer trained on the synthetic set (2 folds and a final model, 64 px, 30 epochs), and its record"
     models = synth.root/"models"
-    rec = train_localizer(synth.conv, synth.rsna.coords, models, data=synth.data, size=64, epochs=30, bs=4, folds=2,
-                          seed=0, progress=False, device="cpu")
+    rec = train_localizer(synth.conv, synth.rsna.coords, models, data=synth.data, settings=LocalizerSettings(size=64, epochs=30, bs=4),
+                          folds=2, seed=0, progress=False, device="cpu")
     return SimpleNamespace(models=models, rec=rec, folder=localizer_dir(models))
 
 

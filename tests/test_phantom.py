@@ -6,7 +6,8 @@ import numpy as np, pandas as pd, pydicom, pytest
 
 from lsdc.core import *
 from lsdc.data import load_rsna, series_dir
-from lsdc.synth import FORAMEN_OFFSET, GRADE_PROBS, degenerated_grades, make_synthetic
+from lsdc.geometry import FORAMEN_MM
+from lsdc.synth import GRADE_PROBS, degenerated_grades, make_synthetic
 
 SIZE = 128
 
@@ -91,7 +92,7 @@ def test_foraminal_instance_on_its_side(anat):
         assert 13 - step / 2 <= abs(dx) <= 21 + step / 2, (r, dx, step)
         rows.append((r.level, abs(dx)))
     by_level = pd.DataFrame(rows, columns=["level", "dx"]).groupby("level").dx.mean()
-    assert np.allclose(by_level.loc[list(LEVEL_NAMES.values())], FORAMEN_OFFSET, atol=1.0)   # 14.9 .. 18.9 mm
+    assert np.allclose(by_level.loc[list(LEVEL_NAMES.values())], FORAMEN_MM, atol=1.0)   # 14.9 .. 18.9 mm
     assert by_level.is_monotonic_increasing
 
 
