@@ -124,7 +124,7 @@ def _train_worker(col, root, size, bs, arch, batches, n_train):
     "Train one column in this worker process from the RSNA-size cache; its peak memory and batch rate"
     import resource, time, torch
     from fastai.callback.core import Callback, CancelTrainException
-    from lsdc.core import torch_worker_init, resident_gb
+    from lsdc.workers import torch_worker_init, resident_gb
     from lsdc.learners import Compute, LearnerSettings, Schedule, train_column
     from lsdc.sampling import training_table
     torch_worker_init(1)

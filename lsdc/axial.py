@@ -15,12 +15,14 @@ from torch.utils.data import TensorDataset
 from safetensors.torch import save_file, load_file
 from fastai.vision.all import DataLoaders, Learner, ConvLayer, Flatten, set_seed
 from . import __version__
-from .core import as_id, level_key, condition_key, atomic_path, write_csv
+from .core import as_id, level_key, condition_key
 from .files import ModelIntegrityError, file_sha256, now, write_json, record_file, listed_file, read_record, checked_settings
 from .data import load_rsna, series_dir
 from .dicom import source_fingerprint
-from .crops import (POINT_COLUMNS, AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop_jobs, default_offsets, read_points, annotated_points,
-                        slice_candidates, parallel_map)
+from .crops import (POINT_COLUMNS, AXIAL_COLUMNS, CROP_SERIES, CropOptions, crop_jobs, default_offsets, read_points, annotated_points, slice_candidates)
+from .disk import atomic_path, write_csv
+from .workers import parallel_map
+from .progress import printer
 
 # %% auto #0
 __all__ = ['log', 'AXIAL_DIR', 'WEIGHTS_FILE', 'RECORD_FILE', 'OOF_FILE', 'SLICE_COLUMNS', 'CANDIDATE_COLUMNS', 'axial_dir',
@@ -196,7 +198,7 @@ def train_axial(models,                    # models folder: writes `axial/`
                ) -> dict:
     "Train the out-of-fold and final slice selectors into `models/axial/`; the record written to `axial.json`"
     s, d = settings, data if hasattr(data, 'series') else load_rsna(data)
-    say = (lambda m: print(m, flush=True)) if progress else log.info
+    say = printer(progress)
     folder, t0 = axial_dir(models), time.perf_counter()
     loc = read_points(points); loc = loc[loc.source == 'located'][list(POINT_COLUMNS)]
     key = _inputs_key(d, loc, s, seed)

@@ -12,8 +12,8 @@ import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastcore.parallel import parallel as fc_parallel
 from fastai.vision.all import PILImage, Resize, TfmdDL, TensorImage, TensorCategory
-from .core import atomic_path
-from .files import file_lock, write_json
+from .files import write_json
+from .disk import atomic_path, file_lock
 
 # %% auto #0
 __all__ = ['log', 'CACHE_FORMAT', 'cache_key', 'decode_image', 'build_cache', 'ImageCache', 'CacheDL', 'attach_cache']

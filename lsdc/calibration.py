@@ -11,9 +11,9 @@ from typing import NamedTuple
 import numpy as np, pandas as pd
 from scipy.optimize import minimize_scalar
 from matplotlib.figure import Figure
-from .core import (CONDITIONS, CONDITION_NAMES, CONDITION_GROUPS, GRADES, GRADE_KEYS, GRADE_WEIGHTS, split_column, condition_group,
-                       grade_index, atomic_path)
+from .core import (CONDITIONS, CONDITION_NAMES, CONDITION_GROUPS, GRADES, GRADE_KEYS, GRADE_WEIGHTS, split_column, condition_group, grade_index)
 from .metrics import weighted_log_loss, EPS
+from .disk import atomic_path
 
 # %% auto #0
 __all__ = ['BALANCES', 'CAL_BOUNDS', 'PRIOR_SD', 'metric_factors', 'apply_calibration', 'calibrated_loss', 'fit_temperature',

@@ -12,11 +12,9 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['CONDITIONS', 'LEVELS', 'GRADES', 'GRADE_KEYS', 'GRADE_WEIGHTS', 'SUBMISSION_COLUMNS', 'LABEL_COLUMNS',
            'CONDITION_NAMES', 'LEVEL_NAMES', 'CONDITION_GROUPS', 'SERIES_DESCRIPTIONS', 'SAGITTAL', 'DEFAULT_SERIES',
-           'KAGGLE_DATA', 'DATA_ENV', 'HOST', 'FSYNC', 'UNOWNED_AGE', 'condition_key', 'level_key', 'label_column',
-           'split_column', 'condition_label', 'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id',
-           'parse_row_id', 'study_row_ids', 'condition_group', 'series_for_condition', 'data_path', 'owner_tag',
-           'name_owner', 'owner_alive', 'fsync_path', 'atomic_path', 'write_csv', 'write_text', 'leftover',
-           'sweep_temp', 'torch_worker_init', 'release_memory', 'resident_gb']
+           'KAGGLE_DATA', 'DATA_ENV', 'condition_key', 'level_key', 'label_column', 'split_column', 'condition_label',
+           'grade_index', 'grade_name', 'grade_weight', 'as_id', 'row_id', 'parse_row_id', 'study_row_ids',
+           'condition_group', 'series_for_condition', 'data_path']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 CONDITIONS = ('spinal_canal_stenosis', 'left_neural_foraminal_narrowing', 'right_neural_foraminal_narrowing',
@@ -143,121 +141,3 @@ def data_path(path=None) -> Path:
     if path is not None: return Path(path).expanduser()
     if os.environ.get(DATA_ENV): return Path(os.environ[DATA_ENV]).expanduser()
     return KAGGLE_DATA
-
-# %% ../nbs/00_core.ipynb #667ac44c
-import errno, socket, tempfile, time
-from contextlib import contextmanager
-
-HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:60] or 'host'   # as it appears in owned names
-def owner_tag(pid:int|None=None) -> str:
-    "`{pid}@{host}`: the owner written into the names of this process's temporary files and work folders"
-    return f'{os.getpid() if pid is None else pid}@{HOST}'
-
-_OWNER = re.compile(r'(?:^|\.)(\d+)@([A-Za-z0-9-]+)(?:\.|$)')
-
-def name_owner(name:str) -> tuple|None:
-    "`(pid, host)` of an owned name (`owner_tag` inside it), else None"
-    m = _OWNER.search(name)
-    return (int(m.group(1)), m.group(2)) if m else None
-
-def owner_alive(pid:int, host:str) -> bool:
-    "Whether an owner may still be running: a process of another host always may; on this host, whether it exists and is no zombie"
-    if host != HOST or pid == os.getpid(): return True
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True   # someone else's live process
-    try: state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
-    except (OSError, IndexError): return True
-    return state not in ('Z', 'X')   # a killed worker nobody has reaped yet (a container's first process may never) is dead
-
-# %% ../nbs/00_core.ipynb #daf46395
-_UMASK = os.umask(0); os.umask(_UMASK)
-FSYNC = {'calls': 0, 'seconds': 0.}   # fsyncs of `atomic_path` in this process, and their time
-
-def fsync_path(p) -> None:
-    "Flush a file's (or a folder's) data to the disk; a no-op where the file system cannot (`LSDC_FSYNC=0`: always)"
-    if os.environ.get('LSDC_FSYNC', '1') == '0': return
-    t0, fd = time.perf_counter(), os.open(p, os.O_RDONLY)
-    try: os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS): raise   # file systems without fsync of folders
-    finally: os.close(fd)
-    FSYNC['calls'] += 1; FSYNC['seconds'] += time.perf_counter() - t0
-
-@contextmanager
-def atomic_path(dest,               # the file to write
-                suffix:str='',      # of the temporary name (default: `dest`'s own, then `.tmp`)
-                durable:bool=True,  # `fsync` the file before the rename and the folder after; False for files whose reader
-                                    # checks them whole and makes them again (the PNGs: `lsdc.dicom.png_complete`)
-               ):
-    "Yield a temporary path next to `dest` (named for its owner); rename it to `dest` (durably: `fsync`ed) only if the block succeeds"
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.{owner_tag()}.', suffix=suffix or ''.join(dest.suffixes[-1:]) + '.tmp', dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        if tmp.is_file():
-            os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
-            if durable: fsync_path(tmp)
-        os.replace(tmp, dest)
-        if durable: fsync_path(dest.parent)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-def write_csv(df, dest, **kwargs) -> Path:
-    "Write a DataFrame to CSV atomically"
-    with atomic_path(dest) as tmp: df.to_csv(tmp, index=False, **kwargs)
-    return Path(dest)
-
-def write_text(text:str, dest) -> Path:
-    "Write text atomically"
-    with atomic_path(dest) as tmp: tmp.write_text(text)
-    return Path(dest)
-
-# %% ../nbs/00_core.ipynb #fd4f5b10
-UNOWNED_AGE = 86400.   # seconds after which a leftover without an owner in its name (an earlier release's) is swept
-
-def leftover(p:Path) -> bool:
-    "Whether `p` is a dead run's leftover: its owner is dead, or it names none (an earlier release's) and is older than `UNOWNED_AGE`"
-    o = name_owner(p.name)
-    if o is not None: return not owner_alive(*o)
-    try: return time.time() - p.stat().st_mtime > UNOWNED_AGE
-    except OSError: return False
-
-def sweep_temp(folder,                # where to look
-               pattern:str='.*.tmp',  # names of temporary files (`atomic_path`'s)
-               recursive:bool=False,  # also in sub-folders
-              ) -> list[Path]:
-    "Remove the temporary files of `folder` that are a dead run's `leftover`; those removed. A live run's stay"
-    folder, gone = Path(folder), []
-    if not folder.is_dir(): return gone
-    for p in (folder.rglob if recursive else folder.glob)(pattern):
-        if p.is_file() and leftover(p): p.unlink(missing_ok=True); gone.append(p)
-    return gone
-
-# %% ../nbs/00_core.ipynb #8574efaa
-def torch_worker_init(threads:int=1):
-    "Initialiser of a worker process that runs torch: `threads` intra-op threads, no import-time deprecation noise"
-    import warnings
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-    import torch
-    torch.set_num_threads(max(1, int(threads)))
-
-# %% ../nbs/00_core.ipynb #6738e803
-def release_memory():
-    "Free what finished work left behind: unreachable cycles, the C heap glibc keeps, PyTorch's cached CUDA memory"
-    import ctypes, ctypes.util, gc, sys
-    gc.collect()
-    if sys.platform.startswith('linux'):
-        try: ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
-        except (OSError, AttributeError): pass   # another C library (musl) has no malloc_trim
-    torch = sys.modules.get('torch')
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized(): torch.cuda.empty_cache()
-
-def resident_gb() -> float|None:
-    "This process's resident memory now, in GiB (None where `/proc` cannot tell)"
-    try:
-        with open('/proc/self/status') as f: return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 2**20
-    except (OSError, StopIteration, ValueError): return None

@@ -16,24 +16,24 @@ from fastcore.basics import patch
 from fastcore.parallel import parallel as fc_parallel
 from fastcore.script import call_parse
 from fastcore.imports import IN_NOTEBOOK
-from .core import (LABEL_COLUMNS, LEVELS, LEVEL_NAMES, CONDITION_NAMES, as_id, level_key, split_column, condition_group,
-                       write_csv)
+from .core import (LABEL_COLUMNS, LEVELS, LEVEL_NAMES, CONDITION_NAMES, as_id, level_key, split_column, condition_group)
 from .files import write_json
 from .data import DataError, load_rsna, series_dir
 from .png import write_png, png_info
-from .dicom import (DicomError, BlankSliceWarning, read_header, series_files, read_pixels, normalise_pixels, source_fingerprint,
-                        check_percentiles, check_dest, clean_temp, usable_cpus, load_split)
+from .dicom import (DicomError, BlankSliceWarning, read_header, series_files, read_pixels, normalise_pixels, source_fingerprint, check_percentiles, load_split)
 from .geometry import (GeometryError, FORAMEN_MM, slice_geometry, slice_normal, pixel_to_patient, patient_to_pixel,
                            midline_offsets, sagittal_slice_for_offset, nearest_slice)
+from .disk import check_dest, clean_temp, write_csv
+from .workers import parallel_map
 
 # %% auto #0
 __all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'LEFT', 'POSTERIOR',
            'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'RECESS_MM', 'read_points', 'annotated_points', 'SeriesSlices',
            'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix', 'crop_slice',
            'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site', 'Offsets',
-           'default_offsets', 'level_point', 'study_offsets', 'parallel_map', 'learn_offsets', 'CropOptions',
-           'StudySeries', 'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult', 'crop_study', 'Candidate',
-           'axial_candidates', 'slice_candidates', 'crop_jobs', 'make_crops', 'crops_cli']
+           'default_offsets', 'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'StudySeries',
+           'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates',
+           'slice_candidates', 'crop_jobs', 'make_crops', 'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
@@ -289,14 +289,6 @@ def study_offsets(root,   # data folder
     return out
 
 # %% ../nbs/03a_crops.ipynb #a93fca29
-def parallel_map(f, items:list, n_workers:int|None=None, progress:bool=False) -> list:
-    "`[f(x) for x in items]` in worker processes (forked where the platform can); 0 or 1 worker, or few items: serially"
-    n = min(usable_cpus(), 8) if n_workers is None else int(n_workers)
-    n = 0 if n <= 1 or len(items) < 4 else n
-    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
-    progress = progress and (sys.stdout.isatty() or IN_NOTEBOOK)   # a bar redrawn in a log file is one endless line
-    return list(fc_parallel(f, items, n_workers=n, method=method, progress=progress, chunksize=max(1, min(8, len(items) // (4 * max(n, 1))))))
-
 def learn_offsets(data,                    # `RSNAData` with the training coordinates, or a data folder
                   n_workers:int|None=None, # parallel workers (default: one per core, at most 8)
                   progress:bool=False,     # show a progress bar

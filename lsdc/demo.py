@@ -18,7 +18,7 @@ from .synth import make_synthetic
 from .dicom import convert_dataset
 from .learners import Schedule, LearnerSettings, Compute, pretrain_body
 from .levels import LevelSettings
-from .crops import make_crops, annotated_points
+from .crops import CropOptions, make_crops, annotated_points
 from .pipeline import PipelineSettings, run_pipeline, format_summary
 
 # %% auto #0
@@ -80,8 +80,9 @@ def pretrain_synthetic_body(out:Path,  # the demo's output folder (the body goes
         convert_dataset(d, images, split='train', size=size, n_workers=n_workers, progress=False)
     else:   # the crops around the radiologist's points: the body learns what each column's crop shows
         images = pre/'crops'
-        make_crops(d, annotated_points(d), images, split='train', size=size, crop_mm=lv.crop_mm, neighbours=lv.neighbours,
-                   jitter_mm=lv.jitter_mm, slice_jitter_mm=lv.slice_jitter_mm, n_workers=n_workers, seed=seed)
+        opts = CropOptions(size=size, crop_mm=lv.crop_mm, neighbours=lv.neighbours, jitter_mm=lv.jitter_mm, slice_jitter_mm=lv.slice_jitter_mm,
+                           seed=seed)
+        make_crops(d, annotated_points(d), images, split='train', opts=opts, n_workers=n_workers)
     return pretrain_body(images, d.train, weights, arch=arch, size=size, epochs=s.pretrain_epochs, bs=L.bs, seed=seed, progress=progress)
 
 def demo(out='lsdc-demo',              # output folder (data, converted PNGs, models, submission, evaluation, reports)

@@ -16,17 +16,18 @@ from pydicom.uid import UID
 from fastcore.parallel import parallel as fc_parallel
 from fastcore.script import call_parse
 from fastcore.imports import IN_NOTEBOOK
-from .core import SAGITTAL, SERIES_DESCRIPTIONS, atomic_path, write_csv, sweep_temp
+from .core import SAGITTAL, SERIES_DESCRIPTIONS
 from .files import INDEX_COLUMNS, FAILURE_COLUMNS
 from .png import write_png, png_info
 from .data import DataError, load_rsna, series_table
+from .disk import check_dest, clean_temp, write_csv
+from .workers import parallel_map, usable_cpus
 
 # %% auto #0
 __all__ = ['DicomError', 'BlankSliceWarning', 'SliceInfo', 'read_header', 'slice_order', 'middle_index', 'pick_slices',
            'series_files', 'Pixels', 'read_pixels', 'modality_array', 'check_percentiles', 'check_clip', 'normalise',
            'normalise_pixels', 'series_image', 'source_fingerprint', 'convert_series', 'ConvertOptions', 'ConvertJob',
-           'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs', 'check_dest', 'clean_temp', 'usable_cpus',
-           'load_split', 'convert_dataset', 'convert_cli']
+           'JobResult', 'ConvertPlan', 'plan_conversion', 'run_jobs', 'load_split', 'convert_dataset', 'convert_cli']
 
 # %% ../nbs/03_dicom.ipynb #1aa0b943
 class DicomError(ValueError):
@@ -523,11 +524,7 @@ def run_jobs(jobs:list,              # `ConvertJob`s
     "The `JobResult` of each job, converted in parallel, with the workers' warnings raised again here"
     _check_parallel(parallel)
     if not jobs: return []
-    n = 0 if n_workers <= 1 or len(jobs) < 4 else n_workers
-    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
-    progress = progress and (sys.stdout.isatty() or IN_NOTEBOOK)   # a bar redrawn in a log file is one endless line
-    res = fc_parallel(_convert_job, jobs, n_workers=n, threadpool=parallel == 'thread', method=method, progress=progress,
-                      chunksize=max(1, min(8, len(jobs) // (4 * max(n, 1)))))
+    res = parallel_map(_convert_job, jobs, n_workers=n_workers, progress=progress, threads=parallel == 'thread')
     for r in res:
         for blank, m in r.warnings: warnings.warn(m, BlankSliceWarning if blank else UserWarning)
     return list(res)
@@ -550,26 +547,7 @@ def _write_index(table:pd.DataFrame, # the series of the run, in the order of th
     write_csv(failures, dest/'failures.csv')
     return index, failures
 
-# %% ../nbs/03_dicom.ipynb #5891d4fe
-def check_dest(dest:Path):
-    "Create `dest` and check that files can be written in it; else raise an `OSError` that names it"
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.write-check.', suffix='.tmp', dir=dest)
-        os.close(fd); os.unlink(tmp)
-    except OSError as e:
-        why = 'a file of that name is in the way' if isinstance(e, FileExistsError) else e.strerror or str(e)
-        raise type(e)(f'cannot write to the output folder {dest}: {why}') from None
-
 # %% ../nbs/03_dicom.ipynb #28a0eb0a
-def clean_temp(dest:Path):
-    "Remove the temporary files that runs which died left in `dest` and its sub-folders (never a live run's: `lsdc.core.sweep_temp`)"
-    for d in [dest, *(p for p in dest.iterdir() if p.is_dir())]: sweep_temp(d)
-
-def usable_cpus() -> int:
-    "Cores this process may run on"
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-
 def load_split(data, split:str):
     "`data` as `RSNAData`: as given, or the `split` of the data folder `data` (its images not checked)"
     if hasattr(data, 'series') and hasattr(data, 'path'): return data

@@ -10,15 +10,16 @@ import contextlib, errno, hashlib, json, logging, os, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import LABEL_COLUMNS, as_id, series_for_condition, write_text, sweep_temp, leftover
+from .core import LABEL_COLUMNS, as_id, series_for_condition
 try: import fcntl   # advisory file locks (POSIX); elsewhere `file_lock` does not lock
 except ImportError: fcntl = None
+from .disk import write_text
 
 # %% auto #0
-__all__ = ['log', 'INDEX_COLUMNS', 'FAILURE_COLUMNS', 'index_files', 'inside', 'with_images', 'read_index', 'file_sha256',
-           'LockError', 'file_lock', 'now', 'json_default', 'write_json', 'result_file', 'write_result', 'read_results',
-           'ModelIntegrityError', 'read_manifest', 'manifest_series', 'contained', 'verified_path', 'listed_file',
-           'record_file', 'read_record', 'checked_settings', 'sweep_leftovers']
+__all__ = ['log', 'INDEX_COLUMNS', 'FAILURE_COLUMNS', 'index_files', 'inside', 'with_images', 'read_index', 'file_sha256', 'now',
+           'json_default', 'write_json', 'result_file', 'write_result', 'read_results', 'ModelIntegrityError',
+           'read_manifest', 'manifest_series', 'contained', 'verified_path', 'listed_file', 'record_file',
+           'read_record', 'checked_settings']
 
 # %% ../nbs/00a_files.ipynb #f369f760
 log = logging.getLogger(__name__)
@@ -73,31 +74,6 @@ def file_sha256(fn) -> str:
     with open(fn, 'rb') as f:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
-
-# %% ../nbs/00a_files.ipynb #b9a7a0ec
-class LockError(OSError):
-    "A file system that refuses the `flock` locks lsdc coordinates its writers with"
-
-_NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
-
-@contextlib.contextmanager
-def file_lock(fn,                  # the lock file (created if needed)
-              blocking:bool=True,  # wait for other holders; else yield None at once when another holds it
-              shared:bool=False,   # a shared lock (many holders) instead of an exclusive one
-             ):
-    "Hold an advisory lock on `fn` for the block (POSIX; elsewhere no lock); yields `fn`, or None when not `blocking` and it is held"
-    fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True)
-    with open(fn, 'a') as f:
-        got = fn
-        if fcntl is not None:
-            try: fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError: got = None
-            except OSError as e:
-                if e.errno not in _NO_LOCKS: raise
-                raise LockError(e.errno, f"{fn}: this file system refuses flock(2) locks ({e.strerror}); lsdc needs locks that "
-                                "every writer sees: a local disk, NFS v4, Lustre mounted with -o flock, GPFS, BeeGFS or "
-                                "CephFS; or run one lsdc process at a time on this folder") from None
-        yield got
 
 # %% ../nbs/00a_files.ipynb #295c2fae
 def now() -> str:
@@ -229,14 +205,3 @@ def checked_settings(cls,                # a NamedTuple of settings
     for k, ok in (choices or {}).items():
         if getattr(s, k) not in ok: raise ModelIntegrityError(f"{name}: {k} = {getattr(s, k)!r} is not one of {', '.join(map(repr, ok))}")
     return s
-
-# %% ../nbs/00a_files.ipynb #628be2ea
-def sweep_leftovers(folder) -> list[Path]:
-    "Remove the temporary files (anywhere below `folder`) and `_work` folders that are a dead run's (`lsdc.core.leftover`); what was removed"
-    import shutil
-    folder = Path(folder)
-    gone = sweep_temp(folder, recursive=True)
-    work = folder/'_work'
-    for p in (sorted(work.iterdir()) if work.is_dir() else []):
-        if p.is_dir() and leftover(p): shutil.rmtree(p, ignore_errors=True); gone.append(p)
-    return gone

@@ -14,8 +14,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse
 from fastai.learner import load_learner
 from .core import *
-from .files import (ModelIntegrityError, LockError, file_sha256, read_index, read_manifest, manifest_series, read_results,
-                        write_result, write_json, verified_path)
+from .files import (ModelIntegrityError, file_sha256, read_index, read_manifest, manifest_series, read_results, write_result, write_json, verified_path)
 from .calibration import (Calibration, metric_factors, fit_calibration, calibrated_loss, expected_calibration_error,
                               plot_reliability)
 from .learners import MODEL_FILES, collect_results, learner_from_config, models_lock, column_claim
@@ -27,12 +26,14 @@ from .axial import read_axial_record, axial_dir, OOF_FILE as AXIAL_OOF, RECORD_F
 from .data import DataError, load_rsna, read_train
 from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
+from .disk import sweep_temp_files, write_csv
 
 # %% auto #0
 __all__ = ['UNTRAINED', 'PROB_FORMAT', 'verified_file', 'load_column_learner', 'reexport_levels', 'column_priors',
            'predict_images', 'to_grade_order', 'column_calibration', 'column_list', 'PriorFallback', 'prior_fallbacks',
-           'predict_columns', 'to_submission', 'write_submission', 'sweep_temp_files', 'predict',
-           'validation_predictions', 'fit_calibrations', 'calibrate_models', 'calibration_table', 'evaluate_models']
+           'predict_columns', 'to_submission', 'write_submission', 'prior_labels', 'submission_rows',
+           'prediction_inputs', 'predict', 'validation_predictions', 'fit_calibrations', 'calibrate_models',
+           'calibration_table', 'evaluate_models']
 
 # %% ../nbs/06_inference.ipynb #43f92a13
 def _old_folder(models, col:str) -> str:
@@ -251,23 +252,18 @@ def write_submission(sub:pd.DataFrame, # `to_submission`'s table
     return write_csv(sub, dest, float_format=PROB_FORMAT)
 
 # %% ../nbs/06_inference.ipynb #fe500e9d
-def _prior_labels(d):
+def prior_labels(d):
     "The training labels whose grade frequencies are the prior of untrained columns: the data's train.csv when there is one"
     if (d.train is None or d.train.empty) and (Path(d.path)/'train.csv').exists(): return read_train(Path(d.path)/'train.csv')
     return d.train
 
-def _submission_rows(d, split:str) -> tuple[list, list]:
+def submission_rows(d, split:str) -> tuple[list, list]:
     "The studies and row ids to predict: sample_submission's, in its order, for the test split; else every study"
     if split == 'test' and d.sample_submission is not None:
         row_ids = d.sample_submission.row_id.tolist()
         return list(dict.fromkeys(parse_row_id(r)[0] for r in row_ids)), row_ids
     sids = sorted(d.series(split).study_id.unique())
     return sids, [r for s in sids for r in study_row_ids(s)]
-
-# %% ../nbs/06_inference.ipynb #75a3be8d
-def sweep_temp_files(*dests) -> list[Path]:
-    "Remove the temporary files a killed run left beside `dests` (`.NAME.*.tmp` of a dead owner, see `lsdc.core.sweep_temp`)"
-    return [p for d in map(Path, dests) for p in sweep_temp(d.parent, f'.{glob_escape(d.name)}.*.tmp')]
 
 # %% ../nbs/06_inference.ipynb #cf14cad3
 def _inputs(man:dict, models) -> str:
@@ -280,7 +276,7 @@ def _inputs(man:dict, models) -> str:
         raise ModelIntegrityError(f"{Path(models)/'manifest.json'}: lists levels.json beside columns trained on middle slices; refusing to mix them")
     return 'levels' if got == {'levels'} or (not got and man.get('levels')) else 'middle'
 
-def _test_inputs(d, models, converted:Path, crops:Path, split:str, n_workers, progress:bool, trust_pickles:bool=False) -> pd.DataFrame:
+def prediction_inputs(d, models, converted:Path, crops:Path, split:str, n_workers, progress:bool, trust_pickles:bool=False) -> pd.DataFrame:
     "Convert the split's studies and, for models trained on level crops, locate their levels and cut their crops; the index to predict from"
     man = read_manifest(models)
     if _inputs(man, models) == 'middle':
@@ -310,10 +306,10 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
     sources = out.parent/f'{out.stem}_sources.csv'
     sweep_temp_files(out, sources)
     converted = Path(converted) if converted is not None else out.parent/f'{out.stem}_png'
-    index = _test_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
+    index = prediction_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
                          n_workers=n_workers, progress=progress, trust_pickles=trust_pickles)
-    sids, row_ids = _submission_rows(d, split)
-    priors = column_priors(models, labels=_prior_labels(d))
+    sids, row_ids = submission_rows(d, split)
+    priors = column_priors(models, labels=prior_labels(d))
     preds = predict_columns(models, index, sids, priors=priors, bs=bs, calibration=calibration,
                             progress=progress, trust_pickles=trust_pickles)
     sub = to_submission(preds, row_ids, priors=priors)

@@ -23,19 +23,21 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBl
 from fastai.metrics import ActivationType
 from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
-from .core import (GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, atomic_path, write_csv,
-                       torch_worker_init, owner_tag, release_memory, resident_gb)
-from .files import (ModelIntegrityError, index_files, read_index, file_sha256, file_lock, now, json_default, write_json,
-                        result_file, write_result, read_results, sweep_leftovers)
+from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition
+from .files import (ModelIntegrityError, index_files, read_index, file_sha256, now, json_default, write_json, result_file, write_result, read_results)
 from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
 from .data import load_rsna
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
+from .disk import atomic_path, file_lock, owner_tag, sweep_leftovers, write_csv
+from .workers import process_pool, release_memory, resident_gb
+from .progress import print_line, printer
+from .progress import bars_render
 
 # %% auto #0
 __all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES',
            'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch',
            'known_archs', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss',
-           'pretrain_body', 'find_lrs', 'Schedule', 'LearnerSettings', 'EpochLog', 'fit_once', 'epoch_threshold_train',
+           'EpochLog', 'pretrain_body', 'find_lrs', 'Schedule', 'LearnerSettings', 'fit_once', 'epoch_threshold_train',
            'export_learner', 'Compute', 'train_column', 'test_time_tfms', 'learner_config', 'export_safe',
            'check_learner_config', 'learner_from_config', 'column_done', 'results_table', 'manifest', 'plot_results',
            'collect_results', 'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns',
@@ -215,16 +217,21 @@ def masked_grade_loss(out, targ):
     "Cross-entropy of every label column at once, weighted 1/2/4 by true grade; targets of -1 are left out"
     return F.cross_entropy(out.view(-1, len(GRADES)), targ.view(-1), weight=out.new_tensor(GRADE_WEIGHTS), ignore_index=-1)
 
-# %% ../nbs/05_learners.ipynb #4ebb8e05
-class _EpochLine(Callback):
-    "Print one line per epoch (where fastai's bar does not render)"
-    order = 60
-    def __init__(self, tag:str): self.tag = tag
+# %% ../nbs/05_learners.ipynb #cfe57156
+class EpochLog(Callback):
+    "Record train/valid loss, metrics and seconds of every epoch, across fits; with `say`, a line per epoch too"
+    order = 51  # after the Recorder has logged the epoch
+    def __init__(self, say:Callable|None=None, tag:str=''): self.rows, self.say, self.tag = [], say, tag
     def before_epoch(self): self._t0 = time.perf_counter()
     def after_epoch(self):
-        print(f"{self.tag} epoch {self.epoch + 1}/{self.n_epoch}: loss {float(self.recorder.values[-1][0]):.3f}, "
-              f"{time.perf_counter() - self._t0:.1f} s", flush=True)
+        names = [n for n in self.recorder.metric_names if n not in ('epoch', 'time')]
+        vals = self.recorder.values[-1] if self.recorder.values else []
+        self.rows.append({'epoch': len(self.rows), 'frozen': self.learn.opt.frozen_idx > 0 if self.learn.opt else False,
+                          **{n: float(v) for n, v in zip(names, vals)}, 'seconds': time.perf_counter() - self._t0})
+        if self.say: self.say(f"{self.tag} epoch {self.epoch + 1}/{self.n_epoch}: loss {self.rows[-1]['train_loss']:.3f}, "
+                              f"{self.rows[-1]['seconds']:.1f} s")
 
+# %% ../nbs/05_learners.ipynb #4ebb8e05
 def pretrain_body(converted,               # conversion or level-crop folder of the pretraining studies (index.csv)
                   labels:pd.DataFrame,     # their train.csv-style labels
                   dest,                    # state dict file to write
@@ -247,7 +254,7 @@ def pretrain_body(converted,               # conversion or level-crop folder of 
     dls = dblock.dataloaders(items, bs=bs, num_workers=0, seed=seed)
     learn = Learner(dls, resolve_arch(arch)(weights=None, num_classes=len(GRADES)*len(LABEL_COLUMNS)), loss_func=masked_grade_loss)
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(epochs, lr, cbs=[_EpochLine(f'pretrain {arch}')] if progress else [])
+        learn.fit_one_cycle(epochs, lr, cbs=[EpochLog(print_line, f'pretrain {arch}')] if progress else [])
     sd = {k: v.cpu() for k, v in learn.model.state_dict().items() if not k.startswith(('fc.', 'classifier.'))}
     with atomic_path(dest) as tmp: torch.save(sd, tmp)
     return Path(dest)
@@ -325,18 +332,6 @@ class LearnerSettings(NamedTuple):
         "The keyword options of `make_learner`"
         return dict(arch=self.arch, pretrained=self.pretrained, weights=self.weights, mixed_precision=self.mixed_precision,
                     channels_last=self.channels_last, train_bn=self.train_bn, class_weights=self.class_weights)
-
-# %% ../nbs/05_learners.ipynb #cfe57156
-class EpochLog(Callback):
-    "Record train/valid loss, metrics and seconds of every epoch, across fits"
-    order = 51  # after the Recorder has logged the epoch
-    def __init__(self): self.rows = []
-    def before_epoch(self): self._t0 = time.perf_counter()
-    def after_epoch(self):
-        names = [n for n in self.recorder.metric_names if n not in ('epoch', 'time')]
-        vals = self.recorder.values[-1] if self.recorder.values else []
-        self.rows.append({'epoch': len(self.rows), 'frozen': self.learn.opt.frozen_idx > 0 if self.learn.opt else False,
-                          **{n: float(v) for n, v in zip(names, vals)}, 'seconds': time.perf_counter() - self._t0})
 
 # %% ../nbs/05_learners.ipynb #54c02154
 def fit_once(dls,                       # from `grade_dls`
@@ -686,7 +681,7 @@ def column_claim(models, col:str, say:Callable=log.info):
 # %% ../nbs/05_learners.ipynb #a3da14ea
 @contextlib.contextmanager
 def models_lock(models):
-    "Write into `models` alongside other processes, first sweeping the leftovers of runs that died (`lsdc.files.sweep_leftovers`)"
+    "Write into `models` alongside other processes, first sweeping the leftovers of runs that died (`lsdc.disk.sweep_leftovers`)"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     if gone := sweep_leftovers(models): log.info("%s: removed %d leftovers of runs that died", models, len(gone))
     yield models
@@ -853,15 +848,6 @@ def _failed(job:ColumnJob, error:str) -> dict:
     return rec
 
 # %% ../nbs/05_learners.ipynb #a5583e9b
-def _pool(n:int, threads:int):
-    "A loky pool of `n` fresh worker processes with `threads` torch threads each"
-    from loky import ProcessPoolExecutor
-    # loky restarts a worker whose memory grew by 300 MB since its last task, as a leak guard; a worker gives back what
-    # each column used (`release_memory`), but a column at full size gathers ~0.4 GB of images while it trains, and
-    # each restart costs a fresh import of torch and fastai: the guard is set to 8 GB
-    env = {'LOKY_MAX_MEMORY_LEAK_SIZE': os.environ.get('LOKY_MAX_MEMORY_LEAK_SIZE', str(8 << 30))}
-    return ProcessPoolExecutor(n, initializer=torch_worker_init, initargs=(threads,), env=env)
-
 def worker_devices(n:int,                # worker processes
                    n_gpus:int|None=None, # GPUs (default: `torch.cuda.device_count()`)
                   ) -> list[str]:
@@ -904,7 +890,7 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     say(f"training {len(jobs)} columns in {n} worker processes {on}")
     retry = []
     # a column holds a device slot while it trains: with n workers one is always free, and no two columns share a GPU
-    with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, _pool(n, threads) as ex:
+    with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, process_pool(n, threads) as ex:
         futs = {ex.submit(_on_free_device, _train_one, slots, devices, job, say): job for job in jobs}
         for f in as_completed(futs):
             job = futs[f]
@@ -917,7 +903,7 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
     say(f"a worker process died; {len(retry)} unfinished columns are retried one at a time")
     for job in [j for j in jobs if j in retry]:
         try:
-            with _pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job, say, device=devices[0]).result()
+            with process_pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job, say, device=devices[0]).result()
         except BrokenProcessPool:
             rec = _failed(job, "its worker process died while training it (killed, out of memory, or a crash in native code)")
         except Exception as e: rec = _failed(job, f"{type(e).__name__} in the worker process: {e}")
@@ -945,8 +931,6 @@ def _with_cache(compute:Compute, size:int, index:pd.DataFrame, labels:pd.DataFra
     return compute._replace(cache=str(fn))
 
 # %% ../nbs/05_learners.ipynb #c153194c
-def _say(msg:str): print(msg, flush=True)
-
 def train_columns(converted,               # conversion or level-crop folder (holds index.csv), or its index table
                   models,                  # models folder to write
                   labels=None,             # the labels (train.csv table), or the RSNA data folder to read them from (default `$LSDC_DATA` / Kaggle)
@@ -967,7 +951,7 @@ def train_columns(converted,               # conversion or level-crop folder (ho
     table_given = isinstance(converted, pd.DataFrame)
     index = converted if table_given else read_index(converted)
     if not isinstance(labels, pd.DataFrame): labels = load_rsna(labels, splits=('train',), check_images=False).train
-    say = _say if progress else log.info   # it goes to the worker processes too
+    say = printer(progress)   # it goes to the worker processes too
     pct, ids = valid_split(valid)
     valid = pct if ids is None else ids
     recorded = training_settings(index, None if table_given else converted, models, settings=settings, valid=valid, seed=seed)
@@ -985,7 +969,7 @@ def train_columns(converted,               # conversion or level-crop folder (ho
         if todo: compute = _with_cache(compute, settings.size, index=index, labels=labels, series=settings.series, say=say,
                                       folder=compute.cache_dir or _cache_folder(None if table_given else converted, models))
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
-        bars = jobs == 1 and progress and (sys.stdout.isatty() or IN_NOTEBOOK)
+        bars = jobs == 1 and progress and bars_render()
         work = [ColumnJob(column=col, labels=labels, index=index, models=models, settings=settings, compute=compute, valid=valid,
                           seed=seed, bars=bars, recorded=recorded, resume=resume) for _, col in todo]
         if jobs > 1: _train_parallel(work, jobs, say)

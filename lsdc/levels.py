@@ -10,13 +10,13 @@ import json, logging, time
 from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
-from .core import write_csv
-from .files import (file_sha256, file_lock, write_json, read_manifest, ModelIntegrityError, verified_path, record_file,
-                        checked_settings)
+from .files import (file_sha256, write_json, read_manifest, ModelIntegrityError, verified_path, record_file, checked_settings)
 from .data import load_rsna
 from .crops import CropOptions, Offsets, learn_offsets, make_crops, annotated_points
 from .localize import LocalizerSettings, train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, read_localizer_record
 from .axial import AxialSettings, train_axial, select_axial, read_axial_record, AXIAL_DIR, RECORD_FILE as AXIAL_RECORD
+from .disk import file_lock, write_csv
+from .progress import printer
 
 # %% auto #0
 __all__ = ['log', 'LEVELS_FILE', 'LevelSettings', 'prepare_levels', 'stage_files', 'write_levels', 'Levels', 'read_levels',
@@ -67,7 +67,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
     if s.axial not in ('learned', 'nearest'): raise ValueError(f"axial must be 'learned' or 'nearest', got {s.axial!r}")
     d = data if hasattr(data, 'series') else load_rsna(data)
     if folds is not None: s = s._replace(folds=len(set(dict(folds).values())))
-    say = (lambda m: print(m, flush=True)) if progress else log.info
+    say = printer(progress)
     with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localiser and the crops
         t0 = time.perf_counter()
         loc = LocalizerSettings(arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs)

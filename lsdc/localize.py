@@ -22,12 +22,14 @@ from fastai.vision.all import (DataBlock, ImageBlock, PointBlock, ColReader, Col
                                load_learner)
 from fastai.vision.learner import default_split
 from . import __version__
-from .core import LEVELS, condition_key, level_key, as_id, atomic_path, write_csv
+from .core import LEVELS, condition_key, level_key, as_id
 from .files import ModelIntegrityError, read_index, file_sha256, now, write_json, record_file, listed_file, read_record
 from .data import DataError, load_rsna, series_dir
 from .geometry import GeometryError, read_geometry
 from .crops import POINT_COLUMNS, read_points, annotated_points
 from .learners import resolve_arch, arch_name, load_body_weights, export_learner
+from .disk import atomic_path, write_csv
+from .progress import printer
 
 # %% auto #0
 __all__ = ['log', 'LOCATE_SERIES', 'FINAL_FOLD', 'MODEL_FILE', 'RECORD_FILE', 'OOF_FILE', 'POINTS_FILE', 'FIGURE_FILE',
@@ -442,7 +444,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     if hasattr(coords, 'coords'): data, coords = (coords if data is None else data), coords.coords
     if hasattr(data, 'path'): data = data.path
     s = settings._replace(arch=arch_name(settings.arch), weights=None if settings.weights is None else str(settings.weights))
-    say = (lambda m: print(m, flush=True)) if progress else log.info
+    say = printer(progress)
     folder, t0 = localizer_dir(models), time.perf_counter()
     table = level_targets(read_index(converted), coords)
     skipped = table.attrs['skipped']

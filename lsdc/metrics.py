@@ -14,8 +14,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.ticker import MaxNLocator
-from .core import (CONDITIONS, LEVELS, LEVEL_NAMES, GRADES, GRADE_KEYS, GRADE_WEIGHTS, LABEL_COLUMNS, SUBMISSION_COLUMNS,
-                       CONDITION_GROUPS, condition_group, grade_index, split_column, as_id, atomic_path)
+from .core import (CONDITIONS, LEVELS, LEVEL_NAMES, GRADES, GRADE_KEYS, GRADE_WEIGHTS, LABEL_COLUMNS, SUBMISSION_COLUMNS, CONDITION_GROUPS, condition_group, grade_index, split_column, as_id)
+from .disk import atomic_path
 
 # %% auto #0
 __all__ = ['EPS', 'SCORE_TERMS', 'PRED_COLUMNS', 'weighted_log_loss', 'empty_labels', 'competition_score', 'grade_priors',

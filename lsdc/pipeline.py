@@ -14,8 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from fastcore.script import call_parse
 from . import __version__
 from .core import *
-from .files import (ModelIntegrityError, LockError, read_manifest, read_results, manifest_series, file_sha256, file_lock, write_json, now,
-                    verified_path)
+from .files import (ModelIntegrityError, read_manifest, read_results, manifest_series, file_sha256, write_json, now, verified_path)
 from .data import DataError, load_rsna
 from .dicom import convert_dataset
 from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, train_columns, parse_columns, shard_columns, parse_pair,
@@ -26,9 +25,9 @@ from .calibration import (BALANCES, posterior_factors, StudyCalibration, MetricR
 from .metrics import (SCORE_TERMS, competition_score, grade_priors, best_constant, constant_submission, study_terms, score_interval,
                           best_constant_score, baseline_score,
                       paired_difference, verdict, evaluate, plot_confusion_grid, format_scores)
-from .inference import (PROB_FORMAT, validation_predictions, predict_columns, predict, column_priors, to_submission, write_submission,
-                        prior_fallbacks, calibration_table, calibrate_models, sweep_temp_files, _test_inputs, _submission_rows, _prior_labels)
-from .report import write_reports, load_learners, submission_studies
+from .inference import (PROB_FORMAT, validation_predictions, predict_columns, predict, column_priors, to_submission, write_submission, prior_fallbacks, calibration_table, calibrate_models, prediction_inputs, submission_rows, prior_labels)
+from .report import Truth, write_reports, load_learners, submission_studies
+from .disk import LockError, file_lock, sweep_temp_files, write_csv, write_text
 
 # %% auto #0
 __all__ = ['log', 'INPUTS', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', 'CAL_FILE', 'CV_FILE', 'CV_TABLE',
@@ -340,7 +339,7 @@ def _evaluation(t:pd.DataFrame, out:Path):
 # %% ../nbs/08a_pipeline.ipynb #10acf6fe
 def fold_predictions(fd,                   # one fold's models folder
                      cal:StudyCalibration, # its calibration
-                     index, sids,          # the test inputs (`_test_inputs`) and the studies to predict
+                     index, sids,          # the test inputs (`prediction_inputs`) and the studies to predict
                      priors:pd.DataFrame,  # per column the prior of the columns without a learner (`column_priors`)
                      labels=None,          # training labels: the shares of a column whose record has no training counts
                      bs:int=64, trust_pickles:bool=False, quiet:bool=False) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
@@ -376,10 +375,10 @@ def predict_folds(data,                 # RSNA data folder (Kaggle layout) or `R
     side = {n: out.parent/f'{out.stem}_{n}.csv' for n in ('posterior', 'raw', 'sources', *(f'fold{k}' for k in ks))}
     sweep_temp_files(out, *side.values())
     converted = Path(converted) if converted is not None else out.parent/f'{out.stem}_png'
-    index = _test_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
+    index = prediction_inputs(d, models, converted, crops=Path(crops) if crops else out.parent/f'{out.stem}_crops', split=split,
                          n_workers=n_workers, progress=progress, trust_pickles=trust_pickles)
-    sids, row_ids = _submission_rows(d, split)
-    pl = _prior_labels(d); priors = column_priors(None, labels=pl)
+    sids, row_ids = submission_rows(d, split)
+    pl = prior_labels(d); priors = column_priors(None, labels=pl)
     posts, raws, subs_k = [], [], []
     for i, k in enumerate(ks):
         p, raw, post, sub = fold_predictions(fold_dir(models, k), cal[k], index, sids, priors, pl, bs=bs, trust_pickles=trust_pickles,
@@ -530,8 +529,8 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         crops = out/'submission_crops' if inputs == 'levels' else None
-        write_reports(pd.read_csv(out/'submission_posterior.csv'), conv, out/'reports', load_learners(models), max_studies=max_reports, labels=lab,
-                      series=manifest_series(read_manifest(f0)), coords=d.coords, progress=False, crops=crops,
+        write_reports(pd.read_csv(out/'submission_posterior.csv'), conv, out/'reports', load_learners(models), max_studies=max_reports,
+                      truth=Truth(labels=lab, coords=d.coords), series=manifest_series(read_manifest(f0)), progress=False, crops=crops,
                       points=crops/'points.csv' if crops else None)
     summary.update(seconds=time.perf_counter() - t0, evaluation=str(out/'evaluation.csv'), step_seconds=_durations(marks))
     write_json(summary, out/'summary.json')

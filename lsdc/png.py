@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, struct, zlib
 from pathlib import Path
 import numpy as np, cv2
-from .core import atomic_path
+from .disk import atomic_path
 
 # %% auto #0
 __all__ = ['encode_png', 'write_png', 'png_chunks', 'png_complete', 'png_text', 'png_info']

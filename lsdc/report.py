@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from PIL import Image
 from fastcore.script import call_parse
 from fastai.callback.hook import hook_output
-from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id,
-                       label_column, level_key, split_column, parse_row_id, series_for_condition, write_text, atomic_path)
+from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id, label_column, level_key, split_column, parse_row_id, series_for_condition)
 from .files import read_index, read_manifest, manifest_series, verified_path
 from .png import encode_png
 from .crops import POINT_COLUMNS, read_points
 from .inference import load_column_learner
 from .sampling import is_crop_index
+from .disk import atomic_path, write_text
 
 # %% auto #0
 __all__ = ['log', 'WARN_KINDS', 'FINDING_COLUMNS', 'DISCLAIMER', 'CROPS_DISCLAIMER', 'REPORT_CHUNK', 'ReportWarning',

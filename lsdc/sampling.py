@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.utils import resample
-from .core import GRADES, LABEL_COLUMNS, as_id, series_for_condition, write_csv
+from .core import GRADES, LABEL_COLUMNS, as_id, series_for_condition
 from .files import read_index
+from .disk import write_csv
 
 # %% auto #0
 __all__ = ['log', 'pick_images', 'is_crop_index', 'column_images', 'column_series', 'ColumnTable', 'column_table',

@@ -7,7 +7,6 @@ Docs: https://lsdc-dev.github.io/lsdc/synth.html.md"""
 # %% ../nbs/02_synth.ipynb #f6c0ac95
 from __future__ import annotations
 import math, os, time, shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd
@@ -17,6 +16,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid, MRImageStorage
 from fastcore.script import call_parse
 from .core import *
 from .geometry import FORAMEN_MM
+from .disk import write_csv
+from .workers import parallel_map
 
 # %% auto #0
 __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL_V', 'AXIAL_POINTS', 'SAG_ORIENT', 'AX_ORIENT',
@@ -767,10 +768,7 @@ def make_synthetic(dest,                  # folder to write (created; must not h
     dest.mkdir(parents=True, exist_ok=True)
     if image_size < 32: raise ValueError(f"image_size must be at least 32, not {image_size}")
     jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty)
-    n_workers = min(os.cpu_count() or 1, 8) if n_workers is None else n_workers
-    if n_workers > 1 and len(jobs) > 2:
-        with ProcessPoolExecutor(n_workers) as ex: res = list(ex.map(_write_job, jobs, chunksize=max(1, len(jobs)//(4*n_workers))))
-    else: res = [_write_job(j) for j in jobs]
+    res = parallel_map(_write_job, jobs, n_workers=n_workers)
     _write_tables(dest, train=res[:n_train], test=res[n_train:])
     return dest
 

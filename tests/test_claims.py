@@ -108,13 +108,13 @@ def test_rerun_with_another_size_retrains(trained32, converted, synth_data, tmp_
 
 
 def owned(pid) -> str:
-    "`lsdc.core.owner_tag(pid)` spelt out, so that this test runs against an lsdc without it too"
+    "`lsdc.disk.owner_tag(pid)` spelt out, so that this test runs against an lsdc without it too"
     return f"{pid}@{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:60] or 'host'}"
 
 
 def test_sweep_spares_live_processes(tmp_path):
     # a live process's temporaries and work folder stay, whoever else writes in the folder; a dead one's go
-    import lsdc.files, lsdc.learners
+    import lsdc.disk, lsdc.learners
     from lsdc.learners import models_lock
     m = tmp_path/'models'
     live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
@@ -126,7 +126,7 @@ def test_sweep_spares_live_processes(tmp_path):
         with models_lock(m): pass
         assert [fn.exists() for fn in files[live.pid]] == [True] * 3
         assert [fn.exists() for fn in files[dead.pid]] == [False] * 3 and not (m/'_work'/f'{COLS[0]}.{owned(dead.pid)}').exists()
-        assert lsdc.learners.sweep_leftovers is lsdc.files.sweep_leftovers   # one home
+        assert lsdc.learners.sweep_leftovers is lsdc.disk.sweep_leftovers    # one home
     finally: live.kill(); live.wait()
     with models_lock(m): pass                                                  # now that it is dead, its files go
     assert leftovers(m) == []

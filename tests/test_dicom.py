@@ -273,7 +273,7 @@ def test_resume_reconverts_when_parameters_change_or_png_is_damaged(synth, tmp_p
     idx = convert_dataset(synth, tmp_path/'o', split='test', size=64, progress=False, n_workers=1)
     png = tmp_path/'o'/idx.png[0]
     png.write_bytes(png.read_bytes()[:100])                       # damaged
-    from lsdc.core import owner_tag
+    from lsdc.disk import owner_tag
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
     (tmp_path/'o'/f'.{png.name}.{owner_tag(int(dead))}.abc.png.tmp').write_bytes(b'x')    # left over by a killed run
     again = convert_dataset(synth, tmp_path/'o', split='test', size=64, progress=False, n_workers=1)

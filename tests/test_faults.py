@@ -375,7 +375,7 @@ def test_killed_training_resumes(trained, synth_data, tmp_path):
     proc = subprocess.Popen(train, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, lambda: any((m/'_work').glob(f'{second}.*/best.pth')), timeout=600)   # the second, after an epoch
     assert proc.returncode == -signal.SIGKILL and not (m/'results'/f'{second}.json').exists()
-    from lsdc.core import owner_tag                                                     # the killed run owned these:
+    from lsdc.disk import owner_tag                                                     # the killed run owned these:
     (m/f'.{second}.pkl.{owner_tag(proc.pid)}.x7k2.pkl.tmp').write_bytes(b'half a pickle')   # as a kill inside a write leaves
     (m/'results'/f'.{second}.json.{owner_tag(proc.pid)}.q1w2.json.tmp').write_text('{"column": ')
     r = subprocess.run(train, capture_output=True, text=True, timeout=900)
@@ -396,7 +396,7 @@ def test_killed_prediction_reruns_to_the_same_submission(trained, synth_data, tm
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, lambda: (out/'conv'/'index.csv').exists())                          # converted: now predicting
     assert proc.returncode == -signal.SIGKILL and not (out/'submission.csv').exists()
-    from lsdc.core import owner_tag
+    from lsdc.disk import owner_tag
     (out/f'.submission.csv.{owner_tag(proc.pid)}.k9d2.csv.tmp').write_text('row_id,normal_mild\n')   # as a kill inside the write leaves
     lsdc_ok(*predict_args(synth_data, trained/'models', out/'submission.csv', out/'conv'))
     for name in ('submission.csv', 'submission_sources.csv'):
