@@ -6,8 +6,8 @@ RUN is the output folder of a levels run with test labels: `lsdc demo` (its `dat
 `benchmarks/bench_inputs.py --root R` (then RUN is `R/levels` and `--data R/data`). Nothing is trained again but
 small logistic regressions, so it takes seconds.
 
-The features are those seed 002 set beside the image, from the localiser's points on the mid-sagittal slice (out of
-fold for the training studies, the final localiser's for the test studies, as at test time), in patient millimetres:
+The features are those seed 002 set beside the image, from the localizer's points on the mid-sagittal slice (out of
+fold for the training studies, the final localizer's for the test studies, as at test time), in patient millimetres:
 the level's position against the study's five (superior and anterior), its distances to the levels above and below,
 and the local angle of the spine. Every model below is a multinomial logistic regression per condition (its five
 levels pooled, the level one-hot beside the features), fitted with the metric's 1/2/4 weights so that its
@@ -53,7 +53,7 @@ def coordinate_features(pp:pd.DataFrame) -> pd.DataFrame:
     out = []
     for s, g in pp.groupby('study_id'):
         g = g.set_index('level').reindex(list(LEVELS))
-        if g.py.isna().any(): continue    # a study the localiser found fewer than five levels in: no features
+        if g.py.isna().any(): continue    # a study the localizer found fewer than five levels in: no features
         p = g[['py', 'pz']].to_numpy()
         c, gaps = p.mean(0), np.linalg.norm(np.diff(p, axis=0), axis=1)
         for k, lvl in enumerate(LEVELS):
@@ -110,7 +110,7 @@ if __name__ == '__main__':
     d, tl = load_rsna(data), pd.read_csv(args.test_labels or data/'test_labels.csv')
     warnings.filterwarnings('ignore', category=UserWarning)
 
-    # the located points: out of fold for the training studies, the final localiser's for the test studies
+    # the located points: out of fold for the training studies, the final localizer's for the test studies
     oof, test_pts = pd.read_csv(localizer_dir(run/'models')/OOF_FILE), pd.read_csv(run/'submission_crops'/'points.csv')
     feats = pd.concat([coordinate_features(patient_points(oof, data/'train_images')),
                        coordinate_features(patient_points(test_pts[test_pts.source == 'located'], data/'test_images'))], ignore_index=True)

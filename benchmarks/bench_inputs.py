@@ -7,7 +7,7 @@ One synthetic data set with the anatomical phantom at the demo's size, then the 
 (`lsdc.pipeline.run_pipeline` with the `CPU` settings of `lsdc.demo`: the same folds, learners, schedule and
 calibration, each input's body pretrained on its own images of a second synthetic set), once per input:
   - middle: each column's learner on the middle slice of its series (seed 001);
-  - levels: the level localiser and the axial slice selector, then each column's learner on its 2.5D crop around its
+  - levels: the level localizer and the axial slice selector, then each column's learner on its 2.5D crop around its
     level (`--axial nearest`: the axial slice nearest the located level instead of the selector's).
 Each run's out-of-fold CV is printed with its 95 % intervals, then the paired comparison of the two CVs over the same
 studies (`lsdc compare`), and last the test studies' scores of both written submissions beside the best constant.
@@ -63,6 +63,6 @@ if __name__ == '__main__':
         print(f"{t:<20}{m:>10.4f}{l:>10.4f}{l / m:>15.3f}{base[t]:>15.4f}")
     m = root/'levels'/'models'
     v = json.loads((m/'localizer'/'localizer.json').read_text())['validation']
-    print(f"localiser, out of fold: median {v['median_mm']:.2f} mm, p95 {v['p95_mm']:.2f} mm, {v['within_5mm']:.1%} within 5 mm")
+    print(f"localizer, out of fold: median {v['median_mm']:.2f} mm, p95 {v['p95_mm']:.2f} mm, {v['within_5mm']:.1%} within 5 mm")
     if args.axial == 'learned': print(f"axial slice selector: {axial_summary(json.loads((m/'axial'/'axial.json').read_text()))}")
     if not args.root: shutil.rmtree(root, ignore_errors=True)

@@ -6,9 +6,9 @@
 No machine of ours can run the whole method at the `FULL` sizes (2,000 studies, ResNet34 on 256 px crops) on its
 CPUs, so each stage runs on as much as it needs to be measured, in a fresh process of its own, and the full run is
 projected from the measured rates:
-  - synth, convert, levels (the localiser, the axial slice selector and the training crops, each for one epoch) run
+  - synth, convert, levels (the localizer, the axial slice selector and the training crops, each for one epoch) run
     on --sample studies at the `FULL` image and crop sizes; a stage's time at --n-train studies is its time per study
-    times --n-train (the localiser and slice selector also times their `FULL` epochs, 15 and 12). These stages are
+    times --n-train (the localizer and slice selector also times their `FULL` epochs, 15 and 12). These stages are
     linear in the studies; the projection ignores what is fixed per run (imports, model set-up), so it errs high for
     small samples.
   - cache: the image cache of --n-train studies' crops (25 columns, an annotated and a located crop each, --size px,
@@ -64,7 +64,7 @@ def stage_convert(a, root):
 
 
 def stage_levels(a, root):
-    "The localiser, the slice selector and the training crops at one epoch each; their split from the lines printed"
+    "The localizer, the slice selector and the training crops at one epoch each; their split from the lines printed"
     import contextlib, io, re
     from lsdc.levels import LevelSettings, prepare_levels
     s = LevelSettings(crop_size=a.size, loc_epochs=1, axial_epochs=1)
@@ -73,10 +73,10 @@ def stage_levels(a, root):
     with contextlib.redirect_stdout(buf):
         prepare_levels(root/'data', root/'converted'/'train', root/'models', root/'crops', s, n_workers=a.workers, pretrained=False)
     total, text = time.perf_counter() - t0, buf.getvalue()
-    loc = float(re.search(r'^localiser: .*\((\d+) s\)$', text, re.M).group(1))
+    loc = float(re.search(r'^localizer: .*\((\d+) s\)$', text, re.M).group(1))
     crops = float(re.search(r'^crops: .* in (\d+) s;', text, re.M).group(1))
     return dict(per_study=True, written=du(root/'crops') + du(root/'models'),
-                parts=dict(localiser=loc, axial=max(total - loc - crops, 0.), crops=crops))
+                parts=dict(localizer=loc, axial=max(total - loc - crops, 0.), crops=crops))
 
 
 def crop_index(n:int, root:Path):
@@ -244,9 +244,9 @@ def main():
         if name in ('synth', 'convert'): proj[name] = r['seconds'] * scale
         if name == 'levels':
             pt = r['parts']
-            print(f"         localiser {pt['localiser']:.0f} s, slice selector {pt['axial']:.0f} s, crops {pt['crops']:.0f} s "
+            print(f"         localizer {pt['localizer']:.0f} s, slice selector {pt['axial']:.0f} s, crops {pt['crops']:.0f} s "
                   f"(one epoch each, {a.sample} studies)")
-            proj.update(localiser=pt['localiser'] * scale * FULL_LOC_EPOCHS, axial=pt['axial'] * scale * FULL_AXIAL_EPOCHS,
+            proj.update(localizer=pt['localizer'] * scale * FULL_LOC_EPOCHS, axial=pt['axial'] * scale * FULL_AXIAL_EPOCHS,
                         crops=pt['crops'] * scale, disk_crops_gb=r['written'] / 2**30 * scale)
         if name == 'cache':
             print(f"         the full cache: {r['full_gb']:.1f} GB ({a.n_train} studies x 25 columns x 2 crops); "
@@ -268,12 +268,12 @@ def main():
                   f"pages {sp['write']:.2f} s); learners loaded in {r['load']:.1f} s")
             rep = r['total'] / r['n']
     if a.only: return
-    print(f"\nprojected at {a.n_train} studies on this machine (stage time per study x studies; localiser x {FULL_LOC_EPOCHS} "
+    print(f"\nprojected at {a.n_train} studies on this machine (stage time per study x studies; localizer x {FULL_LOC_EPOCHS} "
           f"epochs, slice selector x {FULL_AXIAL_EPOCHS}; 25 columns x {FULL_FOLDS} folds of a {FULL_FIRST_EPOCHS}-epoch first "
           f"model, {a.jobs} at once, at the measured batch rate):")
-    for k in ('synth', 'convert', 'localiser', 'axial', 'crops', 'columns'):
+    for k in ('synth', 'convert', 'localizer', 'axial', 'crops', 'columns'):
         print(f"  {k:10s} {hms(proj[k])}")
-    print(f"  total      {hms(sum(proj[k] for k in ('synth', 'convert', 'localiser', 'axial', 'crops', 'columns')))}; "
+    print(f"  total      {hms(sum(proj[k] for k in ('synth', 'convert', 'localizer', 'axial', 'crops', 'columns')))}; "
           f"disk: crops {proj['disk_crops_gb']:.1f} GB, image cache {proj['cache_gb']:.1f} GB")
     print(f"peak worker memory at RSNA size: {peak_worker:.2f} GB ({a.jobs} workers: {a.jobs * peak_worker:.1f} GB; batch size "
           f"{a.bs} on the CPU, the batch's activations included)")

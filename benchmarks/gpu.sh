@@ -6,7 +6,7 @@
 #   benchmarks/gpu.sh shard I/N      train shard I of N of the 25 columns (ResNet34, 256 px, epochs 4/5/10) into one folder
 #   benchmarks/gpu.sh results        the merged results table of all shards
 #   benchmarks/gpu.sh levels [K]     the levels method end to end at full size on the data of 'data' (mid-sagittal PNGs at
-#                                    96 px for the localiser, crops at 256 px, 25 columns x K folds, default 5; FOLDS=0 trains
+#                                    96 px for the localizer, crops at 256 px, 25 columns x K folds, default 5; FOLDS=0 trains
 #                                    fold 0 only), then the test studies predicted: the time of each stage (hours on one GPU:
 #                                    for a session with the time, not a 10-minute job)
 # ROOT (default runs/gpu) holds data, PNGs and models; N_TRAIN (default 2000) studies; SIZE, ARCH and EPOCHS (default 256,
@@ -22,8 +22,8 @@ case ${1:-} in
            /usr/bin/time -f "convert: %e s" python -m lsdc.cli convert "$R/data" "$R/converted" --split train --workers "$W" --quiet ;;
   shard)   /usr/bin/time -f "shard $2: %e s" python -m lsdc.cli train "$R/converted" "$R/models" --data "$R/data" --shard "$2" ${PRETRAINED:-} ;;
   levels)  K=${2:-5}; TF=${FOLDS:+--train-folds $FOLDS}
-           /usr/bin/time -f "convert (96 px, localiser): %e s" python -m lsdc.cli convert "$R/data" "$R/conv96" --split train --size 96 --workers "$W" --quiet
-           /usr/bin/time -f "levels method, $K folds (localiser, slice selector, crops, 25 columns per fold, OOF, calibration, CV): %e s" \
+           /usr/bin/time -f "convert (96 px, localizer): %e s" python -m lsdc.cli convert "$R/data" "$R/conv96" --split train --size 96 --workers "$W" --quiet
+           /usr/bin/time -f "levels method, $K folds (localizer, slice selector, crops, 25 columns per fold, OOF, calibration, CV): %e s" \
              python -m lsdc.cli train "$R/conv96" "$R/levels" --data "$R/data" --folds "$K" $TF --jobs "${JOBS:-1}" ${PRETRAINED:-} \
                --size "${SIZE:-256}" --arch "${ARCH:-resnet34}" --epochs "${EPOCHS:-4,5,10}"
            /usr/bin/time -f "predict the test studies (convert, locate, crops, the mean of the folds): %e s" \

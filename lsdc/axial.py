@@ -1,4 +1,4 @@
-"""Stage 1b of the levels method: which Axial T2 slice passes through each located disc level. A small CNN, trained on the training studies' annotated points, reads the axial slices near a located level and predicts how far each lies from the disc; the nearest by its prediction becomes the level's axial slice. Out-of-fold for the training studies (the localiser's folds), a final model for the others. Owns `{models}/axial/`: `axial.safetensors`, `axial.json` and `oof_slices.csv`.
+"""Stage 1b of the levels method: which Axial T2 slice passes through each located disc level. A small CNN, trained on the training studies' annotated points, reads the axial slices near a located level and predicts how far each lies from the disc; the nearest by its prediction becomes the level's axial slice. Out-of-fold for the training studies (the localizer's folds), a final model for the others. Owns `{models}/axial/`: `axial.safetensors`, `axial.json` and `oof_slices.csv`.
 
 Docs: https://lsdc-dev.github.io/lsdc/axial.html.md"""
 
@@ -188,7 +188,7 @@ def _finished(models, key:str) -> dict|None:
 # %% ../nbs/05d_axial.ipynb #36091e42
 def train_axial(models,                    # models folder: writes `axial/`
                 data,                      # `RSNAData` with the training coordinates, or its folder
-                points,                    # the training split's located points (with the localiser's `fold`), `lsdc.localize.locate_levels`
+                points,                    # the training split's located points (with the localizer's `fold`), `lsdc.localize.locate_levels`
                 settings:AxialSettings=AxialSettings(),
                 seed:int=0,                # seeds the jitter and the training
                 n_workers:int|None=None,   # worker processes of the candidates

@@ -17,7 +17,7 @@ COMMANDS = {
     'synth':   ('lsdc.synth', 'synth_cli', 'write a synthetic RSNA data set in the Kaggle layout'),
     'check':   ('lsdc.data', 'check_cli', 'load and validate an RSNA data folder'),
     'convert': ('lsdc.dicom', 'convert_cli', 'convert the middle slice of each series to an 8-bit PNG'),
-    'localize': ('lsdc.localize', 'localize_cli', 'train the level localiser and locate the five disc levels of each study'),
+    'localize': ('lsdc.localize', 'localize_cli', 'train the level localizer and locate the five disc levels of each study'),
     'crops':   ('lsdc.crops', 'crops_cli', 'cut the level crops of every label column around the level points'),
     'train':   ('lsdc.pipeline', 'train_cli', 'train a learner per label column and fold, then the out-of-fold CV'),
     'calibrate': ('lsdc.pipeline', 'calibrate_cli', 'fit the study-level calibration and the CV once every shard is done'),

@@ -320,7 +320,7 @@ class CropOptions(NamedTuple):
     compression: int = 1    # PNG deflate level 0-9
     max_mm: float = 10.     # farthest an axial image may lie from a level, mm
     slice_jitter_mm: float = 0. # random move of an annotated level point along the patient's superior axis before its
-                                # axial slice is chosen, up to this many mm (the localiser's error moves the slice too)
+                                # axial slice is chosen, up to this many mm (the localizer's error moves the slice too)
 
 
 # %% ../nbs/03a_crops.ipynb #b104695e

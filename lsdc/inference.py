@@ -70,7 +70,7 @@ def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=
 
 # %% ../nbs/06_inference.ipynb #39ef4750
 def reexport_levels(models) -> list[str]:
-    "Save the localiser of an earlier release's levels folder as weights (its pickle is unpickled: a folder you trust), then `levels.json` and the manifest anew; the stages re-exported"
+    "Save the localizer of an earlier release's levels folder as weights (its pickle is unpickled: a folder you trust), then `levels.json` and the manifest anew; the stages re-exported"
     models = Path(models)
     s, offsets, man = read_levels(models, trust_pickles=True)
     done, rec = [], read_localizer_record(models, man)

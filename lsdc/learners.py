@@ -649,7 +649,7 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
     with file_lock(models/'.collect.lock'):
         recs = read_results(models)
         df = results_table(recs)
-        man, lv = manifest(recs), models/'levels.json'   # the levels method's localiser and crop settings (`lsdc.levels`)
+        man, lv = manifest(recs), models/'levels.json'   # the levels method's localizer and crop settings (`lsdc.levels`)
         if 'levels' in man['inputs'] and lv.is_file():   # only for columns trained on its crops: never beside middle slices'
             b = lv.read_bytes(); sha = hashlib.sha256(b).hexdigest()
             man['levels'] = {'file': lv.name, 'sha256': sha}
@@ -765,7 +765,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
     inputs = 'levels' if is_crop_index(index) else 'middle'
     if converted is None: conv = {'table': hashlib.sha256(pd.util.hash_pandas_object(index, index=False).values.tobytes()).hexdigest()}
     else: conv = {fn.relative_to(converted).as_posix(): file_sha256(fn) for fn in index_files(converted)}
-    lv = None if models is None else Path(models)/'levels.json'   # the localiser, slice selector and crop settings
+    lv = None if models is None else Path(models)/'levels.json'   # the localizer, slice selector and crop settings
     if inputs == 'levels' and lv and lv.is_file(): conv['levels.json'] = file_sha256(lv)
     w = o.weights
     s = dict(inputs=inputs, architecture=arch_name(o.arch), image_size=o.size, pretrained=bool(o.pretrained and w is None),

@@ -35,10 +35,10 @@ class LevelSettings(NamedTuple):
     neighbours:int = 1          # slices on each side of the centre slice as channels (1: 2.5D, 3 channels)
     jitter_mm:float = 2.        # random shift of the annotated training crops' centres, up to this many mm
     slice_jitter_mm:float = 0.  # random move of the annotated points along the superior axis before their axial slices are chosen
-    loc_size:int = 96           # the localiser's image size
-    loc_arch:str = 'resnet18'   # the localiser's architecture
-    loc_epochs:int = 15         # the localiser's epochs
-    folds:int = 2               # folds of the localiser's out-of-fold points
+    loc_size:int = 96           # the localizer's image size
+    loc_arch:str = 'resnet18'   # the localizer's architecture
+    loc_epochs:int = 15         # the localizer's epochs
+    folds:int = 2               # folds of the localizer's out-of-fold points
     train_crops:str = 'annotated' # what the learners train on: crops around the radiologist's points, jittered
                                   # ('annotated'), or around the 'located' ones (as validation and test see them)
     axial:str = 'learned'       # each located level's axial slice: chosen by the slice selector ('learned', `lsdc.axial`)
@@ -51,34 +51,34 @@ _CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest
 
 # %% ../nbs/05e_levels.ipynb #7aa17865
 def prepare_levels(data,                   # RSNA data folder or `RSNAData` (training coordinates)
-                   converted,              # conversion of the training studies (mid-sagittal T2/STIR PNGs for the localiser)
-                   models,                 # models folder: the localiser and `levels.json` go here
+                   converted,              # conversion of the training studies (mid-sagittal T2/STIR PNGs for the localizer)
+                   models,                 # models folder: the localizer and `levels.json` go here
                    dest,                   # folder of the training studies' crops
                    settings:LevelSettings=LevelSettings(),
                    n_workers:int|None=None,# workers of the crops
-                   seed:int=0,             # seed of the localiser and the jitter
+                   seed:int=0,             # seed of the localizer and the jitter
                    folds=None,             # each training study's fold (`{study_id: fold}`, `lsdc.pipeline`'s split); None: `settings.folds` at random
                    progress:bool=True,     # a line per step
-                   **kwargs,               # the localiser's other settings (`LocalizerSettings`: pretrained, weights, lr, ...) and `train_localizer`'s options (resume, device)
+                   **kwargs,               # the localizer's other settings (`LocalizerSettings`: pretrained, weights, lr, ...) and `train_localizer`'s options (resume, device)
                   ) -> Path:
-    "Train the localiser (or reuse a finished one), learn the offsets and cut the training studies' crops into `dest`; `dest`"
+    "Train the localizer (or reuse a finished one), learn the offsets and cut the training studies' crops into `dest`; `dest`"
     s, models, dest = settings, Path(models), Path(dest)
     if s.train_crops not in ('located', 'annotated'): raise ValueError(f"train_crops must be 'located' or 'annotated', got {s.train_crops!r}")
     if s.axial not in ('learned', 'nearest'): raise ValueError(f"axial must be 'learned' or 'nearest', got {s.axial!r}")
     d = data if hasattr(data, 'series') else load_rsna(data)
     if folds is not None: s = s._replace(folds=len(set(dict(folds).values())))
     say = printer(progress)
-    with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localiser and the crops
+    with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localizer and the crops
         t0 = time.perf_counter()
         loc = LocalizerSettings(arch=s.loc_arch, size=s.loc_size, epochs=s.loc_epochs)
         loc = loc._replace(**{k: kwargs.pop(k) for k in list(kwargs) if k in LocalizerSettings._fields})
         rec = train_localizer(converted, d, models, settings=loc, folds=s.folds if folds is None else folds, seed=seed, progress=progress, **kwargs)
-        say(f"localiser: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
+        say(f"localizer: {_figures(rec)} ({time.perf_counter() - t0:.0f} s)")
         points = locate_levels(models, converted, d, split='train')
         pts = points[points.source == 'located']
         if s.axial == 'learned':
             train_axial(models, d, pts, AxialSettings(epochs=s.axial_epochs), seed=seed, n_workers=n_workers, progress=progress)
-            pts = select_axial(models, d, pts, split='train')   # out of fold, as the localiser's points
+            pts = select_axial(models, d, pts, split='train')   # out of fold, as the localizer's points
         if s.train_crops == 'annotated': pts = pd.concat([annotated_points(d), pts], ignore_index=True)
         offsets = learn_offsets(d, n_workers=n_workers)
         t1 = time.perf_counter()
@@ -91,7 +91,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
 
 # %% ../nbs/05e_levels.ipynb #943238a0
 def _figures(rec:dict) -> str:
-    "The localiser's out-of-fold figures in a line"
+    "The localizer's out-of-fold figures in a line"
     v = rec.get('validation', {})
     return 'out of fold ' + ', '.join(f"{k} {v[k]:.3g}" for k in sorted(v) if isinstance(v[k], (int, float)) and not k.startswith('mean'))
 
@@ -100,7 +100,7 @@ _STAGES = {LOCALIZER_DIR: (LOCALIZER_RECORD, read_localizer_record, ('file', 'sa
 _SHA = {'file': 'sha256', 'safetensors': 'safetensors_sha256', 'oof': 'oof_sha256'}
 
 def stage_files(models, axial:bool=True) -> dict:
-    "`{path in models: SHA-256}` of the localiser's (and with `axial`, the slice selector's) record and of each file it names, verified"
+    "`{path in models: SHA-256}` of the localizer's (and with `axial`, the slice selector's) record and of each file it names, verified"
     out = {}
     for sub in (LOCALIZER_DIR, AXIAL_DIR)[:1 + bool(axial)]:
         record, read, keys = _STAGES[sub]
@@ -109,7 +109,7 @@ def stage_files(models, axial:bool=True) -> dict:
     return out
 
 def write_levels(models, settings:LevelSettings, offsets:Offsets) -> Path:
-    "Write `levels.json`: the settings, the offsets, and every file of the localiser and slice selector with its SHA-256 (`files`)"
+    "Write `levels.json`: the settings, the offsets, and every file of the localizer and slice selector with its SHA-256 (`files`)"
     models = Path(models)
     return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), files=stage_files(models, settings.axial == 'learned')),
                       models/LEVELS_FILE)
@@ -122,13 +122,13 @@ class Levels(NamedTuple):
     manifest: dict
 
 def _old_levels(models) -> str:
-    return (f"{Path(models)/LEVELS_FILE}: written before lsdc listed the localiser's weights (safetensors) in the manifest; "
+    return (f"{Path(models)/LEVELS_FILE}: written before lsdc listed the localizer's weights (safetensors) in the manifest; "
             f"re-export them from pickles you trust with `lsdc.inference.reexport_levels('{models}')`, or, if you trust whoever "
             f"made the pickles, load them with --trust-pickles (trust_pickles=True)")
 
 def read_levels(models,
                 manifest:dict|None=None,  # the folder's manifest (default: read it)
-                trust_pickles:bool=False, # accept a folder written before the localiser was saved as weights (its pickle is loaded)
+                trust_pickles:bool=False, # accept a folder written before the localizer was saved as weights (its pickle is loaded)
                ) -> Levels:
     "The settings and offsets a models folder's columns were trained with, once `levels.json` and the files it lists are the manifest's"
     models = Path(models); man = read_manifest(models) if manifest is None else manifest
@@ -151,20 +151,20 @@ def read_levels(models,
     else: raise ModelIntegrityError(_old_levels(models))
     need = [f'{LOCALIZER_DIR}/{LOCALIZER_RECORD}'] + [f'{AXIAL_DIR}/{AXIAL_RECORD}'] * (s.axial == 'learned')
     if miss := [n for n in need if n not in files]:
-        raise ModelIntegrityError(f"{fn}: lists no {miss[0]}; the levels method needs its localiser{' and slice selector' * (s.axial == 'learned')}")
+        raise ModelIntegrityError(f"{fn}: lists no {miss[0]}; the levels method needs its localizer{' and slice selector' * (s.axial == 'learned')}")
     return Levels(s, offsets, {**man, 'files': {**(man.get('files') or {}), **files}})
 
 # %% ../nbs/05e_levels.ipynb #1fa79089
 def level_crops(data,                   # RSNA data folder or `RSNAData`
-                models,                 # models folder trained on level crops (`levels.json`, the localiser)
+                models,                 # models folder trained on level crops (`levels.json`, the localizer)
                 converted,              # conversion of the split's studies (mid-sagittal T2/STIR PNGs)
                 dest,                   # folder of the crops
                 split:str='test',       # the split whose studies are cut
                 n_workers:int|None=None,# workers of the crops
                 progress:bool=True,     # a line per step
-                trust_pickles:bool=False, # load the localiser's pickle (it runs code) instead of its weights and config
+                trust_pickles:bool=False, # load the localizer's pickle (it runs code) instead of its weights and config
                ) -> Path:
-    "Locate the levels of `split`'s studies with the final localiser and cut their crops as the models were trained; `dest`"
+    "Locate the levels of `split`'s studies with the final localizer and cut their crops as the models were trained; `dest`"
     s, offsets, man = read_levels(models, trust_pickles=trust_pickles)
     d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
     points = locate_levels(models, converted, d, split=split, trust_pickles=trust_pickles, manifest=man)

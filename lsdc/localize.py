@@ -302,18 +302,18 @@ def dicom_points(rel, columns, rows) -> np.ndarray:
     return (np.asarray(rel, float) + 1) / 2 * np.stack([np.asarray(columns, float), np.asarray(rows, float)], -1)[:, None]
 
 # %% ../nbs/05c_localize.ipynb #2bf99ca1
-CONFIG_FORMAT = 'lsdc.localizer/1'   # the `format` of a localiser's config; another value is refused
+CONFIG_FORMAT = 'lsdc.localizer/1'   # the `format` of a localizer's config; another value is refused
 SIZE_BOUNDS = (8, 2048)              # the image sizes a config may ask for
 
 def localizer_config(learn, settings:LocalizerSettings) -> dict:
-    "What rebuilds a trained localiser around its weights: architecture, image size, augmentation and normalisation"
+    "What rebuilds a trained localizer around its weights: architecture, image size, augmentation and normalisation"
     return dict(format=CONFIG_FORMAT, architecture=arch_name(settings.arch), size=int(settings.size), aug=bool(settings.aug),
                 normalize=bool(learn.dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize))), n_points=len(LEVELS))
 
-def check_localizer_config(config, name:str='a localiser config') -> dict:
+def check_localizer_config(config, name:str='a localizer config') -> dict:
     "`config` once every value is one lsdc builds: its format, a torchvision architecture, a size within `SIZE_BOUNDS`; else `ModelIntegrityError`"
     if not isinstance(config, dict) or config.get('format') != CONFIG_FORMAT:
-        raise ModelIntegrityError(f"{name}: not a localiser config of this lsdc (want format {CONFIG_FORMAT!r})")
+        raise ModelIntegrityError(f"{name}: not a localizer config of this lsdc (want format {CONFIG_FORMAT!r})")
     a, size, lo, hi = config.get('architecture'), config.get('size'), *SIZE_BOUNDS
     if not isinstance(a, str) or a not in torchvision.models.list_models(module=torchvision.models):
         raise ModelIntegrityError(f"{name}: architecture {a!r} is not a torchvision model lsdc knows; refusing to build it")
@@ -330,11 +330,11 @@ def export_localizer(learn, folder, settings:LocalizerSettings) -> dict:
     with atomic_path(st) as tmp: save_file(sd, tmp, metadata={'format': 'pt'})
     return dict(safetensors=st.name, safetensors_sha256=file_sha256(st), config=localizer_config(learn, settings))
 
-def localizer_from_config(config:dict,  # a localiser record's `config`
+def localizer_from_config(config:dict,  # a localizer record's `config`
                           weights,      # its `localizer.safetensors`
                           cpu:bool=True,# on the CPU, else on CUDA
                          ):
-    "The localiser `config` describes, holding the weights of `weights`; nothing is unpickled"
+    "The localizer `config` describes, holding the weights of `weights`; nothing is unpickled"
     c, device = check_localizer_config(config, str(weights)), torch.device('cpu' if cpu else 'cuda')
     blank = Image.new('RGB', (8, 8))
     table = pd.DataFrame({'image': [blank, blank], 'points': [np.zeros((len(LEVELS), 2), np.float32)] * 2, 'is_valid': [False, True]})
@@ -342,16 +342,16 @@ def localizer_from_config(config:dict,  # a localiser record's `config`
     if c['normalize']: dls.add_tfms([Normalize.from_stats(*imagenet_stats, cuda=device.type == 'cuda')], 'after_batch')
     with torch.random.fork_rng(devices=[]): learn = level_learner(dls, arch=c['architecture'])   # the caller's seed stays
     try: learn.model.load_state_dict(load_file(weights), strict=True)
-    except RuntimeError as e: raise ModelIntegrityError(f"{weights}: does not fit a {c['architecture']} localiser ({str(e)[:300]})") from None
+    except RuntimeError as e: raise ModelIntegrityError(f"{weights}: does not fit a {c['architecture']} localizer ({str(e)[:300]})") from None
     learn.model.to(device).eval()
     return learn
 
 def read_localizer_record(models, manifest:dict|None=None) -> dict:
-    "The localiser's record `localizer.json` (with `manifest`: once it is listed there with its SHA-256)"
+    "The localizer's record `localizer.json` (with `manifest`: once it is listed there with its SHA-256)"
     return read_record(models, f'{LOCALIZER_DIR}/{RECORD_FILE}', manifest, "no localizer; run `lsdc localize` first")
 
 def _old_localizer(models) -> str:
-    return (f"{localizer_dir(models)/RECORD_FILE}: the localiser has no safetensors weights (a models folder written before lsdc "
+    return (f"{localizer_dir(models)/RECORD_FILE}: the localizer has no safetensors weights (a models folder written before lsdc "
             f"exported them); re-export them from pickles you trust with `lsdc.inference.reexport_levels('{models}')`, or, if you "
             f"trust whoever made the pickles, load them with --trust-pickles (trust_pickles=True)")
 
@@ -409,7 +409,7 @@ def _plot_fold0(table:pd.DataFrame, rel, v:dict, fname) -> Path:
 
 # %% ../nbs/05c_localize.ipynb #b070ddfe
 def _inputs_key(table:pd.DataFrame, settings:LocalizerSettings, seed:int, folds, valid_ids=None) -> str:
-    "SHA-256 of what the localisers learn from: settings, seed, folds (a number or each study's), each study's series, slice, image (path, size, mtime), points"
+    "SHA-256 of what the localizers learn from: settings, seed, folds (a number or each study's), each study's series, slice, image (path, size, mtime), points"
     h = hashlib.sha256(json.dumps(dict(settings=settings._asdict(), seed=seed, folds=folds if isinstance(folds, int) else {str(k): v for k, v in folds.items()},
                                        valid_ids=None if valid_ids is None else sorted(int(as_id(v)) for v in valid_ids))).encode())
     for r in table.itertuples():
@@ -419,7 +419,7 @@ def _inputs_key(table:pd.DataFrame, settings:LocalizerSettings, seed:int, folds,
     return h.hexdigest()
 
 def _finished(models, key:str) -> dict|None:
-    "The record of a finished localiser trained on inputs of SHA-256 `key`, its files intact; else None"
+    "The record of a finished localizer trained on inputs of SHA-256 `key`, its files intact; else None"
     try:
         rec = read_localizer_record(models)
         for f, h in (('file', 'sha256'), ('safetensors', 'safetensors_sha256'), ('oof', 'oof_sha256')):
@@ -437,7 +437,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
                     seed:int=0,            # seed of the folds and of training
                     folds=2,               # folds of the out-of-fold points, or each study's fold (a study-level split: `{study_id: fold}`)
                     device=None,           # torch device (default: CUDA when present)
-                    resume:bool=True,      # reuse a finished localiser of the same inputs instead of training again
+                    resume:bool=True,      # reuse a finished localizer of the same inputs instead of training again
                     progress:bool=True,    # a line per model
                    ) -> dict:
     "Train the out-of-fold and final localizers into `models/localizer/`; the record written to `localizer.json`"
@@ -480,7 +480,7 @@ def load_localizer(models,
                    trust_pickles:bool=False, # load the pickle (it runs code!) instead of the weights and config
                    manifest:dict|None=None,  # the models folder's manifest: every file read must be listed there too
                   ):
-    "The final localiser of a models folder, from its verified weights and config (or its verified pickle); and the record"
+    "The final localizer of a models folder, from its verified weights and config (or its verified pickle); and the record"
     rec, where = read_localizer_record(models, manifest), localizer_dir(models)/RECORD_FILE
     if trust_pickles:
         pkl = record_file(models, LOCALIZER_DIR, rec.get('file'), rec.get('sha256'), where, manifest)
@@ -513,8 +513,8 @@ def locate_levels(models,      # models folder with `localizer/`
                   data=None,   # RSNA data folder or `RSNAData`: its studies without a Sagittal T2/STIR series are named
                   split:str|None=None, # the split of `data` whose studies are expected (default: every split it holds)
                   cpu:bool|None=None, # run the final model on the CPU (default: when there is no GPU)
-                  trust_pickles:bool=False, # load the localiser's pickle (it runs code) instead of its weights and config
-                  manifest:dict|None=None,  # the models folder's manifest: the localiser's files must be listed there
+                  trust_pickles:bool=False, # load the localizer's pickle (it runs code) instead of its weights and config
+                  manifest:dict|None=None,  # the models folder's manifest: the localizer's files must be listed there
                  ) -> pd.DataFrame:
     "The five level points (`POINT_COLUMNS`, source `located`) of each study with a converted Sagittal T2/STIR series"
     learn, rec = load_localizer(models, cpu=not torch.cuda.is_available() if cpu is None else cpu, trust_pickles=trust_pickles,
@@ -554,7 +554,7 @@ def localize_cli(converted:str,                # conversion folder (index.csv, o
                  pretrained:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # ImageNet weights (torch.hub cache or download)
                  weights:str=None,             # local state dict file of the full model (no download)
                  seed:int=0,                   # random seed
-                 no_resume:bool=False,         # train again even when a localiser of the same inputs is finished
+                 no_resume:bool=False,         # train again even when a localizer of the same inputs is finished
                  quiet:bool=False,             # no progress output
                 ) -> int:
     "Train the level localizer (out-of-fold and final models) and write MODELS/localizer/points.csv"

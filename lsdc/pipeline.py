@@ -47,11 +47,11 @@ class PipelineSettings(NamedTuple):
     "The whole method's settings, from the split to the CV: what `lsdc train` trains"
     inputs:str = 'levels'                       # 'levels': each column on a crop around its level; 'middle': the middle sagittal slices
     learner:LearnerSettings = LearnerSettings() # every column's learner (its `size` is the crops' size too)
-    levels:LevelSettings = LevelSettings()      # 'levels': the localiser, the axial slice selector and the crops
+    levels:LevelSettings = LevelSettings()      # 'levels': the localizer, the axial slice selector and the crops
     folds:int = 5                               # folds of the study-level split
     which_folds:str|tuple|None = None           # the folds to train (None: all; '0': a quick holdout)
     columns:str|tuple|None = None               # the label columns to train (None: all 25; the others get the training shares)
-    seed:int = 42                               # seed of the split, the localiser and the learners
+    seed:int = 42                               # seed of the split, the localizer and the learners
     factors:str = 'pooled'                      # how the balancing factors are counted (`fold_factors`)
     n_boot:int = 1000                           # bootstrap draws of the CV's intervals
 
@@ -399,14 +399,14 @@ def predict_folds(data,                 # RSNA data folder (Kaggle layout) or `R
 
 # %% ../nbs/08a_pipeline.ipynb #07abaf21
 def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or `RSNAData`
-                   converted,              # conversion of the training studies (`lsdc convert`; the localiser's mid-sagittal PNGs for 'levels')
+                   converted,              # conversion of the training studies (`lsdc convert`; the localizer's mid-sagittal PNGs for 'levels')
                    models,                 # models folder to write
                    settings:PipelineSettings=PipelineSettings(), # the method: inputs, learners, stage 1, folds, seed, CV
                    compute:Compute=Compute(), # worker processes (columns at once, conversion and crops), device, image cache
                    shard=None,             # 'i/n': train only shard i of n of the columns
                    crops=None,             # 'levels': the training crops' folder (default: `crops/<name of converted>` beside it)
                    out=None,               # folder of the evaluation files (default: `models`)
-                   resume:bool=True,       # reuse a finished localiser and skip columns trained with the same settings
+                   resume:bool=True,       # reuse a finished localizer and skip columns trained with the same settings
                    progress:bool=True,     # progress lines
                   ) -> dict:
     "Split, stage 1 (levels), the learners of each fold, OOF predictions, calibration and CV into `models`; the CV dict (`trained`: the results)"
@@ -503,13 +503,13 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     lv = settings.levels._replace(crop_size=size)
     settings = settings._replace(levels=lv)
     marks = []   # where the seconds go, step by step (the summary's `step_seconds`)
-    _step('convert the training studies' + (' (mid-sagittal slices, for the level localiser)' if inputs == 'levels' else ''), t0, progress,
+    _step('convert the training studies' + (' (mid-sagittal slices, for the level localizer)' if inputs == 'levels' else ''), t0, progress,
           marks, 'conversion')
     convert_dataset(d, conv/'train', split='train', size=lv.loc_size if inputs == 'levels' else size, n_workers=n_workers, progress=progress)
     n_cols = len(parse_columns(settings.columns))
     _step(f"split the {len(d.train)} training studies into {settings.folds} folds" + (f"; locate the levels ({lv.crop_mm:g} mm crops)" if inputs == 'levels' else '')
           + f"; train {n_cols} learners per fold ({arch_name(settings.learner.arch)}, {size} px, {inputs})", t0, progress, marks,
-          'folds (localiser, crops, learners, CV)' if inputs == 'levels' else 'folds (learners, CV)')
+          'folds (localizer, crops, learners, CV)' if inputs == 'levels' else 'folds (learners, CV)')
     cv = train_pipeline(d, conv/'train', models, settings, compute, crops=out/'crops'/'train', out=out, progress=progress)
     res = cv.pop('trained')
     _step(f"predict the test studies (the mean of {len(cv['trained_folds'])} folds' models)", t0, progress, marks, 'prediction and scores')
@@ -569,7 +569,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               models:str,                    # models folder to write
               data:str=None,                 # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
               inputs:str='levels',           # 'levels': locate the levels, cut crops, train on them; 'middle': CONVERTED's middle slices (the middle-slice method)
-              folds:int=5,                   # folds of the study-level split (every column, the localiser and the slice selector)
+              folds:int=5,                   # folds of the study-level split (every column, the localizer and the slice selector)
               train_folds:str=None,          # train only these folds, e.g. '0' (a quick holdout); default all
               columns:str=None,              # comma-separated label columns (default: all 25)
               shard:str=None,                # 'i/n': train shard i (from 0) of n of the columns; 'auto': from SLURM / Kubernetes / $LSDC_SHARD
@@ -590,12 +590,12 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               balance:str='upsample',        # the imbalance: 'upsample' (the middle-slice method's), 'weights' (1/2/4 in the loss) or 'none'
               factors:str='pooled',          # the factors that undo the balancing: a condition's levels 'pooled', or each 'column' its own
               n_boot:int=1000,               # bootstrap draws of the CV's 95 % intervals
-              no_resume:bool=False,          # retrain columns already trained with these settings (and the localiser)
+              no_resume:bool=False,          # retrain columns already trained with these settings (and the localizer)
               jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine; GPUs: one each)
               loader:str='cache',            # 'cache': each image decoded once into an image cache; 'png': every epoch
               crops:str=None,                # --inputs levels: the training crops' folder (default: beside CONVERTED, `crops/<name>`)
-              loc_size:int=96,               # --inputs levels: the level localiser's image size
-              loc_epochs:int=15,             # --inputs levels: the level localiser's epochs
+              loc_size:int=96,               # --inputs levels: the level localizer's image size
+              loc_epochs:int=15,             # --inputs levels: the level localizer's epochs
               train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
               slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
               axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'

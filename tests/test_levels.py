@@ -1,5 +1,5 @@
 """The levels method end to end at tiny size, through the `lsdc` command: synth (anatomical) -> convert -> train
---inputs levels (a two-fold study-level split; the localiser, crops, and fold 0's learners) -> predict -> report; and
+--inputs levels (a two-fold study-level split; the localizer, crops, and fold 0's learners) -> predict -> report; and
 what keeps it honest."""
 import json, shutil, subprocess, sys
 from pathlib import Path
@@ -113,7 +113,7 @@ def test_validation_sees_located_crops_training_annotated(run):
 
 
 def test_train_crops_located_cuts_only_located_crops(run, tmp_path, capsys):
-    # train_crops='located': the learners train on the crops the localiser gives; the finished localiser (same seed as
+    # train_crops='located': the learners train on the crops the localizer gives; the finished localizer (same seed as
     # `lsdc train`'s 42, same folds) is reused
     from lsdc.levels import LevelSettings, prepare_levels
     w = run['w']
@@ -161,8 +161,8 @@ def test_tampered_levels_file_is_refused(run, tmp_path):
     assert r.returncode != 0 and 'levels.json' in (r.stdout + r.stderr)
 
 
-def test_second_run_reuses_the_localiser_and_crops(run):
-    "Training into the same models folder again (a resumed run, or another shard) reuses the localiser and the crops"
+def test_second_run_reuses_the_localizer_and_crops(run):
+    "Training into the same models folder again (a resumed run, or another shard) reuses the localizer and the crops"
     w = run['w']
     pkl = w/'models'/'localizer'/'localizer.pkl'
     before = (file_sha256(pkl), pkl.stat().st_mtime_ns)
@@ -202,7 +202,7 @@ def one_error_line(out: str) -> str:
 
 
 def test_the_reported_attack_runs_no_code(run, tmp_path):
-    "manifest.json with only a `levels` entry, levels.json with an empty localiser, localizer.json naming a payload pickle by an absolute path"
+    "manifest.json with only a `levels` entry, levels.json with an empty localizer, localizer.json naming a payload pickle by an absolute path"
     marker, m = tmp_path/'pwned', tmp_path/'models'
     evil = tmp_path/'elsewhere'/'evil.pkl'
     h = write_payload(evil, marker)
@@ -239,7 +239,7 @@ def edit_record(m, sub, **changes):
     fn.write_text(json.dumps({**json.loads(fn.read_text()), **changes}))
 
 
-@pytest.mark.parametrize('variant', ['pickle_beside_localiser', 'up_and_out', 'absolute', 'symlink_out', 'unlisted_oof',
+@pytest.mark.parametrize('variant', ['pickle_beside_localizer', 'up_and_out', 'absolute', 'symlink_out', 'unlisted_oof',
                                      'column_pickle', 'unknown_arch'])
 def test_attack_variants_run_no_code_and_read_nothing_outside(run, tmp_path, variant):
     "Each way a folder could make `lsdc predict` unpickle, or read a file outside it, or build what its config asks: refused in one line"
@@ -249,11 +249,11 @@ def test_attack_variants_run_no_code_and_read_nothing_outside(run, tmp_path, var
     for f, o in (('localizer.safetensors', outside), ('localizer.pkl', out_pkl)):
         if (loc/f).exists(): shutil.copy(loc/f, o)     # (an earlier release's folder has no safetensors)
     h, hp = (file_sha256(o) if o.exists() else None for o in (outside, out_pkl))
-    if variant == 'pickle_beside_localiser':       # the record names only a payload pickle, as an earlier release's would
+    if variant == 'pickle_beside_localizer':       # the record names only a payload pickle, as an earlier release's would
         rec = json.loads((loc/'localizer.json').read_text())
         p = write_payload(loc/'evil.pkl', marker)
         (loc/'localizer.json').write_text(json.dumps({k: v for k, v in rec.items() if not k.startswith('safetensors')} | {'file': 'evil.pkl', 'sha256': p}))
-        relist(m, **{'localizer/evil.pkl': p}); expect = 'localizer.json: the localiser has no safetensors weights'
+        relist(m, **{'localizer/evil.pkl': p}); expect = 'localizer.json: the localizer has no safetensors weights'
     elif variant in ('up_and_out', 'absolute'):    # the record names files outside the folder, listed with their true hashes
         st, pk = (('../../outside.safetensors', '../../outside.pkl') if variant == 'up_and_out' else (str(outside), str(out_pkl)))
         edit_record(m, 'localizer', safetensors=st, file=pk); relist(m, **{f'localizer/{st}': h, f'localizer/{pk}': hp})
@@ -280,18 +280,18 @@ def test_attack_variants_run_no_code_and_read_nothing_outside(run, tmp_path, var
 
 
 def test_trusted_genuine_folder_predicts(run, tmp_path):
-    "With --trust-pickles a genuine folder predicts from its pickles, the localiser's too, as it does from the safetensors"
+    "With --trust-pickles a genuine folder predicts from its pickles, the localizer's too, as it does from the safetensors"
     code, out = predict_folder(run, run['w']/'models', tmp_path, '--trust-pickles')
     assert code == 0, out[-3000:]
     a, b = pd.read_csv(tmp_path/'sub.csv'), pd.read_csv(run['w']/'submission.csv')
     assert a.row_id.tolist() == b.row_id.tolist()
     pa, pb = (pd.read_csv(d/'points.csv').sort_values(['study_id', 'level']) for d in (tmp_path/'sub_crops', run['w']/'submission_crops'))
-    assert (pa[['x', 'y']].to_numpy() - pb[['x', 'y']].to_numpy()).__abs__().max() < 1e-3   # the localiser's pickle and weights agree
+    assert (pa[['x', 'y']].to_numpy() - pb[['x', 'y']].to_numpy()).__abs__().max() < 1e-3   # the localizer's pickle and weights agree
     assert (a[list(GRADE_KEYS)] - b[list(GRADE_KEYS)]).abs().max().max() < 1e-3        # (a crop cut 1e-5 px apart moves a grade by 1e-4)
 
 
 def test_folder_of_an_earlier_release(run, tmp_path):
-    "A levels folder written before the localiser was saved as weights: refused with the re-export message, then re-exported"
+    "A levels folder written before the localizer was saved as weights: refused with the re-export message, then re-exported"
     from lsdc.inference import reexport_levels
     from lsdc.levels import read_levels
     from lsdc.learners import collect_results

@@ -156,7 +156,7 @@ def test_missing_series_is_named(trained, synth, tmp_path):
 
 @pytest.mark.parametrize('name', ['localizer.safetensors', 'localizer.pkl', 'oof_points.csv'])
 def test_tampered_model_is_refused(trained, synth, tmp_path, name):
-    "A localiser file that does not match its record is refused (the pickle where it would be loaded: with trust_pickles)"
+    "A localizer file that does not match its record is refused (the pickle where it would be loaded: with trust_pickles)"
     models = tmp_path/"models"
     shutil.copytree(trained.models/"localizer", models/"localizer")
     with open(models/"localizer"/name, "ab") as f: f.write(b"0")
