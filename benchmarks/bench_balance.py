@@ -2,7 +2,7 @@
 
 One synthetic set at the demo's size (`lsdc demo` settings: 128 training / 40 test studies, ResNet18 at 48 px with a
 body pretrained on other studies, the demo's folds, two columns at a time), the middle slices on the middle phantom.
-For each `balance` (`upsample`: seed 001, `weights`: cross-entropy weighted 1/2/4, `none`) the learners of every fold
+For each `balance` (`upsample`: the middle-slice method's, `weights`: cross-entropy weighted 1/2/4, `none`) the learners of every fold
 are trained (`lsdc.pipeline.train_pipeline`), and their out-of-fold predictions scored raw and calibrated (each fold
 model calibrated on its own out-of-fold studies, cross-fitted), with 95 % intervals; then each balance is compared
 with `upsample` on the same studies (`lsdc compare`: the paired difference and its interval, and a verdict).

@@ -1,4 +1,4 @@
-"""Seed 002's idea, measured (issue 10): do the located level coordinates earn a place beside the image?
+"""The located coordinates as features, measured: do the located level coordinates earn a place beside the image?
 
     python benchmarks/bench_coords.py RUN [--data DIR] [--test-labels FILE] [--C 1.0]
 
@@ -6,7 +6,7 @@ RUN is the output folder of a levels run with test labels: `lsdc demo` (its `dat
 `benchmarks/bench_inputs.py --root R` (then RUN is `R/levels` and `--data R/data`). Nothing is trained again but
 small logistic regressions, so it takes seconds.
 
-The features are those seed 002 set beside the image, from the localizer's points on the mid-sagittal slice (out of
+The features are those an earlier method set beside the image, from the localizer's points on the mid-sagittal slice (out of
 fold for the training studies, the final localizer's for the test studies, as at test time), in patient millimetres:
 the level's position against the study's five (superior and anterior), its distances to the levels above and below,
 and the local angle of the spine. Every model below is a multinomial logistic regression per condition (its five
@@ -17,7 +17,7 @@ probabilities are the ones the weighted log loss rewards:
   - learners: the run's calibrated submission (the images alone);
   - learners, refitted: the learners' calibrated out-of-fold log-probabilities (`models/oof_predictions.csv`: every
     training study, predicted by the fold model that never saw it) and the level, fitted on the training studies;
-  - learners + coordinates: the same with the coordinate features beside them (seed 002's idea, fused late).
+  - learners + coordinates: the same with the coordinate features beside them (fused late).
 All are scored on the same test studies with the competition metric; the two comparisons that decide are also given
 as a paired bootstrap over the test studies (the difference and its 95 % interval, and a verdict). The last line,
 `learners + coordinates vs learners, refitted: <r>`, is below 1 where the coordinates help.

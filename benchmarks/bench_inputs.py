@@ -1,4 +1,4 @@
-"""The two inputs side by side: middle slices (seed 001) against level crops, on one anatomical synthetic set, decided by
+"""The two inputs side by side: middle slices (the middle-slice method) against level crops, on one anatomical synthetic set, decided by
 the study-level cross-validation.
 
     python benchmarks/bench_inputs.py --seed S [--root DIR] [--inputs levels,middle] [--n-train 128] [--n-test 40]
@@ -6,7 +6,7 @@ the study-level cross-validation.
 One synthetic data set with the anatomical phantom at the demo's size, then the demo's pipeline
 (`lsdc.pipeline.run_pipeline` with the `CPU` settings of `lsdc.demo`: the same folds, learners, schedule and
 calibration, each input's body pretrained on its own images of a second synthetic set), once per input:
-  - middle: each column's learner on the middle slice of its series (seed 001);
+  - middle: each column's learner on the middle slice of its series (the middle-slice method);
   - levels: the level localizer and the axial slice selector, then each column's learner on its 2.5D crop around its
     level (`--axial nearest`: the axial slice nearest the located level instead of the selector's).
 Each run's out-of-fold CV is printed with its 95 % intervals, then the paired comparison of the two CVs over the same

@@ -236,6 +236,7 @@ def train_axial(models,                    # models folder: writes `axial/`
     say(f"axial slices: final model on {int(is_ann.sum())} candidates ({time.perf_counter() - t1:.0f} s) -> {st}; {axial_summary(rec)}")
     return rec
 
+# %% ../nbs/05d_axial.ipynb #06848d8a
 def axial_summary(rec:dict) -> str:
     "The out-of-fold figures of a selector's record in a line"
     v = rec.get('validation', {}); s, n = v.get('selected', {}), v.get('nearest', {})

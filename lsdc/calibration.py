@@ -185,7 +185,7 @@ class MetricRows(NamedTuple):
         n = study.max() + 1 if len(study) else 0
         lab, aw = np.zeros(n), np.zeros(n)
         np.maximum.at(lab, study, (y[spinal] == 2).astype(float)); np.maximum.at(aw, study, w[spinal])
-        return cls(y, w, group, spinal, study, lab, aw)
+        return cls(y=y, weight=w, group=group, spinal=spinal, study=study, any_label=lab, any_weight=aw)
 
 def metric_terms(q, rows:MetricRows, eps:float=EPS) -> dict:
     "The four terms and the score of probabilities `q` (n, 3) on `rows`: `lsdc.metrics.competition_score` on arrays"

@@ -160,6 +160,7 @@ def listed_file(models,             # the models folder
     manifest = read_manifest(models) if manifest is None else manifest
     return verified_path(models, name, (manifest.get('files') or {}).get(name))
 
+# %% ../nbs/00a_files.ipynb #de98ee6a
 def record_file(models,               # the models folder
                 sub:str,              # the folder of the record, in `models` (e.g. 'localizer')
                 name,                 # the file the record names, in `sub`

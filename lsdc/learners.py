@@ -771,7 +771,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
     s = dict(inputs=inputs, architecture=arch_name(o.arch), image_size=o.size, pretrained=bool(o.pretrained and w is None),
              weights=file_sha256(w) if w else None, balance=o.balance, valid_pct=valid_pct, seed=seed, series=o.series,
              valid_ids=None if valid_ids is None else list(valid_ids),
-             schedule=Schedule(*o.schedule)._asdict(), bs=o.bs, aug=bool(o.aug), train_bn=bool(o.train_bn),
+             schedule=o.schedule._asdict(), bs=o.bs, aug=bool(o.aug), train_bn=bool(o.train_bn),
              lr_find_iters=o.lr_find_iters, lr_find_range=[float(v) for v in o.lr_find_range], freeze_epochs=o.freeze_epochs,
              patience=o.patience, conversion=conv)
     return json.loads(json.dumps(s, default=json_default))   # as a record reads it back

@@ -564,6 +564,7 @@ def format_summary(s:dict) -> str:
 def _fail(cmd:str, e:BaseException) -> int:
     print(f"lsdc {cmd}: {e if str(e) else type(e).__name__}", file=sys.stderr); return 1
 
+# %% ../nbs/08a_pipeline.ipynb #6b2fc385
 @call_parse
 def train_cli(converted:str,                 # conversion folder (holds index.csv); with --inputs levels, the mid-sagittal PNGs
               models:str,                    # models folder to write

@@ -95,6 +95,7 @@ def _in_range(k:int, n:int) -> int:
     if not 0 <= k < n: raise ValueError(f"class index {k} out of range for {n} outputs")
     return k
 
+# %% ../nbs/08_report.ipynb #5ad0939f
 def gradcams(learn,            # a fastai vision learner (`learn.model` is `Sequential(body, head)`)
              imgs:list,        # images: paths, PIL images or uint8 arrays
              class_idxs=None,  # per image, an output index or class name to explain (None: each one's predicted class)
@@ -416,6 +417,7 @@ class CamJob(NamedTuple):
     def failed(self, e:Exception) -> Cam:
         return self.cam(problem=Problem(ProblemKind.gradcam_failed, self.column, f"Grad-CAM failed ({type(e).__name__}: {e})"))
 
+# %% ../nbs/08_report.ipynb #45e9741b
 def _cam_jobs(findings:pd.DataFrame, images:dict, learners:dict, series=None, crops:dict|None=None) -> dict:
     "`{column: CamJob}` of every finding of a study: on its series' middle slice, or on its level crop when `crops` are given"
     jobs = {}
@@ -681,6 +683,7 @@ def _images_html(rep:StudyReport, px:int) -> str:
                     f'<figcaption><b>{_esc(d)}</b>, middle slice (series {_esc(im.series_id or "?")}); {_esc(how)}.</figcaption></figure>')
     return f'<div class="figs">{"".join(figs)}</div>'
 
+# %% ../nbs/08_report.ipynb #662f9f79
 def _cam_source(col:str, c:Cam) -> str:
     "What a finding's heatmap is computed on, in words"
     if c.crop is None: return c.description

@@ -88,7 +88,7 @@ def column_table(labels:pd.DataFrame, # `study_id` + label columns, grades as st
     if missing: log.warning("%s: %d labelled studies have no converted %s series (left out): %s",
                             col, len(missing), desc, missing[:10])
     n_unl = len(set(imgs.study_id) - set(lab.study_id))
-    return ColumnTable(col, desc, df[['study_id', 'series_id', 'image', 'image_train', 'label']], missing, n_unl)
+    return ColumnTable(column=col, series=desc, df=df[['study_id', 'series_id', 'image', 'image_train', 'label']], missing=missing, n_unlabelled=n_unl)
 
 # %% ../nbs/04_sampling.ipynb #f0555767
 def split_studies(df:pd.DataFrame,      # one row per study with `label`

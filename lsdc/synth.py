@@ -781,7 +781,7 @@ def synth_cli(dest:str,              # folder to write
               image_size:int=384,    # rows and columns of every image
               workers:int=None,      # processes (default: one per core)
               overwrite:bool=False,  # replace an existing data set in DEST
-              phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (seed 001's premise)
+              phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (the middle-slice method's premise)
               difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"

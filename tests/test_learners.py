@@ -355,8 +355,9 @@ def test_each_worker_trains_on_a_device_of_its_own(tmp_path):
     # run at once hold different devices, and both devices are used
     import lsdc.learners as L
     devices = L.worker_devices(2, n_gpus=2)
-    with L._pool(2, 1) as ex:
-        res = [f.result() for f in [ex.submit(L._leased, _hold_device, tmp_path, devices, k) for k in range(6)]]
+    from lsdc.workers import process_pool
+    with process_pool(2, 1) as ex:
+        res = [f.result() for f in [ex.submit(L._on_free_device, _hold_device, tmp_path, devices, k) for k in range(6)]]
     assert sorted(r[0] for r in res) == list(range(6)) and {r[1] for r in res} == {'cuda:0', 'cuda:1'}
     assert len({r[4] for r in res}) == 2
     for a in res:
