@@ -227,7 +227,7 @@ class EpochLog(Callback):
         names = [n for n in self.recorder.metric_names if n not in ('epoch', 'time')]
         vals = self.recorder.values[-1] if self.recorder.values else []
         self.rows.append({'epoch': len(self.rows), 'frozen': self.learn.opt.frozen_idx > 0 if self.learn.opt else False,
-                          **{n: float(v) for n, v in zip(names, vals)}, 'seconds': time.perf_counter() - self._t0})
+                          **{n: float(v) for n, v in zip(names, vals) if v is not None}, 'seconds': time.perf_counter() - self._t0})
         if self.say: self.say(f"{self.tag} epoch {self.epoch + 1}/{self.n_epoch}: loss {self.rows[-1]['train_loss']:.3f}, "
                               f"{self.rows[-1]['seconds']:.1f} s")
 
