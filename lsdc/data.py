@@ -16,7 +16,8 @@ from .core import *
 # %% auto #0
 __all__ = ['CSV_FILES', 'SERIES_COLUMNS', 'COORD_COLUMNS', 'EXPECTED_COLUMNS', 'DataError', 'DataWarning', 'read_table',
            'read_train', 'read_series', 'read_coords', 'read_submission', 'series_dir', 'RSNAData', 'load_rsna',
-           'long_labels', 'pick_series', 'series_table', 'check_cli']
+           'long_labels', 'pick_series', 'series_table', 'displaced_levels', 'same_slice_foramina', 'series_problems',
+           'check_cli']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
 class DataError(ValueError):
@@ -227,6 +228,51 @@ def series_table(data:RSNAData, split:str='train', descriptions=SERIES_DESCRIPTI
     df['folder'] = [series_dir(data.path, split, s, r) for s, r in zip(df.study_id, df.series_id)]
     return df.sort_values(['study_id', 'series_description', 'series_id']).reset_index(drop=True)
 
+# %% ../nbs/01_data.ipynb #fcf96eed
+def _quadratic_residuals(p:np.ndarray) -> tuple[int, float]:
+    "The suspect point of five (5, 2) and its distance from where a quadratic through the other four puts it"
+    t, best = np.arange(len(p)), None
+    for k in range(len(p)):
+        o = t != k
+        fit = np.stack([np.polyval(np.polyfit(t[o], p[o, d], 2), t) for d in range(2)], 1)
+        rms = float(np.sqrt(((p[o] - fit[o]) ** 2).sum(1).mean()))
+        if best is None or rms < best[0]: best = (rms, k, float(np.linalg.norm(p[k] - fit[k])))
+    return best[1], best[2]
+
+def displaced_levels(coords:pd.DataFrame,   # `train_label_coordinates` (`read_coords`)
+                     max_offset:float=0.5,  # in level spacings: how far a point may lie from where the other four put it
+                    ) -> pd.DataFrame:
+    "The spinal canal points far from where their study's other four put them: study_id, series_id, level, offset (level spacings)"
+    sp = coords[[condition_key(c) == 'spinal_canal_stenosis' for c in coords.condition]]
+    sp = sp.assign(level=[level_key(l) for l in sp.level])
+    rows = []
+    for (sid, ser), g in sp.groupby(['study_id', 'series_id']):
+        p = g.groupby('level')[['x', 'y']].mean().reindex(list(LEVELS)).to_numpy(float)
+        if np.isnan(p).any(): continue   # fewer than five points: nothing to compare them with
+        gap = float(np.median(np.linalg.norm(np.diff(p, axis=0), axis=1)))
+        if not gap > 0: continue
+        k, d = _quadratic_residuals(p)
+        if d / gap > max_offset: rows.append((int(sid), int(ser), LEVELS[k], round(d / gap, 3)))
+    return pd.DataFrame(rows, columns=['study_id', 'series_id', 'level', 'offset'])
+
+def same_slice_foramina(coords:pd.DataFrame) -> pd.DataFrame:
+    "The levels whose left and right foramina were marked on one slice of one series: study_id, series_id, level, instance_number"
+    f = coords[[condition_key(c).endswith('neural_foraminal_narrowing') for c in coords.condition]]
+    f = f.assign(side=[condition_key(c).split('_')[0] for c in f.condition], level=[level_key(l) for l in f.level])
+    both = f.groupby(['study_id', 'series_id', 'level', 'instance_number']).side.nunique()
+    out = both[both > 1].reset_index()[['study_id', 'series_id', 'level', 'instance_number']]
+    return out.astype({'study_id': int, 'series_id': int, 'instance_number': int})
+
+# %% ../nbs/01_data.ipynb #58412a27
+def series_problems(series:pd.DataFrame, # a series description table (`read_series`)
+                   ) -> dict:
+    "`{what: study ids}`: the studies with several series of one description, and those without one of the three"
+    n = (series.groupby(['study_id', 'series_description']).size().unstack(fill_value=0)
+               .reindex(columns=list(SERIES_DESCRIPTIONS), fill_value=0))
+    out = {f'several {d} series': n.index[n[d] > 1] for d in SERIES_DESCRIPTIONS}
+    out |= {f'no {d} series': n.index[n[d] == 0] for d in SERIES_DESCRIPTIONS}
+    return {k: [int(s) for s in v] for k, v in out.items() if len(v)}
+
 # %% ../nbs/01_data.ipynb #a5dee3a1
 @call_parse
 def check_cli(data:str, # data folder (the Kaggle input folder on Kaggle)
@@ -241,4 +287,11 @@ def check_cli(data:str, # data folder (the Kaggle input folder on Kaggle)
         print(f'lsdc check: {e}', file=sys.stderr); return 1
     print(d)
     for w in d.warnings: print('warning:', w)
+    for s in split.split(','):
+        for what, ids in series_problems(d.series(s)).items(): print(f"series ({s}): {len(ids)} studies with {what}: {_fmt(ids)}")
+    if d.coords is not None and len(d.coords):   # wrong coordinates, before anything trains on them
+        for what, t in (("spinal canal points far from where their study's other four put them", displaced_levels(d.coords)),
+                        ('levels whose left and right foramina are marked on one slice', same_slice_foramina(d.coords))):
+            where = [f'study {r.study_id} {LEVEL_NAMES[r.level]}' for r in t.itertuples()]
+            print(f"coordinates: {len(t)} {what}" + (f": {_fmt(where)}" if where else ''))
     return 0

@@ -22,9 +22,9 @@ from fastai.vision.all import (DataBlock, ImageBlock, PointBlock, ColReader, Col
                                load_learner)
 from fastai.vision.learner import default_split
 from . import __version__
-from .core import LEVELS, condition_key, level_key, as_id
+from .core import LEVELS, LEVEL_NAMES, condition_key, level_key, as_id
 from .files import ModelIntegrityError, read_index, file_sha256, now, write_json, record_file, listed_file, read_record
-from .data import DataError, load_rsna, series_dir
+from .data import DataError, load_rsna, series_dir, displaced_levels
 from .geometry import GeometryError, read_geometry
 from .crops import POINT_COLUMNS, read_points, annotated_points
 from .learners import resolve_arch, arch_name, load_body_weights, export_learner
@@ -76,6 +76,8 @@ TARGET_COLUMNS = ('study_id', 'series_id', 'instance_number', 'image', 'rows', '
 
 def level_targets(index:pd.DataFrame,  # conversion index with `image` (`lsdc.files.read_index`)
                   coords:pd.DataFrame, # `train_label_coordinates`: its studies are the training studies
+                  max_offset:float=0.5,# a study whose canal point lies further than this many level spacings from where its
+                                       # other four put it (`lsdc.data.displaced_levels`) is left out; None: none is
                  ) -> pd.DataFrame:
     "One row per training study with its five level points (`points`, (5, 2) PNG pixels); `attrs['skipped']`: {study: why}"
     missing = [c for c in ('instance_number', 'rows', 'columns') if c not in index.columns]
@@ -88,6 +90,13 @@ def level_targets(index:pd.DataFrame,  # conversion index with `image` (`lsdc.fi
     t2 = _pick_series(t2.assign(n_points=n.to_numpy()), n)
     skipped = {s: f'no converted {LOCATE_SERIES} series' for s in sorted(set(studies) - set(t2.study_id))}
     skipped |= {r.study_id: f'{r.n_points} of 5 spinal canal points on series {r.series_id}' for r in t2.itertuples() if r.n_points < len(LEVELS)}
+    if max_offset is not None:
+        off = displaced_levels(coords, max_offset)
+        on = set(zip(t2.study_id, t2.series_id))   # the series the localizer would read
+        off = off[np.array([(s, r) in on for s, r in zip(off.study_id, off.series_id)], dtype=bool)]
+        skipped |= {r.study_id: f'its {LEVEL_NAMES[r.level]} canal point on series {r.series_id} lies {r.offset:.2f} level spacings from '
+                                'where its other four put it' for r in off.itertuples()}
+        t2 = t2[~t2.study_id.isin(set(off.study_id))]
     rows = []
     for r in t2[t2.n_points == len(LEVELS)].itertuples():
         xy = pts.loc[(r.study_id, r.series_id)].reindex(list(LEVELS)).to_numpy(float)

@@ -303,3 +303,26 @@ def test_cli_synth_then_check(tmp_path):
     (dest / "train.csv").write_text("study_id\n1\n")
     r = run("check", str(dest))
     assert r.returncode == 1 and "train.csv: missing column(s) spinal_canal_stenosis_l1_l2" in r.stderr and not r.stdout
+
+
+def test_check_reports_wrong_coordinates(tmp_path, capsys):
+    # an anatomical synthetic set (its foramina marked on their own parasagittal slices, as in the real data), then the
+    # same with one canal point moved far off its curve and one right foramen put on its left's slice
+    from lsdc.data import check_cli
+    d = make_synthetic(tmp_path / 'data', n_train=4, n_test=1, image_size=64, seed=0, n_workers=1, phantom='anatomical')
+    assert check_cli(str(d), split='train') == 0
+    out = capsys.readouterr().out                                      # the phantom's own points agree
+    assert "coordinates: 0 spinal canal points" in out and "coordinates: 0 levels whose left and right foramina" in out, out
+    co = pd.read_csv(d / 'train_label_coordinates.csv')
+    sid = int(co.study_id.iloc[0])
+    canal = co.index[(co.study_id == sid) & (co.condition == 'Spinal Canal Stenosis') & (co.level == 'L3/L4')][0]
+    sp = co[(co.study_id == sid) & (co.condition == 'Spinal Canal Stenosis')].sort_values('level')
+    co.loc[canal, 'x'] += 1.5 * np.median(np.hypot(np.diff(sp.x), np.diff(sp.y)))   # one and a half level spacings off
+    left = co[(co.study_id == sid) & (co.condition == 'Left Neural Foraminal Narrowing') & (co.level == 'L4/L5')].iloc[0]
+    right = (co.study_id == sid) & (co.condition == 'Right Neural Foraminal Narrowing') & (co.level == 'L4/L5')
+    co.loc[right, ['series_id', 'instance_number']] = [left.series_id, left.instance_number]
+    co.to_csv(d / 'train_label_coordinates.csv', index=False)
+    assert check_cli(str(d), split='train') == 0
+    out = capsys.readouterr().out
+    assert f"coordinates: 1 spinal canal points far from where their study's other four put them: study {sid} L3/L4" in out, out
+    assert f"coordinates: 1 levels whose left and right foramina are marked on one slice: study {sid} L4/L5" in out, out
