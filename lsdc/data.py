@@ -240,7 +240,7 @@ def _quadratic_residuals(p:np.ndarray) -> tuple[int, float]:
     return best[1], best[2]
 
 def displaced_levels(coords:pd.DataFrame,   # `train_label_coordinates` (`read_coords`)
-                     max_offset:float=0.5,  # in level spacings: how far a point may lie from where the other four put it
+                     max_offset:float=0.4,  # in level spacings: how far a point may lie from where the other four put it
                     ) -> pd.DataFrame:
     "The spinal canal points far from where their study's other four put them: study_id, series_id, level, offset (level spacings)"
     sp = coords[[condition_key(c) == 'spinal_canal_stenosis' for c in coords.condition]]

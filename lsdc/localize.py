@@ -76,7 +76,7 @@ TARGET_COLUMNS = ('study_id', 'series_id', 'instance_number', 'image', 'rows', '
 
 def level_targets(index:pd.DataFrame,  # conversion index with `image` (`lsdc.files.read_index`)
                   coords:pd.DataFrame, # `train_label_coordinates`: its studies are the training studies
-                  max_offset:float=0.5,# a study whose canal point lies further than this many level spacings from where its
+                  max_offset:float=0.4,# a study whose canal point lies further than this many level spacings from where its
                                        # other four put it (`lsdc.data.displaced_levels`) is left out; None: none is
                  ) -> pd.DataFrame:
     "One row per training study with its five level points (`points`, (5, 2) PNG pixels); `attrs['skipped']`: {study: why}"

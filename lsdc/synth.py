@@ -27,7 +27,7 @@ __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL
            'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec', 'degenerated_grades',
            'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy', 'anatomical_sagittal_layers',
            'anatomical_sagittal_slice', 'Plane', 'canal_crossing', 'anatomical_axial_image', 'axial_planes',
-           'make_synthetic', 'synth_cli']
+           'make_synthetic', 'Mess', 'displace_points', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #3634081b
 GRADE_PROBS = {'spinal': (0.878, 0.075, 0.047), 'foraminal': (0.78, 0.18, 0.04), 'subarticular': (0.714, 0.19, 0.096)}
@@ -733,12 +733,13 @@ def _study_jobs(dest:Path, n_train:int, n_test:int, seed:int, image_size:int, ph
     return [StudyJob(root=str(dest), split='train' if i < n_train else 'test', index=i, study_id=s, series_ids=series_ids[i],
                      seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty) for i, s in enumerate(study_ids)]
 
-def _write_tables(dest:Path, train:list, test:list):
-    "Write the five CSV files and `test_labels.csv` from the rows of the train and test studies"
+def _write_tables(dest:Path, train:list, test:list, mess=None, seed:int=0):
+    "Write the five CSV files and `test_labels.csv` from the rows of the train and test studies, with the coordinates' `mess`"
     lab = lambda rs: pd.DataFrame([r['labels'] for r in rs], columns=['study_id', *LABEL_COLUMNS])
     ser = lambda rs: pd.DataFrame([s for r in rs for s in r['series']], columns=['study_id', 'series_id', 'series_description'])
     coords = pd.DataFrame([c for r in train for c in r['coords']], columns=['study_id', 'series_id', 'instance_number', 'condition', 'level', 'x', 'y'])
     coords['condition'] = coords.condition.map(CONDITION_NAMES); coords['level'] = coords.level.map(LEVEL_NAMES)
+    if mess is not None and mess.displaced: coords = displace_points(coords, mess.displaced, seed)
     sub = pd.DataFrame([(rid, 1/3, 1/3, 1/3) for r in test for rid in study_row_ids(r['labels']['study_id'])], columns=list(SUBMISSION_COLUMNS))
     write_csv(lab(train), dest/'train.csv')
     write_csv(ser(train), dest/'train_series_descriptions.csv')
@@ -757,6 +758,7 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    overwrite:bool=False,  # replace an existing data set in `dest`
                    phantom:str='anatomical', # 'anatomical' (each grade where it shows in real MRI) or 'middle' (every grade on the middle slices)
                    difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
+                   mess:Mess|None=None,   # the real data's mess to add (`Mess`, defined below; None: a clean set)
                   ) -> Path:
     "Write a synthetic RSNA data set in the Kaggle layout"
     if phantom not in PHANTOMS: raise ValueError(f"phantom must be one of {', '.join(PHANTOMS)}, not {phantom!r}")
@@ -769,8 +771,31 @@ def make_synthetic(dest,                  # folder to write (created; must not h
     if image_size < 32: raise ValueError(f"image_size must be at least 32, not {image_size}")
     jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty)
     res = parallel_map(_write_job, jobs, n_workers=n_workers)
-    _write_tables(dest, train=res[:n_train], test=res[n_train:])
+    _write_tables(dest, train=res[:n_train], test=res[n_train:], mess=mess, seed=seed)
     return dest
+
+# %% ../nbs/02_synth.ipynb #e4eb9c3b
+class Mess(NamedTuple):
+    "How much of the real data's mess a synthetic set gets; the grades and the images stay as drawn"
+    displaced:float = 0.   # share of training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
+
+def displace_points(coords:pd.DataFrame, # the coordinates table (`train_label_coordinates.csv`'s columns)
+                    share:float,         # share of its studies that get one canal point moved
+                    seed:int=0,          # which studies, points, directions and distances
+                   ) -> pd.DataFrame:
+    "A copy of `coords` where `share` of the studies has one spinal canal point moved; `attrs['displaced']`: study, level, level spacings"
+    if not 0 <= share <= 1: raise ValueError(f"the share of displaced studies must be between 0 and 1, not {share}")
+    rng, out, moved = np.random.default_rng(seed), coords.copy(), []
+    sp = out[out.condition == CONDITION_NAMES['spinal_canal_stenosis']]
+    studies = sorted(sp.study_id.unique())
+    for s in sorted(rng.choice(studies, size=round(share * len(studies)), replace=False).tolist()):
+        g = sp[sp.study_id == s].sort_values('level')
+        gap = float(np.median(np.hypot(np.diff(g.x.to_numpy(float)), np.diff(g.y.to_numpy(float)))))
+        i, u, a = rng.choice(g.index), rng.uniform(0.3, 0.9), rng.uniform(0, 2 * np.pi)
+        out.loc[i, ['x', 'y']] = [out.at[i, 'x'] + u * gap * np.cos(a), out.at[i, 'y'] + u * gap * np.sin(a)]
+        moved.append((int(s), out.at[i, 'level'], round(u, 3)))
+    out.attrs['displaced'] = moved
+    return out
 
 # %% ../nbs/02_synth.ipynb #44c90008
 @call_parse
@@ -783,11 +808,12 @@ def synth_cli(dest:str,              # folder to write
               overwrite:bool=False,  # replace an existing data set in DEST
               phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (the middle-slice method's premise)
               difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
+              displaced:float=0., # share of training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"
     t0 = time.perf_counter()
     try: make_synthetic(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, n_workers=workers, overwrite=overwrite,
-                        phantom=phantom, difficulty=difficulty)
+                        phantom=phantom, difficulty=difficulty, mess=Mess(displaced=displaced))
     except (FileExistsError, ValueError) as e:
         print(f'lsdc synth: {e}'); return 1
     n = sum(1 for _ in Path(dest).rglob('*.dcm'))

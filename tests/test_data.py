@@ -326,3 +326,21 @@ def test_check_reports_wrong_coordinates(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"coordinates: 1 spinal canal points far from where their study's other four put them: study {sid} L3/L4" in out, out
     assert f"coordinates: 1 levels whose left and right foramina are marked on one slice: study {sid} L4/L5" in out, out
+
+
+def test_a_messy_synthetic_set_keeps_its_images_and_grades(tmp_path):
+    # `Mess(displaced=...)` moves canal points in the coordinates table only: the same seed gives the same images and
+    # grades, and `displaced_levels` finds the points moved furthest
+    from lsdc.synth import Mess
+    from lsdc.data import displaced_levels
+    kw = dict(n_train=8, n_test=1, image_size=64, seed=3, n_workers=1, phantom='anatomical')
+    clean, messy = make_synthetic(tmp_path/'clean', **kw), make_synthetic(tmp_path/'messy', mess=Mess(displaced=0.5), **kw)
+    for f in ('train.csv', 'train_series_descriptions.csv', 'test_labels.csv'):
+        assert (clean/f).read_bytes() == (messy/f).read_bytes(), f
+    one = next((clean/'train_images').rglob('*.dcm')).relative_to(clean)
+    assert (clean/one).read_bytes() == (messy/one).read_bytes()
+    a, b = read_coords(clean/'train_label_coordinates.csv'), read_coords(messy/'train_label_coordinates.csv')
+    moved = a.study_id[(a[['x', 'y']].to_numpy() != b[['x', 'y']].to_numpy()).any(axis=1)]
+    assert moved.nunique() == len(moved) == 4                                  # one point in each of half the studies
+    found = displaced_levels(b, max_offset=0.3)
+    assert len(displaced_levels(a, max_offset=0.3)) == 0 and set(found.study_id) <= set(moved) and len(found) >= 3, found
