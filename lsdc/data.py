@@ -229,21 +229,21 @@ def series_table(data:RSNAData, split:str='train', descriptions=SERIES_DESCRIPTI
     return df.sort_values(['study_id', 'series_description', 'series_id']).reset_index(drop=True)
 
 # %% ../nbs/01_data.ipynb #fcf96eed
-def _quadratic_residuals(p:np.ndarray) -> tuple[int, float]:
-    "The suspect point of five (5, 2) and its distance from where a quadratic through the other four puts it"
+def _quadratic_residuals(p:np.ndarray) -> tuple[int, float, np.ndarray]:
+    "The suspect point of five (5, 2), its distance from where a quadratic through the other four puts it, and that place"
     t, best = np.arange(len(p)), None
     for k in range(len(p)):
         o = t != k
         fit = np.stack([np.polyval(np.polyfit(t[o], p[o, d], 2), t) for d in range(2)], 1)
         rms = float(np.sqrt(((p[o] - fit[o]) ** 2).sum(1).mean()))
-        if best is None or rms < best[0]: best = (rms, k, float(np.linalg.norm(p[k] - fit[k])))
-    return best[1], best[2]
+        if best is None or rms < best[0]: best = (rms, k, float(np.linalg.norm(p[k] - fit[k])), fit[k])
+    return best[1], best[2], best[3]
 
 def displaced_levels(coords:pd.DataFrame,   # `train_label_coordinates` (`read_coords`)
                      max_offset:float=0.4,  # in level spacings: how far a point may lie from where the other four put it
                     ) -> pd.DataFrame:
-    "The spinal canal points far from where their study's other four put them: study_id, series_id, level, offset (level spacings)"
-    sp = coords[[condition_key(c) == 'spinal_canal_stenosis' for c in coords.condition]]
+    "The canal points far from where their study's other four put them: study_id, series_id, level, offset (level spacings), x_fit, y_fit (that place)"
+    sp = coords[np.array([condition_key(c) == 'spinal_canal_stenosis' for c in coords.condition], dtype=bool)]
     sp = sp.assign(level=[level_key(l) for l in sp.level])
     rows = []
     for (sid, ser), g in sp.groupby(['study_id', 'series_id']):
@@ -251,13 +251,13 @@ def displaced_levels(coords:pd.DataFrame,   # `train_label_coordinates` (`read_c
         if np.isnan(p).any(): continue   # fewer than five points: nothing to compare them with
         gap = float(np.median(np.linalg.norm(np.diff(p, axis=0), axis=1)))
         if not gap > 0: continue
-        k, d = _quadratic_residuals(p)
-        if d / gap > max_offset: rows.append((int(sid), int(ser), LEVELS[k], round(d / gap, 3)))
-    return pd.DataFrame(rows, columns=['study_id', 'series_id', 'level', 'offset'])
+        k, d, fit = _quadratic_residuals(p)
+        if d / gap > max_offset: rows.append((int(sid), int(ser), LEVELS[k], round(d / gap, 3), *map(float, fit)))
+    return pd.DataFrame(rows, columns=['study_id', 'series_id', 'level', 'offset', 'x_fit', 'y_fit'])
 
 def same_slice_foramina(coords:pd.DataFrame) -> pd.DataFrame:
     "The levels whose left and right foramina were marked on one slice of one series: study_id, series_id, level, instance_number"
-    f = coords[[condition_key(c).endswith('neural_foraminal_narrowing') for c in coords.condition]]
+    f = coords[np.array([condition_key(c).endswith('neural_foraminal_narrowing') for c in coords.condition], dtype=bool)]
     f = f.assign(side=[condition_key(c).split('_')[0] for c in f.condition], level=[level_key(l) for l in f.level])
     both = f.groupby(['study_id', 'series_id', 'level', 'instance_number']).side.nunique()
     out = both[both > 1].reset_index()[['study_id', 'series_id', 'level', 'instance_number']]

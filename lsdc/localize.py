@@ -76,10 +76,10 @@ TARGET_COLUMNS = ('study_id', 'series_id', 'instance_number', 'image', 'rows', '
 
 def level_targets(index:pd.DataFrame,  # conversion index with `image` (`lsdc.files.read_index`)
                   coords:pd.DataFrame, # `train_label_coordinates`: its studies are the training studies
-                  max_offset:float=0.4,# a study whose canal point lies further than this many level spacings from where its
-                                       # other four put it (`lsdc.data.displaced_levels`) is left out; None: none is
+                  max_offset:float=0.4,# a canal point further than this many level spacings from where its study's other four
+                                       # put it (`lsdc.data.displaced_levels`) is moved there; None: none is
                  ) -> pd.DataFrame:
-    "One row per training study with its five level points (`points`, (5, 2) PNG pixels); `attrs['skipped']`: {study: why}"
+    "One row per training study with its five level points (`points`, (5, 2) PNG pixels); `attrs['skipped']` and `attrs['corrected']`: {study: why}"
     missing = [c for c in ('instance_number', 'rows', 'columns') if c not in index.columns]
     if missing: raise ValueError(f"conversion index lacks columns {missing}")
     pts = spinal_points(coords).groupby(['study_id', 'series_id', 'level'])[['x', 'y']].mean()
@@ -90,13 +90,15 @@ def level_targets(index:pd.DataFrame,  # conversion index with `image` (`lsdc.fi
     t2 = _pick_series(t2.assign(n_points=n.to_numpy()), n)
     skipped = {s: f'no converted {LOCATE_SERIES} series' for s in sorted(set(studies) - set(t2.study_id))}
     skipped |= {r.study_id: f'{r.n_points} of 5 spinal canal points on series {r.series_id}' for r in t2.itertuples() if r.n_points < len(LEVELS)}
-    if max_offset is not None:
+    corrected = {}
+    if max_offset is not None:   # a point far from where the study's other four put it is moved there: the study stays
         off = displaced_levels(coords, max_offset)
-        on = set(zip(t2.study_id, t2.series_id))   # the series the localizer would read
+        on = set(zip(t2.study_id, t2.series_id))   # the series the localizer reads
         off = off[np.array([(s, r) in on for s, r in zip(off.study_id, off.series_id)], dtype=bool)]
-        skipped |= {r.study_id: f'its {LEVEL_NAMES[r.level]} canal point on series {r.series_id} lies {r.offset:.2f} level spacings from '
-                                'where its other four put it' for r in off.itertuples()}
-        t2 = t2[~t2.study_id.isin(set(off.study_id))]
+        for r in off.itertuples():
+            pts.loc[(r.study_id, r.series_id, r.level), ['x', 'y']] = [r.x_fit, r.y_fit]
+            corrected[r.study_id] = (f'its {LEVEL_NAMES[r.level]} canal point on series {r.series_id} lay {r.offset:.2f} level spacings '
+                                     'from where its other four put it; moved there')
     rows = []
     for r in t2[t2.n_points == len(LEVELS)].itertuples():
         xy = pts.loc[(r.study_id, r.series_id)].reindex(list(LEVELS)).to_numpy(float)
@@ -104,7 +106,7 @@ def level_targets(index:pd.DataFrame,  # conversion index with `image` (`lsdc.fi
         rows.append((r.study_id, r.series_id, int(r.instance_number), r.image, int(r.rows), int(r.columns), w, h,
                      (xy * [w / r.columns, h / r.rows]).astype(np.float32)))
     df = pd.DataFrame(rows, columns=list(TARGET_COLUMNS))
-    df.attrs['skipped'] = dict(sorted(skipped.items()))
+    df.attrs['skipped'], df.attrs['corrected'] = dict(sorted(skipped.items())), dict(sorted(corrected.items()))
     return df
 
 # %% ../nbs/05c_localize.ipynb #81291829
@@ -456,7 +458,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     say = printer(progress)
     folder, t0 = localizer_dir(models), time.perf_counter()
     table = level_targets(read_index(converted), coords)
-    skipped = table.attrs['skipped']
+    skipped, corrected = table.attrs['skipped'], table.attrs['corrected']
     if isinstance(folds, int): table['fold'] = table.study_id.map(study_folds(table.study_id, folds=folds, seed=seed, valid_ids=valid_ids))
     else:   # the given split; a study it lacks only ever trains
         fold_of = {int(as_id(k)): int(v) for k, v in dict(folds).items()}
@@ -479,6 +481,7 @@ def train_localizer(converted,             # conversion folder (index.csv, or tr
     _plot_fold0(table, rel, v, folder/FIGURE_FILE)
     rec = dict(file=MODEL_FILE, sha256=file_sha256(pkl), **safe, oof=OOF_FILE, oof_sha256=file_sha256(oof), settings=s._asdict(), seed=seed, folds=folds, method='heatmap soft-argmax',
                inputs_sha256=key, series=LOCATE_SERIES, n_studies=len(table), n_skipped=len(skipped), skipped={str(k): why for k, why in skipped.items()},
+               n_corrected=len(corrected), corrected={str(k): why for k, why in corrected.items()},
                validation=v, fold_models=fold_recs, seconds=time.perf_counter() - t0, lsdc_version=__version__, finished=now())
     write_json(rec, folder/RECORD_FILE)
     return rec

@@ -26,8 +26,8 @@ __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL
            'sagittal_canvas', 'sagittal_layers', 'sagittal_slice', 'sagittal_image', 'axial_image', 'SlicePlacement',
            'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec', 'degenerated_grades',
            'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy', 'anatomical_sagittal_layers',
-           'anatomical_sagittal_slice', 'Plane', 'canal_crossing', 'anatomical_axial_image', 'axial_planes',
-           'make_synthetic', 'Mess', 'displace_points', 'synth_cli']
+           'anatomical_sagittal_slice', 'Plane', 'canal_crossing', 'anatomical_axial_image', 'axial_planes', 'Mess',
+           'make_synthetic', 'displace_points', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #3634081b
 GRADE_PROBS = {'spinal': (0.878, 0.075, 0.047), 'foraminal': (0.78, 0.18, 0.04), 'subarticular': (0.714, 0.19, 0.096)}
@@ -748,6 +748,11 @@ def _write_tables(dest:Path, train:list, test:list, mess=None, seed:int=0):
     write_csv(sub, dest/'sample_submission.csv', float_format='%.6f')
     write_csv(lab(test), dest/'test_labels.csv')
 
+# %% ../nbs/02_synth.ipynb #61fff016
+class Mess(NamedTuple):
+    "How much of the real data's mess a synthetic set gets; the grades and the images stay as drawn"
+    displaced:float = 0.   # share of training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
+
 # %% ../nbs/02_synth.ipynb #129e50b5
 def make_synthetic(dest,                  # folder to write (created; must not hold a data set unless `overwrite`)
                    n_train:int=20,        # number of training studies
@@ -758,7 +763,7 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    overwrite:bool=False,  # replace an existing data set in `dest`
                    phantom:str='anatomical', # 'anatomical' (each grade where it shows in real MRI) or 'middle' (every grade on the middle slices)
                    difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
-                   mess:Mess|None=None,   # the real data's mess to add (`Mess`, defined below; None: a clean set)
+                   mess:Mess|None=None,   # the real data's mess to add (`Mess`; None: a clean set)
                   ) -> Path:
     "Write a synthetic RSNA data set in the Kaggle layout"
     if phantom not in PHANTOMS: raise ValueError(f"phantom must be one of {', '.join(PHANTOMS)}, not {phantom!r}")
@@ -775,10 +780,6 @@ def make_synthetic(dest,                  # folder to write (created; must not h
     return dest
 
 # %% ../nbs/02_synth.ipynb #e4eb9c3b
-class Mess(NamedTuple):
-    "How much of the real data's mess a synthetic set gets; the grades and the images stay as drawn"
-    displaced:float = 0.   # share of training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
-
 def displace_points(coords:pd.DataFrame, # the coordinates table (`train_label_coordinates.csv`'s columns)
                     share:float,         # share of its studies that get one canal point moved
                     seed:int=0,          # which studies, points, directions and distances
