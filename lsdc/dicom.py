@@ -21,7 +21,7 @@ from .files import INDEX_COLUMNS, FAILURE_COLUMNS
 from .png import write_png, png_info
 from .data import DataError, load_rsna, series_table
 from .disk import check_dest, clean_temp, write_csv
-from .workers import parallel_map, usable_cpus
+from .workers import parallel_map
 
 # %% auto #0
 __all__ = ['DicomError', 'BlankSliceWarning', 'SliceInfo', 'read_header', 'slice_order', 'middle_index', 'pick_slices',
@@ -517,7 +517,7 @@ def _check_parallel(parallel:str):
     if parallel not in ('process', 'thread'): raise ValueError(f"parallel must be 'process' or 'thread', not {parallel!r}")
 
 def run_jobs(jobs:list,              # `ConvertJob`s
-             n_workers:int=1,        # parallel workers (0 or 1: serial; fewer than 4 jobs run serially too)
+             n_workers:int|None=1,   # parallel workers (None: `parallel_map`'s default; 0 or 1: serial; fewer than 4 jobs run serially too)
              parallel:str='process', # 'process' or 'thread'
              progress:bool=False,    # show a progress bar (in a terminal or a notebook only)
             ) -> list:
@@ -578,7 +578,7 @@ def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load
     table = series_table(data, split, descriptions).drop_duplicates(['study_id', 'series_id'])
     done, jobs = plan_conversion(table, dest, opts=opts, resume=resume)
     t0 = time.perf_counter()
-    ran = run_jobs(jobs, n_workers=min(usable_cpus(), 8) if n_workers is None else int(n_workers), parallel=parallel, progress=progress)
+    ran = run_jobs(jobs, n_workers=n_workers, parallel=parallel, progress=progress)
     index, failures = _write_index(table, {r.key: r for r in done + ran}, dest)
     index.attrs.update(converted=len(index) - len(done), skipped=len(done), failed=len(failures), seconds=time.perf_counter() - t0,
                        reasons=dict(Counter(j.why for j in jobs)))
