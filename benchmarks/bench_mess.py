@@ -1,39 +1,88 @@
-"""Wrong coordinates in the phantom, and what cleaning them is worth to the level localizer.
+"""The real data's mess in the phantom, and what it costs the levels method once handled.
 
-    python benchmarks/bench_mess.py --seed S [--displaced 0.1] [--n-train 128] [--epochs 10] [--root DIR]
+    python benchmarks/bench_mess.py --seed S [--mess bench|real|kind=share,...] [--n-train 128] [--n-test 40] [--root DIR]
 
-One anatomical synthetic set at the demo's size (128 training studies, 128 px images, converted at the localizer's
-96 px). Its coordinates are used three ways, each training the localizer the demo trains (2 folds, 10 epochs):
-  - clean:     the coordinates as the phantom drew them;
-  - messy:     `--displaced` of the studies with one spinal canal point moved 0.3-0.9 level spacings
-               (`lsdc.synth.displace_points`, the same as `lsdc synth --displaced`), the localizer trained on them as
-               they are (the check switched off);
-  - corrected: the same messy coordinates with the check on (the localizer's default): a canal point far from where
-               its study's other four put it is moved there (`lsdc.data.displaced_levels`, `level_targets`).
-Each localizer's out-of-fold points are scored against the clean (true) points, on the studies all three located,
-in mm. Printed: how many displaced points the check found, each setting's median and 95th percentile error, and the
-paired difference of each study's mean error (messy - corrected and messy - clean) with a 95 % bootstrap interval.
-The grades, images and folds are the same in all three: only the coordinates differ.
+Builds one anatomical synthetic set twice from the same seed, at the demo's size: clean, and with the mess
+(`lsdc.synth.Mess`). The study ids, grades and anatomy are the same in both; only the geometry, the headers, the
+series and the coordinates differ. `--mess bench` (the default) gives every kind a share that puts several studies
+in each at this size, far more than the real data has (`--mess real`: `lsdc.synth.REAL_MESS`). The levels method
+runs on each with the demo's settings (`lsdc.demo.CPU`), the learners' body pretrained once on a third, clean set
+and shared by both runs. Printed per stage, clean beside messy:
+  - the series the screening skipped (`lsdc.data.screen_series`);
+  - the localizer's out-of-fold error against the TRUE canal points, in mm of the patient frame (the clean set's
+    coordinates through the clean set's geometry, the located points through each set's own);
+  - the axial slice selector's out-of-fold agreement with the annotated slice;
+  - the crops that failed (training and test studies);
+  - the CV (calibrated, 95 % interval) and the test studies' score;
+then, per kind of mess, the studies that have it and their part of the CV difference; the paired comparison of the
+two CVs over the same studies (`lsdc.pipeline.compare_runs`); and last `messy vs clean score ratio: <r>` (CV).
 """
-import argparse, atexit, shutil, tempfile, time, warnings
+import argparse, atexit, json, shutil, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 import numpy as np, pandas as pd
 
-import lsdc.localize as L
-from lsdc.core import LEVELS, level_key
-from lsdc.data import load_rsna, read_coords, displaced_levels, DataWarning
-from lsdc.dicom import convert_dataset
-from lsdc.synth import make_synthetic, displace_points
+from lsdc.core import level_key
+from lsdc.data import DataWarning, series_dir
+from lsdc.crops import read_slices, level_point
+from lsdc.localize import spinal_points, OOF_FILE
+from lsdc.metrics import study_terms
+from lsdc.pipeline import run_pipeline, compare_runs, format_comparison, oof_submission, OOF_TABLE
+from lsdc.synth import Mess, REAL_MESS, make_synthetic
+from lsdc.demo import CPU, pretrain_synthetic_body
+
+BENCH_MESS = Mess(displaced=0.05, feet_first=0.1, axial_stacks=0.15, same_slice=0.05, wrong_region=0.05, mislabelled=0.05,
+                  missing=0.05, sizes=0.2, bias=0.2)
 
 
-def located_errors(models:Path, truth:pd.DataFrame, spacing:dict) -> pd.Series:
-    "Each study's mean out-of-fold point error (mm) against the true canal points"
-    oof = pd.read_csv(models/'localizer'/L.OOF_FILE).set_index(['study_id', 'level'])[['x', 'y']]
-    t = truth.set_index(['study_id', 'level'])[['x', 'y']].reindex(oof.index)
-    sp = np.array([spacing[s] for s in oof.index.get_level_values(0)])
-    d = np.hypot((oof.x - t.x).to_numpy() * sp[:, 1], (oof.y - t.y).to_numpy() * sp[:, 0])
-    return pd.Series(d, index=oof.index).groupby(level=0).mean()
+def parse_mess(s:str) -> Mess:
+    "'bench', 'real' or 'kind=share,...'"
+    if s in ('bench', 'real'): return BENCH_MESS if s == 'bench' else REAL_MESS
+    kv = dict(p.split('=') for p in s.split(',') if p)
+    return Mess(**{k.strip(): float(v) for k, v in kv.items()})
+
+
+def patient_points(data:Path, pts:pd.DataFrame) -> pd.DataFrame:
+    "Patient (x, y, z) mm of each row of a points table (study_id, series_id, instance_number, level, x, y) of `data`'s training studies"
+    out, cache = [], {}
+    for r in pts.itertuples():
+        key = (int(r.study_id), int(r.series_id))
+        try:
+            if key not in cache: cache[key] = read_slices(series_dir(data, 'train', *key), series_id=key[1])
+            P = level_point(cache[key], int(r.instance_number), float(r.x), float(r.y))
+        except Exception: continue   # a series the run could not read either
+        out.append((key[0], level_key(r.level), *map(float, P)))
+    return pd.DataFrame(out, columns=['study_id', 'level', 'px', 'py', 'pz']).groupby(['study_id', 'level']).mean()
+
+
+def localizer_error(run:Path, data:Path, truth:pd.DataFrame) -> pd.Series:
+    "Each study's mean out-of-fold distance (mm) between the located and the true canal points"
+    oof = patient_points(data, pd.read_csv(run/'models'/'localizer'/OOF_FILE))
+    t = truth.reindex(oof.index)
+    d = np.linalg.norm(oof.to_numpy() - t.to_numpy(), axis=1)
+    return pd.Series(d, index=oof.index).dropna().groupby(level=0).mean()
+
+
+def contributions(run:Path) -> pd.Series:
+    "Each study's part of the calibrated CV score (they add up to it): the mean over the four terms of its loss over the term's total weight"
+    t = pd.read_csv(run/'models'/OOF_TABLE)
+    labels = t.pivot(index='study_id', columns='column', values='grade').reset_index()
+    st = study_terms(labels, oof_submission(t, ''))
+    terms = [c[:-5] for c in st.columns if c.endswith('_loss')]
+    return sum(st[f'{k}_loss'] / st[f'{k}_weight'].sum() for k in terms) / len(terms)
+
+
+def stage_figures(run:Path, data:Path, truth:pd.DataFrame) -> dict:
+    "The per-stage figures of one run"
+    s = json.loads((run/'summary.json').read_text())
+    ax = json.loads((run/'models'/'axial'/'axial.json').read_text()).get('validation', {}) if (run/'models'/'axial'/'axial.json').is_file() else {}
+    fails = lambda p: len(pd.read_csv(p)) if p.is_file() else 0
+    cal = s['cv']['scores']['calibrated']['score']
+    skipped = pd.read_csv(run/'skipped_series.csv') if (run/'skipped_series.csv').is_file() else None
+    return dict(err=localizer_error(run, data, truth), axial=ax.get('selected', {}).get('match'), axial_n=ax.get('selected', {}).get('n'),
+                crops_train=fails(run/'crops'/'train'/'failures.csv'), crops_test=fails(run/'submission_crops'/'failures.csv'),
+                cv=cal['value'], cv_lo=cal['lo'], cv_hi=cal['hi'], test=s['score']['score'], seconds=s['seconds'],
+                skipped=None if skipped is None else len(skipped))
 
 
 def bootstrap(d:np.ndarray, n:int=2000, seed:int=0) -> tuple:
@@ -45,52 +94,58 @@ def bootstrap(d:np.ndarray, n:int=2000, seed:int=0) -> tuple:
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--displaced', type=float, default=0.1, help='share of studies with one canal point moved')
-    p.add_argument('--n-train', type=int, default=128)
-    p.add_argument('--epochs', type=int, default=10, help="the localizer's epochs (the demo's: 10)")
+    p.add_argument('--mess', default='bench', help="'bench', 'real' or kind=share,... (lsdc.synth.Mess)")
+    p.add_argument('--n-train', type=int, default=CPU.n_train)
+    p.add_argument('--n-test', type=int, default=CPU.n_test)
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at exit)')
     a = p.parse_args()
+    mess = parse_mess(a.mess)
     root = Path(a.root or tempfile.mkdtemp(prefix='bench_mess_'))
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
+    warnings.simplefilter('ignore', DataWarning)
     t0 = time.perf_counter()
-    data = root/'data'
-    if not (data/'train.csv').exists():
-        make_synthetic(data, n_train=a.n_train, n_test=1, image_size=128, seed=a.seed, n_workers=2, phantom='anatomical')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DataWarning)
-        d = load_rsna(data, splits=('train',))
-    convert_dataset(d, root/'conv', split='train', size=96, n_workers=2, progress=False)
-    clean, raw = d.coords, pd.read_csv(data/'train_label_coordinates.csv')
-    moved_table = displace_points(raw, a.displaced, seed=a.seed)
-    moved_table.to_csv(root/'messy.csv', index=False)
-    messy, moved = read_coords(root/'messy.csv'), [(s, level_key(l), u) for s, l, u in moved_table.attrs['displaced']]
-    found = displaced_levels(messy)
-    flagged, truly = set(zip(found.study_id, found.level)), {(s, l) for s, l, _ in moved}
-    big = [(s, l) for s, l, u in moved if u >= 0.5]
-    print(f"{a.n_train} studies (seed {a.seed}), {len(moved)} with a canal point moved 0.3-0.9 level spacings: the check found "
-          f"{len(flagged & truly)} ({sum(m in flagged for m in big)} of the {len(big)} moved 0.5 or more) and flagged "
-          f"{len(flagged - truly)} others ({time.perf_counter() - t0:.0f} s)", flush=True)
-    settings = L.LocalizerSettings(epochs=a.epochs)
-    truth = L.spinal_points(clean).groupby(['study_id', 'level'])[['x', 'y']].mean().reset_index()
-    first = L.spinal_points(clean).drop_duplicates('study_id')
-    spacing = {r.study_id: L.slice_spacing(data, r.study_id, r.series_id, r.instance_number) for r in first.itertuples()}
-    check = L.displaced_levels
-    err = {}
-    for name, co, on in (('clean', clean, True), ('messy', messy, False), ('corrected', messy, True)):
-        L.displaced_levels = check if on else (lambda c, m=0.4: check(c.iloc[:0], m))   # the check off: it finds nothing
+    s = CPU.changed(n_train=a.n_train, n_test=a.n_test)
+    method = s.method._replace(learner=s.method.learner._replace(weights=pretrain_synthetic_body(root, s, seed=a.seed, progress=False)))
+    print(f"seed {a.seed}: {a.n_train} training and {a.n_test} test studies at {s.image_size} px; mess {dict((k, v) for k, v in mess._asdict().items() if v)}; "
+          f"body pretrained in {time.perf_counter() - t0:.0f} s", flush=True)
+    runs, datas = {}, {}
+    for name, m in (('clean', None), ('messy', mess)):
+        data = datas[name] = root/name/'data'
+        if not (data/'test_labels.csv').exists():
+            make_synthetic(data, n_train=a.n_train, n_test=a.n_test, seed=a.seed, image_size=s.image_size, n_workers=s.compute.n_workers, mess=m)
         t = time.perf_counter()
-        rec = L.train_localizer(root/'conv', co, root/name, data=data, settings=settings, seed=a.seed, folds=2, resume=False, progress=False)
-        err[name] = located_errors(root/name, truth, spacing)
-        print(f"{name}: trained on {rec['n_studies']} studies ({rec['n_skipped']} left out, {rec['n_corrected']} with a point moved back), "
-              f"{time.perf_counter() - t:.0f} s", flush=True)
-    L.displaced_levels = check
-    common = sorted(set.intersection(*(set(e.index) for e in err.values())))
-    print(f"\nout-of-fold error against the true points, {len(common)} studies located by all three (mm):")
-    print(f"{'setting':<10}{'median':>9}{'p95':>9}{'mean':>9}")
-    for k, e in err.items():
-        v = e.loc[common].to_numpy()
-        print(f"{k:<10}{np.median(v):>9.2f}{np.percentile(v, 95):>9.2f}{v.mean():>9.2f}")
-    for a_, b_ in (('messy', 'corrected'), ('messy', 'clean'), ('corrected', 'clean')):
-        m, lo, hi = bootstrap(err[a_].loc[common].to_numpy() - err[b_].loc[common].to_numpy())
-        print(f"{a_} - {b_}: {m:+.3f} mm [{lo:+.3f}, {hi:+.3f}] per study ({'cannot tell' if lo <= 0 <= hi else 'worse' if lo > 0 else 'better'} for the first)")
+        run_pipeline(data, root/name, method, s.compute, test_labels=data/'test_labels.csv', max_reports=0, progress=False)
+        runs[name] = root/name
+        print(f"{name}: ran in {time.perf_counter() - t:.0f} s", flush=True)
+    truth = patient_points(datas['clean'], spinal_points(pd.read_csv(datas['clean']/'train_label_coordinates.csv')))
+    fig = {k: stage_figures(r, datas[k], truth) for k, r in runs.items()}
+    common = fig['clean']['err'].index.intersection(fig['messy']['err'].index)
+    print(f"\n{'stage':<52}{'clean':>12}{'messy':>12}")
+    row = lambda name, f: print(f"{name:<52}{f(fig['clean']):>12}{f(fig['messy']):>12}")
+    row('series skipped by the screening', lambda f: f"{f['skipped'] if f['skipped'] is not None else '-'}")
+    row(f'localizer OOF error vs the true points, median mm', lambda f: f"{f['err'].loc[common].median():.2f}")
+    row(f'  95th percentile mm ({len(common)} studies located in both)', lambda f: f"{np.percentile(f['err'].loc[common], 95):.2f}")
+    row('  studies located', lambda f: f"{len(f['err'])}")
+    row('axial selector OOF: the annotated slice', lambda f: f"{f['axial']:.1%}" if f['axial'] is not None else '-')
+    row('crops failed: training studies', lambda f: f"{f['crops_train']}")
+    row('crops failed: test studies', lambda f: f"{f['crops_test']}")
+    row('CV score (calibrated)', lambda f: f"{f['cv']:.4f}")
+    row('  95 % interval', lambda f: f"[{f['cv_lo']:.3f},{f['cv_hi']:.3f}]")
+    row(f'test score ({a.n_test} studies)', lambda f: f"{f['test']:.4f}")
+    row('run seconds', lambda f: f"{f['seconds']:.0f}")
+    m, lo, hi = bootstrap(fig['messy']['err'].loc[common].to_numpy() - fig['clean']['err'].loc[common].to_numpy())
+    print(f"localizer error, messy - clean: {m:+.3f} mm per study [{lo:+.3f}, {hi:+.3f}]")
+    kinds = pd.read_csv(datas['messy']/'mess.csv') if (datas['messy']/'mess.csv').is_file() else pd.DataFrame(columns=['study_id', 'kind'])
+    c = contributions(runs['messy']) - contributions(runs['clean'])
+    err_d = fig['messy']['err'] - fig['clean']['err']
+    print(f"\nper kind of mess (training studies): the studies that have it, their part of the CV difference (messy - clean), "
+          f"their mean localizer error difference (mm)")
+    for k, g in kinds.groupby('kind'):
+        ids = [i for i in g.study_id.unique() if i in c.index]
+        e = err_d.reindex(ids).dropna()
+        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm")
+    clean_ids = [i for i in c.index if i not in set(kinds.study_id)]
+    print(f"  {'none':<14}{len(clean_ids):>4} studies  CV part {c.reindex(clean_ids).sum():+.4f}")
+    print('\n' + format_comparison(compare_runs(runs['messy'], runs['clean']), runs['messy'], runs['clean']))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    print(f"messy vs clean score ratio: {fig['messy']['cv'] / fig['clean']['cv']:.3f}")

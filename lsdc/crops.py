@@ -282,6 +282,7 @@ def study_offsets(root,   # data folder
             target = pixel_to_patient(g, r.x, r.y)
             if grp == 'foraminal':
                 if r.series_id not in mids: mids[r.series_id] = midline_offsets(s.geoms)
+                if mids[r.series_id][i] * (1 if r.column.startswith('left') else -1) <= 0: continue   # marked on the other side's slice
                 shift = (np.nan, np.nan) if P is None else plane_shift(g, P, target, axes=(POSTERIOR, SUPERIOR))
                 out.append((r.column, float(mids[r.series_id][i]), *shift))
             elif P is not None: out.append((r.column, *plane_shift(g, P, target, axes=AXIAL_AXES)))

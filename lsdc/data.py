@@ -7,16 +7,19 @@ Docs: https://lsdc-dev.github.io/lsdc/data.html.md"""
 # %% ../nbs/01_data.ipynb #2c50fe95
 from __future__ import annotations
 import sys, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-import numpy as np, pandas as pd
+import numpy as np, pandas as pd, pydicom
 from fastcore.script import call_parse
 from .core import *
+from .geometry import GeometryError, SliceGeometry, image_centre, slice_normal
+from .workers import parallel_map
 
 # %% auto #0
-__all__ = ['CSV_FILES', 'SERIES_COLUMNS', 'COORD_COLUMNS', 'EXPECTED_COLUMNS', 'DataError', 'DataWarning', 'read_table',
-           'read_train', 'read_series', 'read_coords', 'read_submission', 'series_dir', 'RSNAData', 'load_rsna',
-           'long_labels', 'pick_series', 'series_table', 'displaced_levels', 'same_slice_foramina', 'series_problems',
+__all__ = ['CSV_FILES', 'SERIES_COLUMNS', 'COORD_COLUMNS', 'EXPECTED_COLUMNS', 'PLANES', 'HEADER_COLUMNS', 'DataError',
+           'DataWarning', 'read_table', 'read_train', 'read_series', 'read_coords', 'read_submission', 'series_dir',
+           'RSNAData', 'load_rsna', 'long_labels', 'pick_series', 'series_table', 'displaced_levels',
+           'same_slice_foramina', 'series_problems', 'plane_of', 'series_headers', 'odd_series', 'screen_series',
            'check_cli']
 
 # %% ../nbs/01_data.ipynb #b4336f9a
@@ -149,6 +152,9 @@ class RSNAData:
     sample_submission: pd.DataFrame|None = None
     warnings: list = field(default_factory=list)
     missing_series: pd.DataFrame|None = None
+    skipped_series: pd.DataFrame|None = None  # series left out by `screen_series`, with why
+    screened: tuple = ()                       # the splits `screen_series` has screened
+    headers: pd.DataFrame|None = None          # what `screen_series` read of each series (`series_headers`, with `split`)
 
     def series(self, split:str) -> pd.DataFrame:
         "The series table of `split`"
@@ -157,7 +163,7 @@ class RSNAData:
         return df
 
     def __repr__(self):
-        parts = [f'{k}={len(v)} rows' for k, v in vars(self).items() if isinstance(v, pd.DataFrame) and k != 'missing_series']
+        parts = [f'{k}={len(v)} rows' for k, v in vars(self).items() if isinstance(v, pd.DataFrame) and k not in ('missing_series', 'skipped_series', 'headers')]
         return f"RSNAData({str(self.path)!r}, {', '.join(parts)}, {len(self.warnings)} warnings)"
 
 # %% ../nbs/01_data.ipynb #26cd1986
@@ -273,6 +279,88 @@ def series_problems(series:pd.DataFrame, # a series description table (`read_ser
     out |= {f'no {d} series': n.index[n[d] == 0] for d in SERIES_DESCRIPTIONS}
     return {k: [int(s) for s in v] for k, v in out.items() if len(v)}
 
+# %% ../nbs/01_data.ipynb #394200bf
+PLANES = {'Sagittal T1': 'sagittal', 'Sagittal T2/STIR': 'sagittal', 'Axial T2': 'axial'}   # the plane each description promises
+HEADER_COLUMNS = ('study_id', 'series_id', 'series_description', 'plane', 'x', 'y', 'z', 'patient_position', 'size', 'n_files', 'error')
+
+def plane_of(normal) -> str:
+    "'sagittal', 'coronal' or 'axial': the patient axis (LPS x, y or z) a slice normal lies closest to"
+    return ('sagittal', 'coronal', 'axial')[int(np.argmax(np.abs(np.asarray(normal, float))))]
+
+def _header_row(job:tuple) -> tuple:
+    "`HEADER_COLUMNS` of one series, from its first and last file by name"
+    folder, study, series, desc = job
+    files = sorted(Path(folder).glob('*.dcm'), key=lambda p: (len(p.stem), p.stem))
+    if not files: return (study, series, desc, '', np.nan, np.nan, np.nan, '', 0, 0, 'no DICOM files')
+    try:
+        ds = [pydicom.dcmread(f, stop_before_pixels=True) for f in dict.fromkeys((files[0], files[-1]))]
+        gs = [SliceGeometry.from_dataset(d, file=f) for d, f in zip(ds, dict.fromkeys((files[0], files[-1])))]
+    except (GeometryError, pydicom.errors.InvalidDicomError, OSError, ValueError) as e:
+        return (study, series, desc, '', np.nan, np.nan, np.nan, '', 0, len(files), str(e))
+    c = np.mean([image_centre(g) for g in gs], axis=0)
+    return (study, series, desc, plane_of(slice_normal(gs[0])), *map(float, c), str(ds[0].get('PatientPosition', '') or ''),
+            max(gs[0].rows, gs[0].columns), len(files), '')
+
+def series_headers(d:RSNAData,   # a loaded data folder
+                   split:str,    # 'train' or 'test'
+                   n_workers:int|None=None, # processes (default: one per core, at most 8)
+                  ) -> pd.DataFrame:
+    "One row per series of `split` with a folder (`HEADER_COLUMNS`): its plane, centre (patient x, y, z, mm), PatientPosition, image side and files"
+    jobs = [(f, int(r.study_id), int(r.series_id), r.series_description) for r in d.series(split).itertuples()
+            if (f := series_dir(d.path, split, r.study_id, r.series_id)).is_dir()]
+    return pd.DataFrame(parallel_map(_header_row, jobs, n_workers=n_workers), columns=list(HEADER_COLUMNS))
+
+# %% ../nbs/01_data.ipynb #1a19f409
+def odd_series(headers:pd.DataFrame, # `series_headers`
+               max_mm:float=150.,    # a series whose centre lies further than this from the median of its study's others is elsewhere
+              ) -> pd.DataFrame:
+    "The series not to use: `study_id, series_id, series_description, why`"
+    ok, rows = headers[headers.error == ''], []
+    for r in ok.itertuples():
+        want = PLANES.get(r.series_description)
+        if want and r.plane != want:
+            rows.append((r.study_id, r.series_id, r.series_description, f'its images are {r.plane}, not {want} as its description says'))
+    wrong = {(a, b) for a, b, *_ in rows}   # left out of the region test too: a coronal 'axial' is not where an axial would be
+    ok = ok[~np.array([(a, b) in wrong for a, b in zip(ok.study_id, ok.series_id)], dtype=bool)]
+    for sid, g in ok.groupby('study_id'):
+        if len(g) < 3: continue
+        xyz = g[['x', 'y', 'z']].to_numpy(float)
+        for i, r in enumerate(g.itertuples()):
+            others = np.delete(xyz, i, axis=0); m = np.median(others, axis=0)
+            if np.linalg.norm(others - m, axis=1).max() > max_mm/2: continue   # the others do not agree: nothing to judge by
+            dist = float(np.linalg.norm(xyz[i] - m))
+            if dist > max_mm: rows.append((r.study_id, r.series_id, r.series_description,
+                                           f"its images lie {dist:.0f} mm from the study's other series: another body region"))
+    out = pd.DataFrame(rows, columns=['study_id', 'series_id', 'series_description', 'why'])
+    return out.drop_duplicates(['study_id', 'series_id']).sort_values(['study_id', 'series_id']).reset_index(drop=True)
+
+# %% ../nbs/01_data.ipynb #dda68a88
+def screen_series(d:RSNAData,            # a loaded data folder
+                  splits=None,           # the splits to screen (default: those loaded)
+                  max_mm:float=150.,     # `odd_series`' distance to the study's other series
+                  n_workers:int|None=None, # processes reading the headers
+                 ) -> RSNAData:
+    "A copy of `d` whose series tables lack the `odd_series` of each split, each named in a warning; `skipped_series` lists them, `headers` holds what was read"
+    splits = [s for s in (splits or ('train', 'test')) if (d.train_series if s == 'train' else d.test_series) is not None]
+    todo = [s for s in splits if s not in d.screened]
+    if not todo: return d
+    out = replace(d, warnings=list(d.warnings))
+    skipped = [] if d.skipped_series is None else [d.skipped_series]
+    headers = [] if d.headers is None else [d.headers]
+    for s in todo:
+        headers.append(series_headers(d, s, n_workers=n_workers).assign(split=s))
+        odd = odd_series(headers[-1], max_mm=max_mm).assign(split=s)
+        for r in odd.itertuples(): _warn(f"study {r.study_id} series {r.series_id} ({r.series_description}): {r.why}; skipped", out.warnings)
+        gone = set(zip(odd.study_id, odd.series_id))
+        t = d.series(s)
+        t = t[~np.array([(a, b) in gone for a, b in zip(t.study_id, t.series_id)], dtype=bool)].reset_index(drop=True)
+        if s == 'train': out.train_series = t
+        else: out.test_series = t
+        skipped.append(odd)
+    out.skipped_series, out.headers = pd.concat(skipped, ignore_index=True), pd.concat(headers, ignore_index=True)
+    out.screened = tuple(sorted(set(d.screened) | set(todo)))
+    return out
+
 # %% ../nbs/01_data.ipynb #a5dee3a1
 @call_parse
 def check_cli(data:str, # data folder (the Kaggle input folder on Kaggle)
@@ -282,13 +370,19 @@ def check_cli(data:str, # data folder (the Kaggle input folder on Kaggle)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', DataWarning)
-            d = load_rsna(data, splits=split.split(','))
+            d = screen_series(load_rsna(data, splits=split.split(',')))
     except (DataError, OSError) as e:
         print(f'lsdc check: {e}', file=sys.stderr); return 1
     print(d)
     for w in d.warnings: print('warning:', w)
     for s in split.split(','):
         for what, ids in series_problems(d.series(s)).items(): print(f"series ({s}): {len(ids)} studies with {what}: {_fmt(ids)}")
+        h = d.headers[(d.headers.split == s) & (d.headers.error == '')]
+        ffs = sorted(h.study_id[h.patient_position.str.startswith('FF')].unique())
+        print(f"series ({s}): {len(d.skipped_series[d.skipped_series.split == s])} skipped; images {h['size'].min()}-{h['size'].max()} px; "
+              f"{len(ffs)} studies scanned feet first" + (f": {_fmt(ffs)}" if ffs else ''))
+        for r in d.headers[(d.headers.split == s) & (d.headers.error != '')].itertuples():
+            print(f"series ({s}): study {r.study_id} series {r.series_id} ({r.series_description}): {r.error}")
     if d.coords is not None and len(d.coords):   # wrong coordinates, before anything trains on them
         for what, t in (("spinal canal points far from where their study's other four put them", displaced_levels(d.coords)),
                         ('levels whose left and right foramina are marked on one slice', same_slice_foramina(d.coords))):

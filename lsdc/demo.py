@@ -14,7 +14,7 @@ from fastcore.script import call_parse
 from .core import *
 from .files import write_json
 from .data import load_rsna
-from .synth import make_synthetic
+from .synth import Mess, make_synthetic
 from .dicom import convert_dataset
 from .learners import Schedule, LearnerSettings, Compute, pretrain_body
 from .levels import LevelSettings
@@ -38,6 +38,7 @@ class DemoSettings:
     pretrain_crop_studies:int = 0 # for the level crops, studies of that set (0: `pretrain_studies`): 25 crops a study, not 3 slices
     max_reports:int = 20        # reports for at most this many test studies
     phantom:str = 'anatomical'  # the synthetic set's phantom (`lsdc.synth.PHANTOMS`)
+    mess:Mess|None = None       # the real data's mess in the synthetic sets (`lsdc.synth.Mess`; None: none)
 
     def changed(self, **changes) -> DemoSettings:
         "A copy with `changes`, each a field of the demo, the method (`PipelineSettings`), the learners (`LearnerSettings`) or `Compute`"
@@ -73,7 +74,7 @@ def pretrain_synthetic_body(out:Path,  # the demo's output folder (the body goes
     if weights.exists(): return weights
     if progress: print(f"\n== pretrain a {arch} body on {n} other synthetic studies (seed {seed + 1000}, {s.method.inputs} inputs)", flush=True)
     if not (data/'train.csv').exists():
-        make_synthetic(data, n_train=n, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers, phantom=s.phantom)
+        make_synthetic(data, n_train=n, n_test=1, seed=seed + 1000, image_size=s.image_size, n_workers=n_workers, phantom=s.phantom, mess=s.mess)
     d = load_rsna(data, splits=('train',))
     if middle:
         images = pre/'converted'
@@ -98,7 +99,7 @@ def demo(out='lsdc-demo',              # output folder (data, converted PNGs, mo
     if progress: print(f"== synthesise {s.n_train} training and {s.n_test} test studies into {data}", flush=True)
     if not (data/'test_labels.csv').exists():
         make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=seed, image_size=s.image_size, n_workers=s.compute.n_workers,
-                       phantom=s.phantom)
+                       phantom=s.phantom, mess=s.mess)
     t1, method = time.perf_counter(), s.method
     if s.pretrain_studies:
         method = method._replace(learner=method.learner._replace(weights=pretrain_synthetic_body(out, s, seed=seed, progress=progress)))

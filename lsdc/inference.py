@@ -23,7 +23,7 @@ from .levels import read_levels, level_crops, write_levels
 from .localize import (LocalizerSettings, read_localizer_record, load_localizer, export_localizer, localizer_dir,
                            OOF_FILE as LOCALIZER_OOF, RECORD_FILE as LOCALIZER_RECORD)
 from .axial import read_axial_record, axial_dir, OOF_FILE as AXIAL_OOF, RECORD_FILE as AXIAL_RECORD
-from .data import DataError, load_rsna, read_train
+from .data import DataError, load_rsna, read_train, screen_series
 from .dicom import convert_dataset
 from .metrics import grade_priors, evaluate, plot_confusion_grid
 from .disk import sweep_temp_files, write_csv
@@ -301,7 +301,7 @@ def predict(data,                 # RSNA data folder (Kaggle layout) or `RSNADat
            ) -> pd.DataFrame:
     "Convert the test studies, predict every study and column, and write the submission (its `attrs['prior']`: `PriorFallback`)"
     t0 = time.perf_counter()
-    d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
+    d = screen_series(data if hasattr(data, 'series') else load_rsna(data, splits=(split,)), splits=(split,), n_workers=n_workers)
     out = Path(out)
     sources = out.parent/f'{out.stem}_sources.csv'
     sweep_temp_files(out, sources)

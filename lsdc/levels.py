@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
 from .files import (file_sha256, write_json, read_manifest, ModelIntegrityError, verified_path, record_file, checked_settings)
-from .data import load_rsna
+from .data import load_rsna, screen_series
 from .crops import CropOptions, Offsets, learn_offsets, make_crops, annotated_points
 from .localize import LocalizerSettings, train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, read_localizer_record
 from .axial import AxialSettings, train_axial, select_axial, read_axial_record, AXIAL_DIR, RECORD_FILE as AXIAL_RECORD
@@ -65,7 +65,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
     s, models, dest = settings, Path(models), Path(dest)
     if s.train_crops not in ('located', 'annotated'): raise ValueError(f"train_crops must be 'located' or 'annotated', got {s.train_crops!r}")
     if s.axial not in ('learned', 'nearest'): raise ValueError(f"axial must be 'learned' or 'nearest', got {s.axial!r}")
-    d = data if hasattr(data, 'series') else load_rsna(data)
+    d = screen_series(data if hasattr(data, 'series') else load_rsna(data), splits=('train',), n_workers=n_workers)
     if folds is not None: s = s._replace(folds=len(set(dict(folds).values())))
     say = printer(progress)
     with file_lock(models/'.levels.lock'):   # one process at a time: shards wait, then reuse the localizer and the crops
@@ -166,7 +166,7 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
                ) -> Path:
     "Locate the levels of `split`'s studies with the final localizer and cut their crops as the models were trained; `dest`"
     s, offsets, man = read_levels(models, trust_pickles=trust_pickles)
-    d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
+    d = screen_series(data if hasattr(data, 'series') else load_rsna(data, splits=(split,)), splits=(split,), n_workers=n_workers)
     points = locate_levels(models, converted, d, split=split, trust_pickles=trust_pickles, manifest=man)
     if s.axial == 'learned': points = select_axial(models, d, points, split=split, n_workers=n_workers, manifest=man)
     opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours)   # as the training crops, without their jitter

@@ -15,7 +15,7 @@ from fastcore.script import call_parse
 from . import __version__
 from .core import *
 from .files import (ModelIntegrityError, read_manifest, read_results, manifest_series, file_sha256, write_json, now, verified_path)
-from .data import DataError, load_rsna
+from .data import DataError, load_rsna, screen_series
 from .dicom import convert_dataset
 from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, train_columns, parse_columns, shard_columns, parse_pair,
                            arch_name)
@@ -370,7 +370,7 @@ def predict_folds(data,                 # RSNA data folder (Kaggle layout) or `R
                  ) -> pd.DataFrame:
     "Predict `split`'s studies with the mean of the fold models' calibrated posteriors; the submission (written to `out`)"
     t0 = time.perf_counter()
-    d = data if hasattr(data, 'series') else load_rsna(data, splits=(split,))
+    d = screen_series(data if hasattr(data, 'series') else load_rsna(data, splits=(split,)), splits=(split,), n_workers=n_workers)
     out = Path(out); man, cal, ks = read_ensemble(models)
     side = {n: out.parent/f'{out.stem}_{n}.csv' for n in ('posterior', 'raw', 'sources', *(f'fold{k}' for k in ks))}
     sweep_temp_files(out, *side.values())
@@ -413,6 +413,7 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
     s, L = settings, settings.learner
     if s.inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {s.inputs!r}")
     d = data if hasattr(data, 'series') else load_rsna(data, splits=('train',), check_images=s.inputs == 'levels')
+    d = screen_series(d, splits=('train',), n_workers=compute.n_workers)   # no series that is not what it says
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     f = make_folds(d.train, s.folds, s.seed)
     with file_lock(models/'.folds.lock'):
@@ -496,7 +497,8 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     "Convert, train the folds, cross-validate, predict, score and report; a summary dict with the paths and figures"
     t0 = time.perf_counter()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    d = load_rsna(data)
+    d = screen_series(load_rsna(data), n_workers=compute.n_workers)   # once, before anything reads a series
+    write_csv(d.skipped_series, out/'skipped_series.csv')
     conv, models = out/'converted', out/'models'
     inputs, size, n_workers = settings.inputs, settings.learner.size, compute.n_workers
     compute = compute._replace(jobs=max(1, min(compute.jobs, os.cpu_count() or 1)))
@@ -519,7 +521,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     n_test = len(submission_studies(sub))
     summary = dict(out=str(out), inputs=inputs, submission=str(out/SUBMISSIONS['calibrated']), models=str(models), reports=str(out/'reports'/'index.html'),
                    n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_columns=n_cols, n_test=n_test,
-                   predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1), cv=cv)
+                   predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1), cv=cv, skipped_series=len(d.skipped_series))
     lab = None
     if test_labels is not None:
         lab = pd.read_csv(test_labels) if isinstance(test_labels, (str, Path)) else test_labels
@@ -543,7 +545,9 @@ def format_summary(s:dict) -> str:
     k = len(cv['trained_folds'])
     lines = [f"lsdc finished in {s['seconds']:.0f} s: {s['n_trained']} learners ({s['n_columns']} columns x {k} folds) trained, {s['n_failed']} failed; "
              f"{s['n_test']} test studies predicted ({s['predict_seconds_per_study']:.2f} s per study)",
-             'the time: ' + ', '.join(f"{k} {v:.0f} s" for k, v in s.get('step_seconds', {}).items()), '',
+             'the time: ' + ', '.join(f"{k} {v:.0f} s" for k, v in s.get('step_seconds', {}).items()),
+             *([f"{s['skipped_series']} series skipped, not what their description says or of another body region: {out/'skipped_series.csv'}"]
+               if s.get('skipped_series') else []), '',
              f"  submission          {s['submission']}  (and _posterior, _raw, _fold0 beside it)",
              f"  models              {s['models']}/  (folds.csv, fold*/, oof.csv, oof_raw.csv, calibration.json, cv.json, cv.md)",
              f"  evaluation          {s['evaluation']}, {out/'calibration.csv'}, {out/'reliability.png'}, {out/'confusion_matrices.png'}",
