@@ -28,12 +28,12 @@ from .workers import parallel_map
 
 # %% auto #0
 __all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'LEFT', 'POSTERIOR',
-           'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'RECESS_MM', 'read_points', 'annotated_points', 'SeriesSlices',
-           'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix', 'crop_slice',
-           'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site', 'Offsets',
-           'default_offsets', 'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'StudySeries',
-           'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates',
-           'slice_candidates', 'crop_jobs', 'make_crops', 'crops_cli']
+           'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'MIRRORED', 'RECESS_MM', 'read_points', 'annotated_points',
+           'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix',
+           'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site',
+           'mirror_site', 'stacked_across', 'Offsets', 'default_offsets', 'level_point', 'study_offsets',
+           'learn_offsets', 'CropOptions', 'StudySeries', 'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult',
+           'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs', 'make_crops', 'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
@@ -187,6 +187,7 @@ class CropSite(NamedTuple):
     index: int            # the centre slice: index into `series.slices`
     centre: np.ndarray    # patient point at the crop's centre, mm
     axes: tuple           # patient directions of the crop's columns and rows
+    mirror: bool = False  # seen mirrored across the patient's midsagittal plane (`mirror_site`): its slices stacked the other way when they lie along left-right
 
 def spinal_site(t2:SeriesSlices, point,
                 index:int|None=None, # the slice the point was located on, if known; else the slice nearest `point`
@@ -224,6 +225,19 @@ def subarticular_site(axials:list, point,
     "The crop of a subarticular label: on the Axial T2 slice nearest `point`, centred on the side's recess"
     s, i = at or axial_slice(axials, point, max_mm); g = s.geoms[i]
     return CropSite(series=s, index=i, centre=in_plane(g, point, offset, axes=AXIAL_AXES), axes=plane_axes(g, *AXIAL_AXES))
+
+# %% ../nbs/03a_crops.ipynb #273f08f4
+MIRRORED = tuple(c for c in LABEL_COLUMNS if c.startswith('right_'))   # the columns `CropOptions.mirror` cuts mirrored to the left
+_FLIP_LR = np.array([-1., 1., 1.])   # the reflection across the patient's midsagittal plane (DICOM LPS: x runs to the patient's left)
+
+def mirror_site(site:CropSite) -> CropSite:
+    "`site` seen across the patient's midsagittal plane: its axes with their left-right part reversed (projected on its slice again), its slices stacked the other way where they lie along left-right"
+    g = site.series.geoms[site.index]
+    return site._replace(axes=plane_axes(g, *(_FLIP_LR * np.asarray(a, float) for a in site.axes)), mirror=not site.mirror)
+
+def stacked_across(site:CropSite) -> bool:
+    "Whether a mirrored `site` stacks its neighbouring slices the other way: it is mirrored and its slices lie along the patient's left-right axis"
+    return bool(site.mirror and abs(slice_normal(site.series.geoms[site.index]) @ LEFT) > np.sqrt(.5))
 
 # %% ../nbs/03a_crops.ipynb #7af375e6
 RECESS_MM = 9.0   # default lateral offset of the subarticular recesses (the foramina's: `lsdc.geometry.FORAMEN_MM`)
@@ -322,6 +336,8 @@ class CropOptions(NamedTuple):
     max_mm: float = 10.     # farthest an axial image may lie from a level, mm
     slice_jitter_mm: float = 0. # random move of an annotated level point along the patient's superior axis before its
                                 # axial slice is chosen, up to this many mm (the localizer's error moves the slice too)
+    mirror: bool = False    # cut the right side's foraminal and subarticular crops mirrored to the left (`mirror_site`,
+                            # `MIRRORED`): one model then reads both sides as one anatomy
 
 
 # %% ../nbs/03a_crops.ipynb #b104695e
@@ -473,9 +489,10 @@ def pixels(self:_Study, s) -> np.ndarray:
 
 @patch
 def image(self:_Study, site:CropSite, centre) -> np.ndarray:
-    "The RGB crop around `centre`: the centre slice and its neighbours as channels"
+    "The RGB crop around `centre`: the centre slice and its neighbours as channels (stacked across, for a mirrored sagittal site)"
     o, sr = self.job.opts, site.series
     near = _memo(self._neighbours_of, (sr.series_id, site.index), lambda: stack_neighbours(sr.geoms, site.index, o.neighbours))
+    if stacked_across(site): near = near[::-1]   # a mirrored sagittal crop: the lateral slice in the channel it holds on the other side
     ch = [crop_slice(self.pixels(sr.slices[i]), crop_matrix(sr.geoms[i], centre, site.axes, o.crop_mm, o.size), o.size) for i in near]
     return np.dstack(ch if len(ch) == 3 else ch * 3)
 
@@ -497,13 +514,14 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
     if not st.ids(desc): return _failed(key, png, f'no {desc} series')
     if pt.series_id not in st.series: return _failed(key, png, f"the point's series {pt.series_id} is not a series of this study")
     try:
-        params = {**o._asdict(), 'point': pt.pixel, 'offset': j.offsets.of(col)}
+        flip = o.mirror and col in MIRRORED   # this crop mirrored: recorded per crop, so a left or canal crop stays valid either way
+        params = {**o._asdict(), 'mirror': flip, 'point': pt.pixel, 'offset': j.offsets.of(col)}
         a = st.axial.get((src, level))
         if desc == CROP_SERIES['subarticular'] and a is not None: params['axial'] = [a.series_id, a.instance]
         fp = _fingerprints([st.fingerprint(s) for s in [pt.series_id, *st.ids(desc)]])
         why, info = _stale(png, params, fp) if j.resume else ('overwrite', None)
         if info is not None: return CropResult(key, info=info)
-        site = st.site(col, pt)
+        site = mirror_site(st.site(col, pt)) if flip else st.site(col, pt)
         centre = _jitter(j, col, src, site)
         img, g = st.image(site, centre), site.series.geoms[site.index]
         c = patient_to_pixel(g, centre)
@@ -587,11 +605,11 @@ def _offsets(offsets, data, n_workers=None) -> Offsets:
         return default_offsets()
     return learn_offsets(train, n_workers=n_workers)
 
-_INTS = ('size', 'neighbours', 'seed', 'compression')   # the integer fields of `CropOptions`; the others are floats
+_INTS, _BOOLS = ('size', 'neighbours', 'seed', 'compression'), ('mirror',)   # the integer and yes/no fields of `CropOptions`; the others are floats
 
 def _checked_options(o:CropOptions) -> CropOptions:
     "`o` with each field of its type (as every PNG records them), checked"
-    o = CropOptions(**{k: (int if k in _INTS else float)(v) for k, v in o._asdict().items()})
+    o = CropOptions(**{k: (int if k in _INTS else bool if k in _BOOLS else float)(v) for k, v in o._asdict().items()})
     check_percentiles(o.p_lo, o.p_hi)
     if o.neighbours not in (0, 1): raise ValueError(f'neighbours must be 0 or 1 (a PNG holds three channels), not {o.neighbours}')
     if o.size < 8 or o.crop_mm <= 0 or o.jitter_mm < 0 or o.max_mm <= 0 or o.slice_jitter_mm < 0:
@@ -662,6 +680,7 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
               offsets:str=None,      # offsets JSON (a crops folder's offsets.json); default: learn from the training coordinates
               seed:int=0,            # seeds the jitter
               max_mm:float=10.,      # farthest an axial image may lie from a level, mm
+              mirror:bool=False,     # cut the right foraminal and subarticular crops mirrored to the left (in patient geometry)
               workers:int=None,      # parallel workers (default: one per core)
               overwrite:bool=False,  # cut every crop again, even those up to date
               strict:bool=False,     # exit non-zero when any crop fails
@@ -670,7 +689,7 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
     "Cut the level crops of every label column around each study's level points"
     t0 = time.perf_counter()
     opts = CropOptions(size=size, crop_mm=crop_mm, neighbours=neighbours, jitter_mm=jitter_mm, slice_jitter_mm=slice_jitter_mm, seed=seed,
-                       max_mm=max_mm)
+                       max_mm=max_mm, mirror=mirror)
     try: index, failures = make_crops(data, points, dest, split=split, opts=opts, offsets=offsets, n_workers=workers,
                                       resume=not overwrite, progress=not quiet)
     except (DataError, ValueError, OSError) as e:

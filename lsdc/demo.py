@@ -69,7 +69,9 @@ def pretrain_synthetic_body(out:Path,  # the demo's output folder (the body goes
     "Pretrain the learners' body on a second synthetic data set once, on the inputs they will see (reused when it exists); its weights file"
     L, lv, n_workers = s.method.learner, s.method.levels, s.compute.n_workers
     pre, arch, size, middle = out/'pretrain', L.arch, L.size, s.method.inputs == 'middle'
-    weights, data = (pre/f"{arch}_body.pth", pre/'data') if middle else (pre/f"{arch}_crops_body.pth", pre/'crops_data')
+    mirror = not middle and (lv.mirror or s.method.share == 'sides')   # the crops as the learners will read them: the right side mirrored
+    crops = 'crops_mirrored' if mirror else 'crops'
+    weights, data = (pre/f"{arch}_body.pth", pre/'data') if middle else (pre/f"{arch}_{crops}_body.pth", pre/'crops_data')
     n = s.pretrain_studies if middle else s.pretrain_crop_studies or s.pretrain_studies
     if weights.exists(): return weights
     if progress: print(f"\n== pretrain a {arch} body on {n} other synthetic studies (seed {seed + 1000}, {s.method.inputs} inputs)", flush=True)
@@ -80,9 +82,9 @@ def pretrain_synthetic_body(out:Path,  # the demo's output folder (the body goes
         images = pre/'converted'
         convert_dataset(d, images, split='train', size=size, n_workers=n_workers, progress=False)
     else:   # the crops around the radiologist's points: the body learns what each column's crop shows
-        images = pre/'crops'
+        images = pre/crops
         opts = CropOptions(size=size, crop_mm=lv.crop_mm, neighbours=lv.neighbours, jitter_mm=lv.jitter_mm, slice_jitter_mm=lv.slice_jitter_mm,
-                           seed=seed)
+                           seed=seed, mirror=mirror)
         make_crops(d, annotated_points(d), images, split='train', opts=opts, n_workers=n_workers)
     return pretrain_body(images, d.train, weights, arch=arch, size=size, epochs=s.pretrain_epochs, bs=L.bs, seed=seed, progress=progress)
 
@@ -123,9 +125,11 @@ def demo_cli(out:str='lsdc-demo',   # output folder
              folds:int=None,        # folds of the study-level split (default 2 on CPU, 5 with --full)
              inputs:str='levels',   # 'levels': each column on a crop around its level; 'middle': the middle slices (the middle-slice method)
              phantom:str='anatomical', # the synthetic phantom: 'anatomical', or 'middle' (the grades drawn on the middle slices)
+             share:str='none',      # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
              quiet:bool=False,      # no progress display
             ) -> int:
     "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners per fold, the CV, submission, score, reports"
-    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom, folds=folds, n_workers=workers).items() if v}
+    changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom, folds=folds, n_workers=workers,
+                                     share=share).items() if v}
     s = demo(out, full=full, seed=seed, progress=not quiet, **changes)
     return int(s['n_failed'] > 0)

@@ -52,12 +52,7 @@ def verified_file(models, col:str, kind:str='pickle', manifest:dict|None=None) -
     if name is None: raise ModelIntegrityError(_old_folder(models, col))
     return verified_path(models, name, entry.get(MODEL_FILES[kind]), verb='unpickle' if kind == 'pickle' else 'load')   # the one rule
 
-def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=None,
-                        trust_pickles:bool=False, # load the pickle (runs its code!) instead of the safetensors and config
-                       ):
-    "The learner of `col` from its verified safetensors and config; or, with `trust_pickles`, from its verified pickle"
-    cpu = not torch.cuda.is_available() if cpu is None else cpu
-    manifest = read_manifest(models) if manifest is None else manifest
+def _load(models, col:str, manifest:dict, cpu:bool, trust_pickles:bool):
     if trust_pickles:
         fn = verified_file(models, col, 'pickle', manifest)
         with warnings.catch_warnings():
@@ -67,6 +62,21 @@ def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=
     try: cfg = json.loads(fn.read_text())
     except (ValueError, UnicodeDecodeError) as e: raise ModelIntegrityError(f"{fn}: unreadable config ({e})") from None
     return learner_from_config(cfg, st, cpu=cpu, trusted=trust_pickles)   # a trusted folder may name any architecture
+
+def load_column_learner(models, col:str, manifest:dict|None=None, cpu:bool|None=None,
+                        trust_pickles:bool=False, # load the pickle (runs its code!) instead of the safetensors and config
+                        cache:dict|None=None,     # the learners loaded so far, by model file and SHA-256: a learner shared by several columns is loaded once
+                       ):
+    "The learner of `col` from its verified safetensors and config; or, with `trust_pickles`, from its verified pickle"
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    manifest = read_manifest(models) if manifest is None else manifest
+    e = (manifest.get('columns') or {}).get(col)
+    keys = ('pickle',) if trust_pickles else ('safetensors', 'config')
+    key = (str(Path(models).resolve()), cpu, *((e.get(k), e.get(MODEL_FILES[k])) for k in keys)) if isinstance(e, dict) else None
+    if cache is not None and key in cache: return cache[key]   # verified when it was loaded, under the same names and SHA-256
+    learn = _load(models, col, manifest, cpu, trust_pickles)
+    if cache is not None and key is not None: cache[key] = learn
+    return learn
 
 # %% ../nbs/06_inference.ipynb #39ef4750
 def reexport_levels(models) -> list[str]:
@@ -201,7 +211,7 @@ def predict_columns(models,               # models folder (manifest.json, each c
     series = manifest_series(manifest)
     priors = column_priors(models) if priors is None else priors
     sids = [as_id(s, 'study_id') for s in study_ids]
-    out = []
+    out, loaded = [], {}   # a learner shared by several columns is loaded once
     for k, col in enumerate(cols := list(LABEL_COLUMNS) if columns is None else list(columns), 1):
         t0 = time.perf_counter()
         probs = np.tile(priors.loc[col].to_numpy(float), (len(sids), 1))
@@ -211,7 +221,7 @@ def predict_columns(models,               # models folder (manifest.json, each c
             have = [i for i, s in enumerate(sids) if s in imgs.index]
             source[:] = f'prior: no {series[col]} image'
             if have:
-                learn = load_column_learner(models, col, manifest, trust_pickles=trust_pickles)
+                learn = load_column_learner(models, col, manifest, trust_pickles=trust_pickles, cache=loaded)
                 raw = to_grade_order(predict_images(learn, [imgs[sids[i]] for i in have], bs=bs), learn.dls.vocab)
                 probs[have] = column_calibration(manifest, col, calibration).apply(raw)
                 source[have] = 'model'
@@ -338,7 +348,7 @@ def validation_predictions(models,              # models folder (manifest.json, 
     if not fn.exists(): raise FileNotFoundError(f"{fn}: no split file; it is written by `lsdc train`")
     split, index = pd.read_csv(fn), read_index(converted)
     lab = labels.assign(study_id=labels.study_id.map(as_id)).set_index('study_id')
-    out = []
+    out, loaded = [], {}   # a learner shared by several columns is loaded once
     for col in [c for c in (columns or LABEL_COLUMNS) if c in series]:
         ids = split[(split.column == col) & (split.split == 'valid')].study_id.map(as_id).tolist()
         imgs = column_images(index, col, series[col]).set_index('study_id').image
@@ -346,7 +356,7 @@ def validation_predictions(models,              # models folder (manifest.json, 
         if lost: warnings.warn(f"{col}: {len(lost)} validation studies have no image or label here ({lost[:5]}); not evaluated")
         ids = [s for s in ids if s not in lost]
         if not ids: continue
-        learn = load_column_learner(models, col, manifest, trust_pickles=trust_pickles)
+        learn = load_column_learner(models, col, manifest, trust_pickles=trust_pickles, cache=loaded)
         raw = to_grade_order(predict_images(learn, [imgs[s] for s in ids], bs=bs), learn.dls.vocab)
         cal = column_calibration(manifest, col, calibration).apply(raw)
         out.append(pd.DataFrame({'study_id': ids, 'column': col, 'grade': lab.loc[ids, col].to_numpy(),

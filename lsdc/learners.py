@@ -23,9 +23,9 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBl
 from fastai.metrics import ActivationType
 from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
-from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition
+from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, split_column
 from .files import (ModelIntegrityError, index_files, read_index, file_sha256, now, json_default, write_json, result_file, write_result, read_results)
-from .sampling import pick_images, is_crop_index, training_table, split_frame, write_splits
+from .sampling import pick_images, is_crop_index, training_table, shared_table, split_frame, write_splits
 from .data import load_rsna
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
 from .disk import atomic_path, file_lock, owner_tag, sweep_leftovers, write_csv
@@ -34,15 +34,16 @@ from .progress import print_line, printer
 from .progress import bars_render
 
 # %% auto #0
-__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES',
+__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES', 'SHARES',
            'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch',
            'known_archs', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss',
            'EpochLog', 'pretrain_body', 'find_lrs', 'Schedule', 'LearnerSettings', 'fit_once', 'epoch_threshold_train',
            'export_learner', 'Compute', 'train_column', 'test_time_tfms', 'learner_config', 'export_safe',
-           'check_learner_config', 'learner_from_config', 'column_done', 'results_table', 'manifest', 'plot_results',
-           'collect_results', 'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns',
-           'scheduler_shard', 'shard_columns', 'valid_split', 'training_settings', 'settings_digest', 'settings_change',
-           'ColumnJob', 'worker_devices', 'train_columns', 'parse_pair']
+           'check_learner_config', 'learner_from_config', 'column_done', 'results_table', 'learners_table', 'manifest',
+           'plot_results', 'collect_results', 'claim_file', 'column_claim', 'models_lock', 'reexport_safe',
+           'parse_columns', 'scheduler_shard', 'shard_columns', 'share_groups', 'shard_learners', 'valid_split',
+           'training_settings', 'settings_digest', 'settings_change', 'ColumnJob', 'worker_devices', 'train_columns',
+           'parse_pair']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -581,7 +582,7 @@ def learner_from_config(config:dict,  # from `learner_config` (a `{column}.json`
     return learn
 
 # %% ../nbs/05_learners.ipynb #571ff635
-RESULT_COLUMNS = ('column', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
+RESULT_COLUMNS = ('column', 'learner', 'status', 'series', 'latest_valid_accuracy', 'best_valid_accuracy', 'valid_accuracy',
                   'valid_log_loss', 'avg_epoch_seconds', 'epochs_run', 'epochs_total', 'n_train', 'n_train_upsampled',
                   'n_valid', 'n_missing_series', 'convergence', 'lr', 'architecture', 'image_size', 'balance', 'loader',
                   'device', 'seconds', 'process', 'resident_gb', 'error')
@@ -589,7 +590,7 @@ MANIFEST_KEYS = ('architecture', 'image_size', 'classes', 'series', 'inputs', 'b
                  'n_train_upsampled', 'n_valid', 'n_missing_series', 'train_counts', 'train_counts_upsampled', 'lr_minimum',
                  'lr_steep', 'lr_valley', 'lr_slide', 'lr', 'epochs_run', 'convergence', 'valid_accuracy', 'valid_log_loss',
                  'calibration', 'loader', 'pickle', 'sha256', 'safetensors', 'safetensors_sha256', 'config', 'config_sha256',
-                 'settings', 'settings_sha256', 'finished')
+                 'settings', 'settings_sha256', 'finished', 'learner')
 MODEL_FILES = {'pickle': 'sha256', 'safetensors': 'safetensors_sha256', 'config': 'config_sha256'}  # file key: its SHA-256 key
 
 def _record(models, col:str) -> dict:
@@ -611,16 +612,26 @@ def column_done(models, col:str,
     return all(fn.is_file() and file_sha256(fn) == h for fn, h in files)
 
 def results_table(records:dict) -> pd.DataFrame:
-    "One row per column: accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
-    rows = [{k: r.get(k) for k in RESULT_COLUMNS} for r in records.values()]
+    "One row per column: its learner, accuracies, weighted log loss, timing, sizes, convergence class, suggested lr"
+    rows = [{**{k: r.get(k) for k in RESULT_COLUMNS}, 'learner': r.get('learner') or r.get('column')} for r in records.values()]
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
+def learners_table(records:dict) -> dict:
+    "`{learner: its columns and model files with their SHA-256}` of the trained columns' records (a column learner is named after its column)"
+    out = {}
+    for c, r in records.items():
+        if r.get('status') != 'ok': continue
+        e = out.setdefault(r.get('learner') or c, {'columns': [], **{k: r.get(k) for kv in MODEL_FILES.items() for k in kv}})
+        e['columns'].append(c)
+    return out
+
 def manifest(records:dict) -> dict:
-    "The manifest of a models folder: per trained column its settings, sizes, lrs, scores and pickle hash"
+    "The manifest of a models folder: per trained column its learner, settings, sizes, lrs, scores and model files; per learner its columns and files"
     ok = {c: r for c, r in records.items() if r.get('status') == 'ok'}
     return {'lsdc_version': __version__, 'updated': now(), 'classes': list(GRADES),
             'inputs': sorted({r.get('inputs') or 'middle' for r in ok.values()}),   # what the columns were trained on
-            'columns': {c: {k: r.get(k) for k in MANIFEST_KEYS} for c, r in ok.items()},
+            'columns': {c: {**{k: r.get(k) for k in MANIFEST_KEYS}, 'learner': r.get('learner') or c} for c, r in ok.items()},
+            'learners': learners_table(ok),
             'failed': {c: r.get('error') for c, r in records.items() if r.get('status') != 'ok'}}
 
 # %% ../nbs/05_learners.ipynb #a86b8371
@@ -658,8 +669,8 @@ def collect_results(models, plots:bool=True) -> pd.DataFrame:
         write_csv(df, models/'results.csv')
     if plots and (df.status == 'ok').any():
         plot_results(df, models/'results.png')
-        hist = {c: pd.DataFrame(r['history']).query(f"attempt == {r.get('kept_attempt', 0)}").assign(epoch=lambda h: range(len(h)))
-                for c, r in recs.items() if r.get('status') == 'ok' and r.get('history')}
+        hist = {r.get('learner') or c: pd.DataFrame(r['history']).query(f"attempt == {r.get('kept_attempt', 0)}").assign(epoch=lambda h: range(len(h)))
+                for c, r in recs.items() if r.get('status') == 'ok' and r.get('history')}   # a shared learner's curves once
         if hist: plot_training_curves(hist, models/'training_curves.png')
     splits = [pd.read_csv(fn) for fn in sorted((models/'splits').glob('*.csv'))]
     if splits: write_splits(splits, models/'split.csv')
@@ -745,6 +756,26 @@ def shard_columns(columns:list,  # the columns to share out
     if not (n >= 1 and 0 <= i < n): raise ValueError(f"shard {shard!r}: need 0 <= i < n")
     return list(columns)[i::n]
 
+SHARES = ('none', 'levels', 'sides')   # how the levels method's columns share learners (`share_groups`)
+
+def share_groups(share:str='none', # 'none': a learner per column; 'levels': one per condition; 'sides': one per condition group
+                 columns=None,     # the label columns (None: all 25; `parse_columns`)
+                ) -> dict:
+    "`{learner: its columns}`: each column alone, a condition's five levels together, or both sides' levels together (the canal, the foramina, the recesses)"
+    if share not in SHARES: raise ValueError(f"share must be one of {', '.join(map(repr, SHARES))}, got {share!r}")
+    key = {'none': lambda c: c, 'levels': lambda c: split_column(c)[0],
+           'sides': lambda c: split_column(c)[0].removeprefix('left_').removeprefix('right_')}[share]
+    out = {}
+    for c in parse_columns(columns): out.setdefault(key(c), []).append(c)
+    return out
+
+def shard_learners(share:str='none', columns=None,
+                   shard=None, # 'i/n', (i, n) or 'auto' (`shard_columns`); None: all
+                  ) -> dict:
+    "`{learner: its columns}` of the learners shard `i` of `n` trains: every n-th learner, each with all its columns"
+    groups = share_groups(share, columns)
+    return {k: groups[k] for k in shard_columns(list(groups), shard)}
+
 # %% ../nbs/05_learners.ipynb #1846f2e0
 def valid_split(valid) -> tuple:
     "`(valid_pct, valid_ids)` of `valid`: a share of studies (each column splits its own), or the validation studies themselves"
@@ -759,6 +790,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
                       settings:LearnerSettings=LearnerSettings(), # the learners' settings
                       valid=0.2,               # share of studies in validation, or the validation studies (`valid_split`)
                       seed:int=42,             # seed of split, resampling and training
+                      share:str='none',        # how the columns share learners (`share_groups`); recorded unless 'none'
                      ) -> dict:
     "Everything that shapes a column's model, as JSON data: what resuming compares (`settings_digest`)"
     o, (valid_pct, valid_ids) = settings, valid_split(valid)
@@ -773,7 +805,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
              valid_ids=None if valid_ids is None else list(valid_ids),
              schedule=o.schedule._asdict(), bs=o.bs, aug=bool(o.aug), train_bn=bool(o.train_bn),
              lr_find_iters=o.lr_find_iters, lr_find_range=[float(v) for v in o.lr_find_range], freeze_epochs=o.freeze_epochs,
-             patience=o.patience, conversion=conv)
+             patience=o.patience, conversion=conv, **({'share': share} if share != 'none' else {}))
     return json.loads(json.dumps(s, default=json_default))   # as a record reads it back
 
 def settings_digest(settings:dict) -> str:
@@ -795,8 +827,8 @@ def settings_change(old:dict|None, # the settings of a record (None: an older re
 
 # %% ../nbs/05_learners.ipynb #1f82bb2c
 class ColumnJob(NamedTuple):
-    "What training one column needs: the data, where to write, and the settings of `train_column`"
-    column: str
+    "What training one learner needs (a column's, or one shared by several): the data, where to write, and the settings of `train_column`"
+    column: str                 # the column, or the shared learner's name (`share_groups`)
     labels: pd.DataFrame
     index: pd.DataFrame
     models: Path
@@ -807,30 +839,48 @@ class ColumnJob(NamedTuple):
     bars: bool = False          # fastai's progress bars (only where they render)
     recorded: dict|None = None  # `training_settings`, recorded with the column (and its digest)
     resume: bool = False        # skip the column when, once claimed, it turns out trained with these settings
+    columns: tuple = ()         # the columns a shared learner serves (`lsdc.sampling.shared_table`); (): `column` alone
+
+_LEARNER_PART = ('series', 'n_studies', 'n_missing_series', 'missing_series', 'n_train', 'n_train_upsampled', 'n_valid',
+                 'train_counts', 'train_counts_upsampled', 'valid_counts')   # what a shared learner's column records of its own
+
+def _learner_records(rec:dict, cols:list, info:dict|None) -> list:
+    "Each column's record of a learner shared by `cols`: the learner's record (its name in `learner`, its own counts in `shared`), with the column's part of the table"
+    per, shared = (info or {}).get('per_column') or {}, {k: rec[k] for k in _LEARNER_PART if k in rec}
+    return [{**rec, **per.get(c, {}), 'column': c, 'learner': rec['column'], 'columns': list(cols), **({'shared': shared} if shared else {})}
+            for c in cols]
+
+def _learner_done(models, name:str, cols:list, settings_sha256:str|None=None) -> bool:
+    "Whether learner `name` serving `cols` is trained (with `settings_sha256`): each column's record names it with these columns, and its files match"
+    for c in cols:
+        r = _record(models, c)
+        if (r.get('learner') or c) != name or (r.get('columns') or [c]) != list(cols) or not column_done(models, c, settings_sha256): return False
+    return True
 
 def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> dict:
-    "Claim, train, export and record one column (on `device`); a failure is recorded, never raised"
-    col, models = job.column, Path(job.models)
+    "Claim, train, export and record one learner (on `device`): the learner's record, and one per column it serves; a failure is recorded, never raised"
+    name, models, cols, info = job.column, Path(job.models), list(job.columns) or [job.column], None
     digest = None if job.recorded is None else settings_digest(job.recorded)
-    with column_claim(models, col, say):   # one writer per column, from its split to its record
-        if job.resume and digest and column_done(models, col, digest): return {**_record(models, col), 'skipped': True}
+    with column_claim(models, name, say):   # one writer per learner, from its split to its records
+        if job.resume and digest and _learner_done(models, name, cols, digest): return {**_record(models, cols[0]), 'column': name, 'skipped': True}
         try:
             pct, ids = valid_split(job.valid)
-            table, info = training_table(job.labels, job.index, col, series=job.settings.series, valid_pct=pct or 0.2, seed=job.seed,
-                                         balance=job.settings.balance, valid_ids=ids)
+            kw = dict(series=job.settings.series, valid_pct=pct or 0.2, seed=job.seed, balance=job.settings.balance, valid_ids=ids)
+            if job.columns: table, info = shared_table(job.labels, job.index, cols, name=name, **kw)
+            else: table, info = training_table(job.labels, job.index, name, **kw)
             if info['n_missing_series']:
-                say(f"{col}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
-            write_csv(split_frame(table, col), models/'splits'/f'{col}.csv')
+                say(f"{name}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
+            for c in cols: write_csv(split_frame(table[table.column == c] if job.columns else table, c), models/'splits'/f'{c}.csv')
             compute = job.compute._replace(device=device) if device else job.compute
             rec = train_column(table, info, models, job.settings, compute, seed=job.seed, progress=job.bars)
         except Exception as e:
-            log.exception("%s failed", col)
-            rec = dict(column=col, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
+            log.exception("%s failed", name)
+            rec = dict(column=name, status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
                        finished=now())
         if digest: rec = {**rec, 'settings': job.recorded, 'settings_sha256': digest}
-        release_memory()   # a worker trains column after column: what this one used goes back before the next
+        release_memory()   # a worker trains learner after learner: what this one used goes back before the next
         rec = {**rec, 'process': os.getpid(), 'resident_gb': resident_gb()}   # what the process holds once it is given back
-        write_result(models, rec)
+        for r in (_learner_records(rec, cols, info) if job.columns else [{**rec, 'learner': name}]): write_result(models, r)
     return rec
 
 def _ended(tag:str, rec:dict) -> str:
@@ -840,11 +890,13 @@ def _ended(tag:str, rec:dict) -> str:
             f"{rec['convergence']}, {rec['epochs_run']} epochs, {rec['seconds']:.0f} s")
 
 def _failed(job:ColumnJob, error:str) -> dict:
-    "Record a column whose worker process could not return its record, unless another run holds its claim or trained it"
+    "Record a learner whose worker process could not return its record, unless another run holds its claim or trained it"
     rec, models = dict(column=job.column, status='failed', error=error, finished=now()), job.models
+    cols = list(job.columns) or [job.column]
     digest = None if job.recorded is None else settings_digest(job.recorded)
     with file_lock(claim_file(models, job.column), blocking=False) as free:
-        if free and not (digest and column_done(models, job.column, digest)): write_result(models, rec)
+        if free and not (digest and _learner_done(models, job.column, cols, digest)):
+            for r in (_learner_records(rec, cols, None) if job.columns else [{**rec, 'learner': job.column}]): write_result(models, r)
     return rec
 
 # %% ../nbs/05_learners.ipynb #a5583e9b
@@ -942,26 +994,29 @@ def train_columns(converted,               # conversion or level-crop folder (ho
                   compute:Compute=Compute(), # worker processes (`jobs`), the image cache or the PNGs, the device
                   resume:bool=True,        # skip columns already trained with these settings (model files match their record)
                   progress:bool=True,      # print a line per column and show fastai's bars
+                  share:str='none',        # 'none': a learner per column; 'levels', 'sides': learners shared by several (`share_groups`; level crops only)
                  ) -> pd.DataFrame:
-    "Train one learner per label column into `models`; the merged results table"
+    "Train one learner per label column (or per group of columns, `share`) into `models`; the merged results table, a row per column"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
-    cols = shard_columns(parse_columns(columns), shard)
+    groups = shard_learners(share, columns, shard)
     jobs = compute.jobs
     if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     table_given = isinstance(converted, pd.DataFrame)
     index = converted if table_given else read_index(converted)
+    if share != 'none' and not is_crop_index(index):
+        raise ValueError(f"share={share!r}: learners shared by several columns read level crops (the levels method), not the middle slices")
     if not isinstance(labels, pd.DataFrame): labels = load_rsna(labels, splits=('train',), check_images=False).train
     say = printer(progress)   # it goes to the worker processes too
     pct, ids = valid_split(valid)
     valid = pct if ids is None else ids
-    recorded = training_settings(index, None if table_given else converted, models, settings=settings, valid=valid, seed=seed)
+    recorded = training_settings(index, None if table_given else converted, models, settings=settings, valid=valid, seed=seed, share=share)
     digest = settings_digest(recorded)
     with models_lock(models):   # sweeps the leftovers of runs that died
         todo = []
-        for k, col in enumerate(cols, 1):
-            tag = f"[{k}/{len(cols)}] {col}"
-            old = _record(models, col) if resume else {}
-            if old.get('settings_sha256') == digest and column_done(models, col, digest): say(f"{tag}: already trained, skipped"); continue
+        for k, (col, cols) in enumerate(groups.items(), 1):
+            tag = f"[{k}/{len(groups)}] {col}" + (f" ({len(cols)} columns)" if share != 'none' else '')
+            old = _record(models, cols[0]) if resume else {}
+            if old.get('settings_sha256') == digest and _learner_done(models, col, cols, digest): say(f"{tag}: already trained, skipped"); continue
             if old.get('status') == 'ok' and old.get('settings_sha256') != digest:
                 say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), recorded)}); training it again")
             todo.append((tag, col))
@@ -971,11 +1026,12 @@ def train_columns(converted,               # conversion or level-crop folder (ho
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and bars_render()
         work = [ColumnJob(column=col, labels=labels, index=index, models=models, settings=settings, compute=compute, valid=valid,
-                          seed=seed, bars=bars, recorded=recorded, resume=resume) for _, col in todo]
+                          seed=seed, bars=bars, recorded=recorded, resume=resume, columns=tuple(groups[col]) if share != 'none' else ())
+                for _, col in todo]
         if jobs > 1: _train_parallel(work, jobs, say)
         else: _train_serial(work, [tag for tag, _ in todo], say)
         df = collect_results(models)
-    say(f"{len(todo)} columns trained in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
+    say(f"{len(todo)} {'columns' if share == 'none' else 'shared learners'} trained in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
         f"{int((df.status != 'ok').sum())} failed")
     return df
 

@@ -44,10 +44,12 @@ class LevelSettings(NamedTuple):
     axial:str = 'learned'       # each located level's axial slice: chosen by the slice selector ('learned', `lsdc.axial`)
                                 # or the one nearest the located point ('nearest')
     axial_epochs:int = 12       # the slice selector's epochs
+    mirror:bool = False         # cut the right foraminal and subarticular crops mirrored to the left (`lsdc.crops.mirror_site`),
+                                # training and test alike: what the learners shared by both sides read (`lsdc.pipeline`, share='sides')
 
 _BOUNDS = dict(crop_size=(8, 1024), crop_mm=(1., 500.), neighbours=(0, 8), jitter_mm=(0., 100.), slice_jitter_mm=(0., 100.),
                loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000))
-_CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest'))
+_CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest'), mirror=(False, True))
 
 # %% ../nbs/05e_levels.ipynb #7aa17865
 def prepare_levels(data,                   # RSNA data folder or `RSNAData` (training coordinates)
@@ -83,7 +85,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         offsets = learn_offsets(d, n_workers=n_workers)
         t1 = time.perf_counter()
         opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, jitter_mm=s.jitter_mm, slice_jitter_mm=s.slice_jitter_mm,
-                           seed=seed)
+                           seed=seed, mirror=s.mirror)
         idx, fail = make_crops(d, pts, dest, split='train', opts=opts, offsets=offsets, n_workers=n_workers)
         say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
         write_levels(models, s, offsets)
@@ -169,7 +171,7 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
     d = screen_series(data if hasattr(data, 'series') else load_rsna(data, splits=(split,)), splits=(split,), n_workers=n_workers)
     points = locate_levels(models, converted, d, split=split, trust_pickles=trust_pickles, manifest=man)
     if s.axial == 'learned': points = select_axial(models, d, points, split=split, n_workers=n_workers, manifest=man)
-    opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours)   # as the training crops, without their jitter
+    opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, mirror=s.mirror)   # as the training crops, without their jitter
     idx, fail = make_crops(d, points[points.source == 'located'], dest, split=split, opts=opts, offsets=offsets, n_workers=n_workers)
     write_csv(points, Path(dest)/'points.csv')   # where the levels were found, for the reports
     if progress: print(f"crops of the {split} studies: {len(idx)} cut, {len(fail)} failed; {dest}", flush=True)

@@ -17,8 +17,8 @@ from .core import *
 from .files import (ModelIntegrityError, read_manifest, read_results, manifest_series, file_sha256, write_json, now, verified_path)
 from .data import DataError, load_rsna, screen_series
 from .dicom import convert_dataset
-from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, train_columns, parse_columns, shard_columns, parse_pair,
-                           arch_name)
+from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, SHARES, train_columns, parse_columns, shard_learners,
+                           share_groups, parse_pair, arch_name)
 from .levels import LevelSettings, LEVELS_FILE, prepare_levels
 from .calibration import (BALANCES, posterior_factors, StudyCalibration, MetricRows, metric_terms, fit_study_calibration, calibrate_rows,
                           crossfit_calibration, expected_calibration_error, plot_reliability)
@@ -48,6 +48,8 @@ class PipelineSettings(NamedTuple):
     inputs:str = 'levels'                       # 'levels': each column on a crop around its level; 'middle': the middle sagittal slices
     learner:LearnerSettings = LearnerSettings() # every column's learner (its `size` is the crops' size too)
     levels:LevelSettings = LevelSettings()      # 'levels': the localizer, the axial slice selector and the crops
+    share:str = 'none'                          # the levels method's learners: one per column ('none'), per condition for its five levels
+                                                # ('levels'), or per condition group for both sides, the right crops mirrored ('sides')
     folds:int = 5                               # folds of the study-level split
     which_folds:str|tuple|None = None           # the folds to train (None: all; '0': a quick holdout)
     columns:str|tuple|None = None               # the label columns to train (None: all 25; the others get the training shares)
@@ -120,18 +122,18 @@ def train_folds(inputs,                 # the learners' images: a conversion or 
                 labels:pd.DataFrame,    # train.csv-style labels
                 settings:PipelineSettings=PipelineSettings(), # the learners, the folds to train, the columns, the seed
                 compute:Compute=Compute(), # worker processes, device, image cache
-                shard=None,             # 'i/n': train only shard i of n of the columns (`lsdc.learners.shard_columns`)
+                shard=None,             # 'i/n': train only shard i of n of the learners (`lsdc.learners.shard_learners`)
                 resume:bool=True,       # skip columns already trained with the same settings
                 progress:bool=True,     # a line per fold and column
                ) -> pd.DataFrame:
-    "Train every column's learner of each fold in `settings.which_folds`; the results tables, with a `fold` column"
+    "Train every column's learner (or each shared learner, `settings.share`) of each fold in `settings.which_folds`; the results tables, with a `fold` column"
     folds, s = read_folds(models), settings
     out = []
     for k in parse_folds(s.which_folds, int(folds.fold.max()) + 1):
         ids = folds.study_id[folds.fold == k].tolist()
         if progress: print(f"\n-- fold {k}: {len(ids)} validation studies, the others train", flush=True)
         out.append(train_columns(inputs, fold_dir(models, k), labels=labels, columns=s.columns, shard=shard, valid=ids, seed=s.seed,
-                                 settings=s.learner, compute=compute, resume=resume, progress=progress).assign(fold=k))
+                                 settings=s.learner, compute=compute, resume=resume, progress=progress, share=s.share).assign(fold=k))
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/08a_pipeline.ipynb #664e6b23
@@ -141,12 +143,14 @@ FACTORS = ('pooled', 'column')
 def fold_factors(records:dict,          # the fold's column records (`lsdc.files.read_results`)
                  factors:str='pooled',  # 'pooled': a condition's five levels' counts summed; 'column': each its own
                 ) -> dict:
-    "`{column: posterior factors}` of a fold's trained columns"
+    "`{column: posterior factors}` of a fold's trained columns (a shared learner's columns, pooled: the counts it was trained on)"
     if factors not in FACTORS: raise ValueError(f"factors must be one of {FACTORS}, got {factors!r}")
     ok = {c: r for c, r in records.items() if r.get('status') == 'ok' and c in LABEL_COLUMNS}
     def counts(cols, key): return {g: sum(float((ok[c].get(key) or {}).get(g, 0)) for c in cols) for g in GRADES}
     out = {}
     for c, r in ok.items():
+        if factors == 'pooled' and isinstance(r.get('shared'), dict):   # one learner read all its columns' rows, balanced as one
+            sh = r['shared']; out[c] = posterior_factors(r.get('balance', 'upsample'), sh.get('train_counts'), sh.get('train_counts_upsampled')); continue
         cols = [x for x in ok if split_column(x)[0] == split_column(c)[0] and ok[x].get('balance') == r.get('balance')] if factors == 'pooled' else [c]
         out[c] = posterior_factors(r.get('balance', 'upsample'), counts(cols, 'train_counts'), counts(cols, 'train_counts_upsampled'))
     return out
@@ -258,7 +262,7 @@ def format_cv(cv:dict) -> str:
 ENSEMBLE_FORMAT = 'lsdc.folds/1'   # the `format` of a cross-validated models folder's manifest
 
 def write_ensemble_manifest(models) -> dict:
-    "Write the manifest of a cross-validated models folder: its folds, and every file with its SHA-256"
+    "Write the manifest of a cross-validated models folder: its folds, each fold's learners with their columns, and every file with its SHA-256"
     models = Path(models); folds = read_folds(models)
     ks = trained_folds(models, folds)
     files = {n: file_sha256(models/n) for n in (FOLDS_FILE, CAL_FILE, OOF_TABLE, OOF_FILE, OOF_RAW, CV_FILE) if (models/n).is_file()}
@@ -266,7 +270,7 @@ def write_ensemble_manifest(models) -> dict:
     files.update({f'fold{k}/manifest.json': file_sha256(fold_dir(models, k)/'manifest.json') for k in ks})
     inputs = sorted({i for m in fms.values() for i in m.get('inputs', [])})
     man = dict(format=ENSEMBLE_FORMAT, lsdc_version=__version__, updated=now(), folds=int(folds.fold.max()) + 1, trained_folds=ks,
-               inputs=inputs, columns={}, files=files)
+               inputs=inputs, columns={}, files=files, learners={f'fold{k}': fms[k].get('learners') or {} for k in ks})
     lv = models/LEVELS_FILE
     if 'levels' in inputs and lv.is_file():
         b = lv.read_bytes(); sha = file_sha256(lv)
@@ -403,7 +407,7 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
                    models,                 # models folder to write
                    settings:PipelineSettings=PipelineSettings(), # the method: inputs, learners, stage 1, folds, seed, CV
                    compute:Compute=Compute(), # worker processes (columns at once, conversion and crops), device, image cache
-                   shard=None,             # 'i/n': train only shard i of n of the columns
+                   shard=None,             # 'i/n': train only shard i of n of the learners (of the columns, with share='none')
                    crops=None,             # 'levels': the training crops' folder (default: `crops/<name of converted>` beside it)
                    out=None,               # folder of the evaluation files (default: `models`)
                    resume:bool=True,       # reuse a finished localizer and skip columns trained with the same settings
@@ -412,6 +416,9 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
     "Split, stage 1 (levels), the learners of each fold, OOF predictions, calibration and CV into `models`; the CV dict (`trained`: the results)"
     s, L = settings, settings.learner
     if s.inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {s.inputs!r}")
+    if s.share not in SHARES: raise ValueError(f"share must be one of {SHARES}, got {s.share!r}")
+    if s.share != 'none' and s.inputs != 'levels':
+        raise ValueError(f"share={s.share!r} shares learners between the level crops of several columns: the levels method's (inputs='levels') only")
     d = data if hasattr(data, 'series') else load_rsna(data, splits=('train',), check_images=s.inputs == 'levels')
     d = screen_series(d, splits=('train',), n_workers=compute.n_workers)   # no series that is not what it says
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
@@ -421,7 +428,8 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
     src = Path(converted)
     if s.inputs == 'levels':
         crops = Path(crops) if crops else src.parent/'crops'/src.name
-        src = prepare_levels(d, converted, models, crops, settings=s.levels._replace(crop_size=L.size), seed=s.seed,
+        lv = s.levels._replace(crop_size=L.size, mirror=s.levels.mirror or s.share == 'sides')   # one model reads both sides as the left
+        src = prepare_levels(d, converted, models, crops, settings=lv, seed=s.seed,
                              folds=dict(zip(f.study_id, f.fold)), n_workers=compute.n_workers, progress=progress, resume=resume,
                              pretrained=L.pretrained and not L.weights)
     res = train_folds(src, models, d.train, s, compute, shard=shard, resume=resume, progress=progress)
@@ -508,9 +516,10 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     _step('convert the training studies' + (' (mid-sagittal slices, for the level localizer)' if inputs == 'levels' else ''), t0, progress,
           marks, 'conversion')
     convert_dataset(d, conv/'train', split='train', size=lv.loc_size if inputs == 'levels' else size, n_workers=n_workers, progress=progress)
-    n_cols = len(parse_columns(settings.columns))
+    n_cols, n_learn = len(parse_columns(settings.columns)), len(share_groups(settings.share, settings.columns))
+    shared = f", shared '{settings.share}' by the {n_cols} columns" if settings.share != 'none' else ''
     _step(f"split the {len(d.train)} training studies into {settings.folds} folds" + (f"; locate the levels ({lv.crop_mm:g} mm crops)" if inputs == 'levels' else '')
-          + f"; train {n_cols} learners per fold ({arch_name(settings.learner.arch)}, {size} px, {inputs})", t0, progress, marks,
+          + f"; train {n_learn} learners per fold ({arch_name(settings.learner.arch)}, {size} px, {inputs}{shared})", t0, progress, marks,
           'folds (localizer, crops, learners, CV)' if inputs == 'levels' else 'folds (learners, CV)')
     cv = train_pipeline(d, conv/'train', models, settings, compute, crops=out/'crops'/'train', out=out, progress=progress)
     res = cv.pop('trained')
@@ -521,6 +530,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     n_test = len(submission_studies(sub))
     summary = dict(out=str(out), inputs=inputs, submission=str(out/SUBMISSIONS['calibrated']), models=str(models), reports=str(out/'reports'/'index.html'),
                    n_trained=int((res.status == 'ok').sum()), n_failed=int((res.status != 'ok').sum()), n_columns=n_cols, n_test=n_test,
+                   share=settings.share, n_learners=int(res[res.status == 'ok'].groupby(['fold', 'learner']).ngroups),
                    predict_seconds_per_study=(time.perf_counter() - t1)/max(n_test, 1), cv=cv, skipped_series=len(d.skipped_series))
     lab = None
     if test_labels is not None:
@@ -543,7 +553,9 @@ def format_summary(s:dict) -> str:
     "The end-of-run summary of `run_pipeline` as text"
     out, cv = Path(s['out']), s['cv']
     k = len(cv['trained_folds'])
-    lines = [f"lsdc finished in {s['seconds']:.0f} s: {s['n_trained']} learners ({s['n_columns']} columns x {k} folds) trained, {s['n_failed']} failed; "
+    who = (f"{s['n_trained']} learners ({s['n_columns']} columns x {k} folds)" if s.get('share', 'none') == 'none' else
+           f"{s['n_learners']} shared learners ('{s['share']}': {s['n_columns']} columns, {k} folds)")
+    lines = [f"lsdc finished in {s['seconds']:.0f} s: {who} trained, {s['n_failed']} failed; "
              f"{s['n_test']} test studies predicted ({s['predict_seconds_per_study']:.2f} s per study)",
              'the time: ' + ', '.join(f"{k} {v:.0f} s" for k, v in s.get('step_seconds', {}).items()),
              *([f"{s['skipped_series']} series skipped, not what their description says or of another body region: {out/'skipped_series.csv'}"]
@@ -577,7 +589,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               folds:int=5,                   # folds of the study-level split (every column, the localizer and the slice selector)
               train_folds:str=None,          # train only these folds, e.g. '0' (a quick holdout); default all
               columns:str=None,              # comma-separated label columns (default: all 25)
-              shard:str=None,                # 'i/n': train shard i (from 0) of n of the columns; 'auto': from SLURM / Kubernetes / $LSDC_SHARD
+              shard:str=None,                # 'i/n': train shard i (from 0) of n of the learners (columns); 'auto': from SLURM / Kubernetes / $LSDC_SHARD
               size:int=256,                  # image size (and the crops' size)
               arch:str='resnet34',           # architecture: torchvision name (or timm name when timm is installed)
               pretrained:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # ImageNet weights (torch.hub cache or download)
@@ -604,12 +616,13 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
               slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
               axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'
+              share:str='none',              # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
               quiet:bool=False,              # no progress output
              ) -> int:
-    "Train one learner per label column and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
+    "Train one learner per label column (or per condition, or condition group: --share) and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
-                       ('--factors', factors, FACTORS), ('--balance', balance, BALANCES)):
+                       ('--factors', factors, FACTORS), ('--balance', balance, BALANCES), ('--share', share, SHARES)):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial)
     try:
@@ -618,12 +631,12 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
                                   lr_find_range=parse_pair(lr_find_range, '--lr-find-range'), balance=balance,
                                   series=SERIES_MAPS.get(series_map, series_map))
         s = PipelineSettings(inputs=inputs, learner=learner, levels=ls, folds=folds, which_folds=train_folds, columns=columns, seed=seed,
-                             factors=factors, n_boot=n_boot)
+                             factors=factors, n_boot=n_boot, share=share)
         cv = train_pipeline(data, converted, models, s, Compute(jobs=jobs, loader=loader), shard=shard, crops=crops, resume=not no_resume,
                             progress=not quiet)
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, RuntimeError) as e: return _fail('train', e)
     if quiet: print(format_cv(cv))
-    df = cv['trained']; cols = set(shard_columns(parse_columns(columns), shard))
+    df = cv['trained']; cols = {c for cs in shard_learners(share, columns, shard).values() for c in cs}
     return int((df[df.column.isin(cols)].status != 'ok').any())
 
 # %% ../nbs/08a_pipeline.ipynb #96733019

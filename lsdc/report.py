@@ -19,7 +19,7 @@ from fastcore.script import call_parse
 from fastai.callback.hook import hook_output
 from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDITION_NAMES, LEVEL_NAMES, as_id, label_column, level_key, split_column, parse_row_id, series_for_condition)
 from .files import read_index, read_manifest, manifest_series, verified_path
-from .png import encode_png
+from .png import encode_png, png_info
 from .crops import POINT_COLUMNS, read_points
 from .inference import load_column_learner
 from .sampling import is_crop_index
@@ -323,6 +323,7 @@ class CropImage:
     instance_number: int|None = None # the slice at its centre
     rgb: np.ndarray|None = field(default=None, repr=False) # the crop, (H, W, 3) uint8, once read
     problem: Problem|None = None     # why it cannot be shown
+    mirrored: bool = False           # cut mirrored to the left (a right crop read by a learner of both sides), shown as the learner reads it
 
 def _crop_index(crops) -> pd.DataFrame:
     "A level-crop index given as a DataFrame or a crops folder (ValueError for anything else, e.g. a conversion index)"
@@ -336,14 +337,15 @@ def study_crops(crops:pd.DataFrame, # level-crop index with `image` (`lsdc.files
     "`{column: CropImage}`: the located crop of each column of a study, the one its learner predicts from"
     c, sid = _crop_index(crops), as_id(study_id, 'study_id')
     c = c[(c.study_id.map(as_id) == sid) & (c.source == 'located')].sort_values('series_id').drop_duplicates('column')
+    mirror = lambda p: bool(((png_info(p) or {}).get('params') or {}).get('mirror'))   # as its PNG records it (`lsdc.crops.CropOptions.mirror`)
     return {r.column: CropImage(png=str(r.image), series_id=as_id(r.series_id), description=str(r.series_description),
-                                instance_number=as_id(r.instance_number)) for r in c.itertuples()}
+                                instance_number=as_id(r.instance_number), mirrored=mirror(r.image)) for r in c.itertuples()}
 
 def crop_label(col:str, crop:CropImage) -> str:
     "Where a column's crop comes from, in words: its series, slice, side and level"
     c, l = split_column(col)
     side = next((f'{s} ' for s in ('left', 'right') if c.startswith(f'{s}_')), '')
-    return f"{crop.description} series {crop.series_id}, slice {crop.instance_number}, {side}{LEVEL_NAMES[l]}"
+    return f"{crop.description} series {crop.series_id}, slice {crop.instance_number}, {side}{LEVEL_NAMES[l]}" + ', mirrored to the left' * crop.mirrored
 
 # %% ../nbs/08_report.ipynb #93159950
 class Cam(NamedTuple):
@@ -921,11 +923,11 @@ def load_learners(models,              # models folder: manifest.json and each c
         name = f'fold{ks[0]}/manifest.json'
         verified_path(models, name, (man.get('files') or {}).get(name))
         models = models/f'fold{ks[0]}'; man = read_manifest(models)
-    out = {}
+    out, loaded = {}, {}   # a learner shared by several columns is loaded once, and serves each of them
     for col in (LABEL_COLUMNS if columns is None else columns):
         if col not in man.get('columns', {}):
             log.warning("%s: not listed in %s; no Grad-CAM for this column", col, models/'manifest.json'); continue
-        out[col] = load_column_learner(models, col, manifest=man, cpu=cpu, trust_pickles=trust_pickles)
+        out[col] = load_column_learner(models, col, manifest=man, cpu=cpu, trust_pickles=trust_pickles, cache=loaded)
     return out
 
 # %% ../nbs/08_report.ipynb #709f2599

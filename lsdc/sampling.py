@@ -18,7 +18,7 @@ from .disk import write_csv
 
 # %% auto #0
 __all__ = ['log', 'pick_images', 'is_crop_index', 'column_images', 'column_series', 'ColumnTable', 'column_table',
-           'split_studies', 'upsample', 'grade_counts', 'training_table', 'split_frame', 'write_splits']
+           'split_studies', 'upsample', 'grade_counts', 'training_table', 'split_frame', 'shared_table', 'write_splits']
 
 # %% ../nbs/04_sampling.ipynb #3d0681ca
 log = logging.getLogger(__name__)
@@ -165,6 +165,51 @@ def split_frame(table:pd.DataFrame, col:str) -> pd.DataFrame:
     s = table.drop_duplicates('study_id')
     return pd.DataFrame({'study_id': s.study_id.values, 'column': col,
                          'split': np.where(s.is_valid, 'valid', 'train')}).sort_values('study_id').reset_index(drop=True)
+
+# %% ../nbs/04_sampling.ipynb #b7db3123
+def shared_table(labels:pd.DataFrame, # `study_id` + label columns, grades as strings
+                 index:pd.DataFrame,  # conversion or level-crop index with `image`
+                 cols:list,           # the label columns the learner serves
+                 series=None,         # series mapping (None: `DEFAULT_SERIES`)
+                 valid_pct:float=0.2, # share of studies in validation (drawn once for every column)
+                 seed:int=42,         # seed of the split and of the resampling
+                 balance:str='upsample', # 'upsample' the training part as one, or leave it ('weights', 'none')
+                 valid_ids=None,      # the validation studies (one fold of a study-level split); None: drawn here
+                 name:str|None=None,  # the learner's name (its files' and records' `column`; default the columns joined)
+                ) -> tuple[pd.DataFrame, dict]:
+    "The rows of a learner shared by `cols` (each with its `column` and own grade), split by study once and balanced as one; the rows and a summary"
+    if balance not in ('upsample', 'weights', 'none'): raise ValueError(f"balance must be 'upsample', 'weights' or 'none', got {balance!r}")
+    cols = list(cols); name = name or '+'.join(cols)
+    if not cols: raise ValueError(f"{name}: a shared learner needs at least one column")
+    tabs = [column_table(labels, index, c, series) for c in cols]
+    df = pd.concat([t.df.assign(column=t.column) for t in tabs], ignore_index=True)
+    if df.empty: raise ValueError(f"{name}: no labelled study of {', '.join(cols)} has its image")
+    if valid_ids is None:
+        worst = df.label.map(GRADES.index).groupby(df.study_id).max()
+        s, note = split_studies(pd.DataFrame({'study_id': worst.index, 'label': [GRADES[g] for g in worst]}), valid_pct, seed)
+        v, note = set(s.study_id[s.is_valid]), f"{note}, by study for all {len(cols)} columns"
+    else: v, note = {as_id(s) for s in valid_ids}, 'the given validation studies (a fold of the study-level split)'
+    split = df.assign(is_valid=df.study_id.isin(v))
+    if split.is_valid.all() or not split.is_valid.any():
+        raise ValueError(f"{name}: the validation studies leave {'no training' if split.is_valid.all() else 'no validation'} study of its {df.study_id.nunique()} labelled ones")
+    train, valid = split[~split.is_valid], split[split.is_valid]
+    train, valid = train.assign(image=train.image_train).drop(columns='image_train'), valid.drop(columns='image_train')
+    up = upsample(train, seed) if balance == 'upsample' else train
+    def counts(t, c=None):
+        t = t if c is None else t[t.column == c]
+        return len(t), grade_counts(t.label)
+    def part(c=None):
+        (n, tc), (nu, uc), (nv, vc) = counts(train, c), counts(up, c), counts(valid, c)
+        return dict(n_train=n, n_train_upsampled=nu, n_valid=nv, train_counts=tc, train_counts_upsampled=uc, valid_counts=vc)
+    per = {t.column: dict(series=t.series, n_studies=len(t.df), n_missing_series=len(t.missing), missing_series=t.missing, **part(t.column))
+           for t in tabs}
+    missing = sorted({s for t in tabs for s in t.missing})
+    info = dict(column=name, columns=cols, series=', '.join(dict.fromkeys(t.series for t in tabs)),
+                inputs='levels' if is_crop_index(index) else 'middle', balance=balance, n_studies=int(df.study_id.nunique()),
+                n_missing_series=len(missing), missing_series=missing, split=note, **part(), per_column=per)
+    log.info("%s: %d rows of %d columns from %d studies, %s; train %d -> %d after balancing, valid %d",
+             name, len(df), len(cols), info['n_studies'], note, len(train), len(up), len(valid))
+    return pd.concat([up, valid]).reset_index(drop=True), info
 
 # %% ../nbs/04_sampling.ipynb #454d89bb
 def write_splits(splits:pd.DataFrame|list, # `split_frame` results (one DataFrame or a list)

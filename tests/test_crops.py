@@ -6,6 +6,7 @@ import cv2, numpy as np, pandas as pd, pytest
 
 from lsdc.core import GRADES, LABEL_COLUMNS, LEVELS, condition_group, split_column
 from lsdc.crops import *
+from lsdc.png import png_info
 from lsdc.data import RSNAData, load_rsna, long_labels, series_dir
 from lsdc.geometry import midline_offsets, parallel_stack, patient_to_pixel, pixel_to_patient
 from lsdc.synth import _study_jobs, dicom_slice, draw_anatomy, make_synthetic, SlicePlacement
@@ -260,3 +261,21 @@ def test_the_grade_signal_is_in_the_crops(tmp_path):
     r_sub_mid = _within(sub.assign(v=[sag.get(k, np.nan) for k in zip(sub.study_id, sub.level)]).dropna())
     assert r['spinal'] < -0.6 and r['foraminal'] < -0.35 and abs(r_mid) < 0.2, (r, r_mid)
     assert r['subarticular'] < -0.3 and r['subarticular'] < r_sub_mid - 0.1, (r, r_sub_mid)
+
+
+def test_mirrored_right_crops_look_like_the_left(anat, tmp_path):
+    "With `mirror`, a right recess crop is the one cut without it turned left to right, a right foramen's has its slices in the other order, and both look like the left side's crops (the recess on the same side of the image); no other crop changes"
+    data, off, idx, _, dest = anat
+    mi, _ = make_crops(data, annotated_points(data), tmp_path / 'm', offsets=off, n_workers=1, opts=CropOptions(mirror=True))
+    assert mi.drop(columns='png').equals(idx.drop(columns='png')) and mi.png.tolist() == idx.png.tolist()   # same slices and centres
+    read = lambda d, p: cv2.imread(str(d / p)).astype(float)
+    corr = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    gain = {}
+    for r in mi.itertuples():
+        a, b = read(tmp_path / 'm', r.png), read(dest, r.png)
+        if r.column not in MIRRORED: assert np.array_equal(a, b), r.column; continue
+        assert np.abs(a - (b[:, ::-1] if 'subarticular' in r.column else b[..., ::-1])).max() <= 1, r.column
+        left = r.png.replace('_right_', '_left_')
+        if (dest / left).is_file(): gain.setdefault(condition_group(r.column), []).append(corr(read(dest, left), a) - corr(read(dest, left), b))
+    assert np.mean(gain['subarticular']) > 0.3 and np.mean(gain['foraminal']) > 0.02, {g: np.mean(v) for g, v in gain.items()}
+    assert {png_info(tmp_path / 'm' / p)['params']['mirror'] for p in mi[mi.column.isin(MIRRORED)].png} == {True}

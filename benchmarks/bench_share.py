@@ -1,0 +1,119 @@
+"""Learners shared by several columns against a learner per column: the levels method's `share` settings on one data set.
+
+    python benchmarks/bench_share.py --seed S [--shares none,levels,sides] [--n-train 128] [--n-test 40] [--root DIR] [--quick]
+
+Builds one anatomical synthetic set at the demo's size (`lsdc.demo.CPU`), pretrains the learners' body once on a
+second set (`lsdc.demo.pretrain_synthetic_body`: the crops as cut without mirroring, the same body for every run),
+and trains stage 1 once (the level localizer and the axial slice selector, on the study-level split every run uses).
+Then, for each setting of `share`, the levels method on the same data, folds, seed, stage 1 and body
+(`lsdc.pipeline.train_pipeline`, then `predict_folds` on the test studies):
+  - none: a learner per column (25 per fold), the method as it was;
+  - levels: a learner per condition, trained on its five levels' crops (5 per fold);
+  - sides: a learner for the canal, one for both foramina, one for both recesses (3 per fold), the right crops cut
+    mirrored to the left in the patient frame (`lsdc.crops.mirror_site`).
+Printed: per setting the CV's four terms and its score (calibrated, out of fold, with the 95 % intervals of cv.json),
+the learners per fold, the training seconds (stage 1 excluded: it is trained once, before) and the test studies'
+score; then the paired comparison of each shared setting against 'none' over the same studies
+(`lsdc.pipeline.compare_runs`); and last `shared vs per-column CV score ratio: <r>` for the shared setting of the
+lower CV score against 'none'. `--quick` (one epoch per attempt, a two-epoch stage 1, a tiny pretraining) only
+checks that the script runs; its figures mean nothing. A --root that holds finished runs is resumed: finished
+learners are skipped (so the training seconds of a resumed run are not a measurement).
+"""
+import argparse, json, logging, shutil, tempfile, time, warnings
+from pathlib import Path
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+import pandas as pd
+
+from lsdc.data import DataWarning, load_rsna, screen_series
+from lsdc.synth import make_synthetic
+from lsdc.dicom import convert_dataset
+from lsdc.learners import Schedule, SHARES, share_groups, arch_name
+from lsdc.levels import prepare_levels
+from lsdc.metrics import SCORE_TERMS, competition_score
+from lsdc.pipeline import make_folds, train_pipeline, predict_folds, compare_runs, format_comparison
+from lsdc.demo import CPU, pretrain_synthetic_body
+
+
+def stage_one(d, root:Path, method, compute) -> tuple:
+    "Train the localizer and the slice selector once, as `train_pipeline` would (the same split, seed and settings); `(folder, seconds)`"
+    t, L = time.perf_counter(), method.learner
+    f = make_folds(d.train, method.folds, method.seed)
+    prepare_levels(d, root/'converted'/'train', root/'stage1', root/'crops'/'train', settings=method.levels._replace(crop_size=L.size),
+                   seed=method.seed, folds=dict(zip(f.study_id, f.fold)), n_workers=compute.n_workers, progress=False,
+                   pretrained=L.pretrained and not L.weights)
+    return root/'stage1', time.perf_counter() - t
+
+
+def run_share(share:str, d, root:Path, method, compute, stage1:Path) -> dict:
+    "Train the levels method with `share` into `root/share/models` (stage 1 copied in, so reused), predict the test studies; its figures"
+    out, mirror = root/share, share == 'sides'
+    models, crops = out/'models', root/'crops'/('train_mirrored' if mirror else 'train')
+    for sub in ('localizer', 'axial'):
+        if (stage1/sub).is_dir() and not (models/sub).is_dir(): shutil.copytree(stage1/sub, models/sub)
+    if mirror and not crops.is_dir(): shutil.copytree(root/'crops'/'train', crops)   # only the right crops are cut again
+    t = time.perf_counter()
+    cv = train_pipeline(d, root/'converted'/'train', models, method._replace(share=share), compute, crops=crops, out=out, progress=False)
+    seconds = time.perf_counter() - t
+    reused = (models/'localizer'/'localizer.json').read_bytes() == (stage1/'localizer'/'localizer.json').read_bytes()
+    sub = predict_folds(d, models, out/'submission.csv', converted=root/'converted'/'test',
+                        crops=root/'crops'/('test_mirrored' if mirror else 'test'), n_workers=compute.n_workers, progress=False)
+    test = competition_score(pd.read_csv(Path(d.path)/'test_labels.csv'), sub)['score']
+    return dict(models=models, cv=json.loads((models/'cv.json').read_text()), seconds=seconds, test=test, reused=reused,
+                learners=int(cv['trained'].query("status == 'ok'").groupby('fold').learner.nunique().max()))
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--seed', type=int, default=0, help='seed of the synthetic set (the method uses its own fixed seed)')
+    p.add_argument('--shares', default=','.join(SHARES), help=f"the settings to run, comma-separated, of {', '.join(SHARES)}")
+    p.add_argument('--n-train', type=int, default=CPU.n_train)
+    p.add_argument('--n-test', type=int, default=CPU.n_test)
+    p.add_argument('--workers', type=int, default=None, help='workers of synthesis, conversion and crops')
+    p.add_argument('--quick', action='store_true', help='one epoch per attempt, a short stage 1 and pretraining: checks that it runs')
+    p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at the end)')
+    a = p.parse_args()
+    shares = [x.strip() for x in a.shares.split(',') if x.strip()]
+    if bad := [x for x in shares if x not in SHARES]: p.error(f"--shares: {bad} are not of {SHARES}")
+    root = Path(a.root or tempfile.mkdtemp(prefix='bench_share_'))
+    warnings.simplefilter('ignore', DataWarning)
+    logging.getLogger('lsdc').setLevel(logging.ERROR)   # each fold's line per column without a crop of some study: the CV counts them
+    t0 = time.perf_counter()
+    s = CPU.changed(n_train=a.n_train, n_test=a.n_test, phantom='anatomical', n_workers=a.workers)
+    if a.quick:
+        s = s.changed(schedule=Schedule(first=1, short=1, long=1), lr_find_iters=5, pretrain_studies=16, pretrain_crop_studies=8, pretrain_epochs=1,
+                      levels=s.method.levels._replace(loc_epochs=2, axial_epochs=2), n_boot=200)
+    data = root/'data'
+    if not (data/'test_labels.csv').exists():
+        make_synthetic(data, n_train=s.n_train, n_test=s.n_test, seed=a.seed, image_size=s.image_size, n_workers=a.workers, phantom='anatomical')
+    method = s.method._replace(learner=s.method.learner._replace(weights=pretrain_synthetic_body(root, s, seed=a.seed, progress=False)))
+    t1 = time.perf_counter()
+    d = screen_series(load_rsna(data), n_workers=a.workers)
+    convert_dataset(d, root/'converted'/'train', split='train', size=method.levels.loc_size, n_workers=a.workers, progress=False)
+    stage1, t_stage = stage_one(d, root, method, s.compute)
+    L = method.learner
+    print(f"bench_share: seed {a.seed}, {s.n_train} training and {s.n_test} test studies at {s.image_size} px (anatomical), {method.folds} folds; "
+          f"learners {arch_name(L.arch)} at {L.size} px, epochs {L.schedule.first}/{L.schedule.short}/{L.schedule.long}; data and pretrained body in {t1 - t0:.0f} s, "
+          f"stage 1 trained once in {t_stage:.0f} s{' (--quick: the figures mean nothing)' if a.quick else ''}", flush=True)
+    res = {}
+    for share in shares:
+        res[share] = run_share(share, d, root, method, s.compute, stage1)
+        print(f"{share}: {res[share]['learners']} learners per fold, trained in {res[share]['seconds']:.0f} s"
+              f"{'' if res[share]['reused'] else ' (stage 1 NOT reused: trained again)'}", flush=True)
+    cell = lambda v: f"{v['value']:.4f} [{v['lo']:.3f}, {v['hi']:.3f}]"
+    print(f"\nCV of the training studies, out of fold, calibrated (95 % intervals from cv.json; weighted log loss, lower is better)")
+    print(f"{'':<22}" + ''.join(f"{k:>26}" for k in shares))
+    for t in (*SCORE_TERMS, 'score'): print(f"{t:<22}" + ''.join(f"{cell(res[k]['cv']['scores']['calibrated'][t]):>26}" for k in shares))
+    for name, f in (('learners per fold', lambda r: f"{r['learners']}"), ('training seconds', lambda r: f"{r['seconds']:.0f}"),
+                    (f"test score ({s.n_test} studies)", lambda r: f"{r['test']:.4f}")):
+        print(f"{name:<22}" + ''.join(f"{f(res[k]):>26}" for k in shares))
+    shared = [k for k in shares if k != 'none']
+    if 'none' in res:
+        for k in shared:
+            print(f"\n== {k} against none, paired over the same studies\n" + format_comparison(compare_runs(res[k]['models'], res['none']['models']), k, 'none'))
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; runs in {root}")
+    score = lambda k: res[k]['cv']['scores']['calibrated']['score']['value']
+    if 'none' in res and shared:
+        best = min(shared, key=score)
+        print(f"shared vs per-column CV score ratio: {score(best) / score('none'):.3f} ({best})")
+    else: print("shared vs per-column CV score ratio: n/a (it needs 'none' and a shared setting)")
+    if not a.root: shutil.rmtree(root, ignore_errors=True)
