@@ -50,7 +50,7 @@ if __name__ == '__main__':
     p.add_argument('--epochs', type=int, default=10, help="the localizer's epochs (the demo's: 10)")
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at exit)')
     a = p.parse_args()
-    root = Path(a.root or tempfile.mkdtemp(prefix='bench_mess_'))
+    root = Path(a.root or tempfile.mkdtemp(prefix='bench_displaced_'))
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
     t0 = time.perf_counter()
     data = root/'data'
