@@ -6,7 +6,7 @@ One anatomical synthetic set at the demo's size (128 training studies, 128 px im
 96 px). Its coordinates are used three ways, each training the localizer the demo trains (2 folds, 10 epochs):
   - clean:     the coordinates as the phantom drew them;
   - messy:     `--displaced` of the studies with one spinal canal point moved 0.3-0.9 level spacings
-               (`lsdc.synth.displace_points`, the same as `lsdc synth --displaced`), the localizer trained on them as
+               (`lsdc.synth.displace_points`, the same as `lsdc synth --mess displaced=D`), the localizer trained on them as
                they are (the check switched off);
   - corrected: the same messy coordinates with the check on (the localizer's default): a canal point far from where
                its study's other four put it is moved there (`lsdc.data.displaced_levels`, `level_targets`).
