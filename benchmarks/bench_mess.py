@@ -97,6 +97,7 @@ if __name__ == '__main__':
     p.add_argument('--mess', default='bench', help="'bench', 'real' or kind=share,... (lsdc.synth.Mess)")
     p.add_argument('--n-train', type=int, default=CPU.n_train)
     p.add_argument('--n-test', type=int, default=CPU.n_test)
+    p.add_argument('--pretrain-studies', type=int, default=CPU.pretrain_crop_studies, help="studies of the body's pretraining set (the demo's: 150)")
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at exit)')
     a = p.parse_args()
     mess = parse_mess(a.mess)
@@ -104,7 +105,7 @@ if __name__ == '__main__':
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
     warnings.simplefilter('ignore', DataWarning)
     t0 = time.perf_counter()
-    s = CPU.changed(n_train=a.n_train, n_test=a.n_test)
+    s = CPU.changed(n_train=a.n_train, n_test=a.n_test, pretrain_crop_studies=a.pretrain_studies)
     method = s.method._replace(learner=s.method.learner._replace(weights=pretrain_synthetic_body(root, s, seed=a.seed, progress=False)))
     print(f"seed {a.seed}: {a.n_train} training and {a.n_test} test studies at {s.image_size} px; mess {dict((k, v) for k, v in mess._asdict().items() if v)}; "
           f"body pretrained in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -139,13 +140,13 @@ if __name__ == '__main__':
     c = contributions(runs['messy']) - contributions(runs['clean'])
     err_d = fig['messy']['err'] - fig['clean']['err']
     print(f"\nper kind of mess (training studies): the studies that have it, their part of the CV difference (messy - clean), "
-          f"their mean localizer error difference (mm)")
-    for k, g in kinds.groupby('kind'):
-        ids = [i for i in g.study_id.unique() if i in c.index]
+          f"their mean localizer error difference (mm); a study with several kinds counts in each")
+    for k in [f for f in Mess._fields if getattr(mess, f)]:
+        ids = [i for i in kinds.study_id[kinds.kind == k].unique() if i in c.index]
         e = err_d.reindex(ids).dropna()
         print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm")
     clean_ids = [i for i in c.index if i not in set(kinds.study_id)]
     print(f"  {'none':<14}{len(clean_ids):>4} studies  CV part {c.reindex(clean_ids).sum():+.4f}")
-    print('\n' + format_comparison(compare_runs(runs['messy'], runs['clean']), runs['messy'], runs['clean']))
+    print('\n' + format_comparison(compare_runs(runs['messy']/'models', runs['clean']/'models'), runs['messy']/'models', runs['clean']/'models'))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     print(f"messy vs clean score ratio: {fig['messy']['cv'] / fig['clean']['cv']:.3f}")
