@@ -838,11 +838,13 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    overwrite:bool=False,  # replace an existing data set in `dest`
                    phantom:str='anatomical', # 'anatomical' (each grade where it shows in real MRI) or 'middle' (every grade on the middle slices)
                    difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
-                   mess:Mess|str|None=None, # the real data's mess to add (a `Mess`, 'real' or 'kind=share,...'; None: a clean set)
+                   mess:Mess|str|None=None, # the real data's mess to add: 'real' (`REAL_MESS`; the middle phantom: none), a `Mess`,
+                                            # 'kind=share,...'; None or 'clean': a clean set
                   ) -> Path:
     "Write a synthetic RSNA data set in the Kaggle layout; with a `mess`, also `mess.csv`: which study got which mess"
     if phantom not in PHANTOMS: raise ValueError(f"phantom must be one of {', '.join(PHANTOMS)}, not {phantom!r}")
     if not 0 <= difficulty <= 1: raise ValueError(f"difficulty must be between 0 and 1, not {difficulty}")
+    if phantom == 'middle' and isinstance(mess, str) and mess.strip().lower() == 'real': mess = None   # its premise: every grade on the middle slices
     mess = parse_mess(mess)
     if phantom == 'middle' and mess is not None and (other := [k for k, v in mess._asdict().items() if v and k != 'displaced']):
         raise ValueError(f"the middle phantom takes only the displaced mess, not {', '.join(other)} (use phantom='anatomical')")
@@ -1097,11 +1099,12 @@ def synth_cli(dest:str,              # folder to write
               phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (the middle-slice method's premise)
               difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
               mess:str=None,         # the real data's mess: 'real' (`REAL_MESS`) or kind=share,... (e.g. feet_first=0.1,axial_stacks=0.2); default none
+              clean:bool=False,      # no mess at all, whatever --mess says (the default phantom)
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"
     t0 = time.perf_counter()
     try: make_synthetic(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, n_workers=workers, overwrite=overwrite,
-                        phantom=phantom, difficulty=difficulty, mess=mess)
+                        phantom=phantom, difficulty=difficulty, mess=None if clean else mess)
     except (FileExistsError, ValueError) as e:
         print(f'lsdc synth: {e}'); return 1
     n, m = sum(1 for _ in Path(dest).rglob('*.dcm')), Path(dest)/'mess.csv'
