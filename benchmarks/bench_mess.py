@@ -30,6 +30,7 @@ from lsdc.metrics import study_terms
 from lsdc.pipeline import run_pipeline, compare_runs, format_comparison, oof_submission, OOF_TABLE
 from lsdc.synth import Mess, REAL_MESS, make_synthetic
 from lsdc.demo import CPU, pretrain_synthetic_body
+from bench_displaced import bootstrap   # this folder's: the mean and its 95 % bootstrap interval
 
 BENCH_MESS = Mess(displaced=0.05, feet_first=0.1, axial_stacks=0.15, same_slice=0.05, wrong_region=0.05, mislabelled=0.05,
                   missing=0.05, sizes=0.2, bias=0.2)
@@ -83,12 +84,6 @@ def stage_figures(run:Path, data:Path, truth:pd.DataFrame) -> dict:
                 crops_train=fails(run/'crops'/'train'/'failures.csv'), crops_test=fails(run/'submission_crops'/'failures.csv'),
                 cv=cal['value'], cv_lo=cal['lo'], cv_hi=cal['hi'], test=s['score']['score'], seconds=s['seconds'],
                 skipped=None if skipped is None else len(skipped))
-
-
-def bootstrap(d:np.ndarray, n:int=2000, seed:int=0) -> tuple:
-    "Mean of `d` and its 95 % percentile bootstrap interval"
-    r = np.random.default_rng(seed).choice(d, size=(n, len(d))).mean(1)
-    return float(d.mean()), float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
 
 
 if __name__ == '__main__':
