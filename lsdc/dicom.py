@@ -19,7 +19,7 @@ from fastcore.imports import IN_NOTEBOOK
 from .core import SAGITTAL, SERIES_DESCRIPTIONS
 from .files import INDEX_COLUMNS, FAILURE_COLUMNS
 from .png import write_png, png_info
-from .data import DataError, load_rsna, screen_series, series_table
+from .data import DataError, load_rsna, series_table
 from .disk import check_dest, clean_temp, write_csv
 from .workers import parallel_map
 
@@ -549,9 +549,9 @@ def _write_index(table:pd.DataFrame, # the series of the run, in the order of th
 
 # %% ../nbs/03_dicom.ipynb #28a0eb0a
 def load_split(data, split:str):
-    "`data` as `RSNAData`: as given, or the `split` of the data folder `data` (its images not checked); its `split` screened (`screen_series`)"
-    d = data if hasattr(data, 'series') and hasattr(data, 'path') else load_rsna(data, splits=(split,), check_images=False)
-    return screen_series(d, splits=(split,))   # no series that is not what it says (read once: a screened split is kept)
+    "`data` as `RSNAData`: as given, or the `split` of the data folder `data` (its images not checked)"
+    if hasattr(data, 'series') and hasattr(data, 'path'): return data
+    return load_rsna(data, splits=(split,), check_images=False)
 
 def convert_dataset(data,                      # `RSNAData` from `lsdc.data.load_rsna`, or a data folder
                     dest,                      # output folder

@@ -47,10 +47,11 @@ def test_odd_series_are_skipped_and_named(run):
     mess = pd.read_csv(run['data']/'mess.csv')
     odd = mess[mess.kind.isin(['wrong_region', 'mislabelled'])]
     assert set(odd.kind) == {'wrong_region', 'mislabelled'}, mess.kind.value_counts()
-    idx = read_index(run['w']/'conv'/'train')
+    crops = pd.read_csv(run['w']/'conv'/'crops'/'train'/'index.csv')   # `lsdc convert` converts what the folder lists; training reads the screened series
+    points = pd.read_csv(run['w']/'models'/'localizer'/'oof_points.csv')
     for sid, detail in zip(odd.study_id, odd.detail):
         ser = int(detail.split()[1].rstrip(':'))
-        assert ser not in set(idx.series_id)
+        assert ser not in set(crops.series_id) and ser not in set(points.series_id)
         if sid in set(pd.read_csv(run['data']/'train.csv').study_id):
             line = [l for l in run['train_err'].splitlines() if f'study {sid} series {ser} ' in l]
             assert len(line) == 1 and line[0].rstrip().endswith('skipped'), (sid, ser, run['train_err'][-2000:])
