@@ -77,7 +77,7 @@ def stage_figures(run:Path, data:Path, truth:pd.DataFrame) -> dict:
     "The per-stage figures of one run"
     s = json.loads((run/'summary.json').read_text())
     ax = json.loads((run/'models'/'axial'/'axial.json').read_text()).get('validation', {}) if (run/'models'/'axial'/'axial.json').is_file() else {}
-    fails = lambda p: len(pd.read_csv(p)) if p.is_file() else 0
+    fails = lambda p: pd.read_csv(p) if p.is_file() else pd.DataFrame(columns=['study_id', 'column', 'source', 'reason'])
     cal = s['cv']['scores']['calibrated']['score']
     skipped = pd.read_csv(run/'skipped_series.csv') if (run/'skipped_series.csv').is_file() else None
     return dict(err=localizer_error(run, data, truth), axial=ax.get('selected', {}).get('match'), axial_n=ax.get('selected', {}).get('n'),
@@ -123,8 +123,9 @@ if __name__ == '__main__':
     row(f'  95th percentile mm ({len(common)} studies located in both)', lambda f: f"{np.percentile(f['err'].loc[common], 95):.2f}")
     row('  studies located', lambda f: f"{len(f['err'])}")
     row('axial selector OOF: the annotated slice', lambda f: f"{f['axial']:.1%}" if f['axial'] is not None else '-')
-    row('crops failed: training studies', lambda f: f"{f['crops_train']}")
-    row('crops failed: test studies', lambda f: f"{f['crops_test']}")
+    nfail = lambda d: f"{len(d)} ({d.study_id.nunique()} st.)"
+    row('crops failed: training studies (the studies)', lambda f: nfail(f['crops_train']))
+    row('crops failed: test studies (the studies)', lambda f: nfail(f['crops_test']))
     row('CV score (calibrated)', lambda f: f"{f['cv']:.4f}")
     row('  95 % interval', lambda f: f"[{f['cv_lo']:.3f},{f['cv_hi']:.3f}]")
     row(f'test score ({a.n_test} studies)', lambda f: f"{f['test']:.4f}")
@@ -135,11 +136,12 @@ if __name__ == '__main__':
     c = contributions(runs['messy']) - contributions(runs['clean'])
     err_d = fig['messy']['err'] - fig['clean']['err']
     print(f"\nper kind of mess (training studies): the studies that have it, their part of the CV difference (messy - clean), "
-          f"their mean localizer error difference (mm); a study with several kinds counts in each")
+          f"their mean localizer error difference (mm), their failed crops; a study with several kinds counts in each")
     for k in [f for f in Mess._fields if getattr(mess, f)]:
         ids = [i for i in kinds.study_id[kinds.kind == k].unique() if i in c.index]
         e = err_d.reindex(ids).dropna()
-        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm")
+        nf = fig['messy']['crops_train'].study_id.isin(ids).sum()
+        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm  crops failed {nf}")
     clean_ids = [i for i in c.index if i not in set(kinds.study_id)]
     print(f"  {'none':<14}{len(clean_ids):>4} studies  CV part {c.reindex(clean_ids).sum():+.4f}")
     print('\n' + format_comparison(compare_runs(runs['messy']/'models', runs['clean']/'models'), runs['messy']/'models', runs['clean']/'models'))
