@@ -6,7 +6,7 @@ One anatomical synthetic set at the demo's size (128 training studies, 128 px im
 96 px). Its coordinates are used three ways, each training the localizer the demo trains (2 folds, 10 epochs):
   - clean:     the coordinates as the phantom drew them;
   - messy:     `--displaced` of the studies with one spinal canal point moved 0.3-0.9 level spacings
-               (`lsdc.synth.displace_points`, the same as `lsdc synth --displaced`), the localizer trained on them as
+               (`lsdc.synth.displace_points`, the same as `lsdc synth --mess displaced=D`), the localizer trained on them as
                they are (the check switched off);
   - corrected: the same messy coordinates with the check on (the localizer's default): a canal point far from where
                its study's other four put it is moved there (`lsdc.data.displaced_levels`, `level_targets`).
@@ -50,7 +50,7 @@ if __name__ == '__main__':
     p.add_argument('--epochs', type=int, default=10, help="the localizer's epochs (the demo's: 10)")
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at exit)')
     a = p.parse_args()
-    root = Path(a.root or tempfile.mkdtemp(prefix='bench_mess_'))
+    root = Path(a.root or tempfile.mkdtemp(prefix='bench_displaced_'))
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
     t0 = time.perf_counter()
     data = root/'data'

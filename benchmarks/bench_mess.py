@@ -30,6 +30,7 @@ from lsdc.metrics import study_terms
 from lsdc.pipeline import run_pipeline, compare_runs, format_comparison, oof_submission, OOF_TABLE
 from lsdc.synth import Mess, REAL_MESS, make_synthetic
 from lsdc.demo import CPU, pretrain_synthetic_body
+from bench_displaced import bootstrap   # this folder's: the mean and its 95 % bootstrap interval
 
 BENCH_MESS = Mess(displaced=0.05, feet_first=0.1, axial_stacks=0.15, same_slice=0.05, wrong_region=0.05, mislabelled=0.05,
                   missing=0.05, sizes=0.2, bias=0.2)
@@ -76,7 +77,7 @@ def stage_figures(run:Path, data:Path, truth:pd.DataFrame) -> dict:
     "The per-stage figures of one run"
     s = json.loads((run/'summary.json').read_text())
     ax = json.loads((run/'models'/'axial'/'axial.json').read_text()).get('validation', {}) if (run/'models'/'axial'/'axial.json').is_file() else {}
-    fails = lambda p: len(pd.read_csv(p)) if p.is_file() else 0
+    fails = lambda p: pd.read_csv(p) if p.is_file() else pd.DataFrame(columns=['study_id', 'column', 'source', 'reason'])
     cal = s['cv']['scores']['calibrated']['score']
     skipped = pd.read_csv(run/'skipped_series.csv') if (run/'skipped_series.csv').is_file() else None
     return dict(err=localizer_error(run, data, truth), axial=ax.get('selected', {}).get('match'), axial_n=ax.get('selected', {}).get('n'),
@@ -85,18 +86,13 @@ def stage_figures(run:Path, data:Path, truth:pd.DataFrame) -> dict:
                 skipped=None if skipped is None else len(skipped))
 
 
-def bootstrap(d:np.ndarray, n:int=2000, seed:int=0) -> tuple:
-    "Mean of `d` and its 95 % percentile bootstrap interval"
-    r = np.random.default_rng(seed).choice(d, size=(n, len(d))).mean(1)
-    return float(d.mean()), float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
-
-
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--mess', default='bench', help="'bench', 'real' or kind=share,... (lsdc.synth.Mess)")
     p.add_argument('--n-train', type=int, default=CPU.n_train)
     p.add_argument('--n-test', type=int, default=CPU.n_test)
+    p.add_argument('--pretrain-studies', type=int, default=CPU.pretrain_crop_studies, help="studies of the body's pretraining set (the demo's: 150)")
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at exit)')
     a = p.parse_args()
     mess = parse_mess(a.mess)
@@ -104,7 +100,7 @@ if __name__ == '__main__':
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
     warnings.simplefilter('ignore', DataWarning)
     t0 = time.perf_counter()
-    s = CPU.changed(n_train=a.n_train, n_test=a.n_test)
+    s = CPU.changed(n_train=a.n_train, n_test=a.n_test, pretrain_crop_studies=a.pretrain_studies)
     method = s.method._replace(learner=s.method.learner._replace(weights=pretrain_synthetic_body(root, s, seed=a.seed, progress=False)))
     print(f"seed {a.seed}: {a.n_train} training and {a.n_test} test studies at {s.image_size} px; mess {dict((k, v) for k, v in mess._asdict().items() if v)}; "
           f"body pretrained in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -127,8 +123,9 @@ if __name__ == '__main__':
     row(f'  95th percentile mm ({len(common)} studies located in both)', lambda f: f"{np.percentile(f['err'].loc[common], 95):.2f}")
     row('  studies located', lambda f: f"{len(f['err'])}")
     row('axial selector OOF: the annotated slice', lambda f: f"{f['axial']:.1%}" if f['axial'] is not None else '-')
-    row('crops failed: training studies', lambda f: f"{f['crops_train']}")
-    row('crops failed: test studies', lambda f: f"{f['crops_test']}")
+    nfail = lambda d: f"{len(d)} ({d.study_id.nunique()} st.)"
+    row('crops failed: training studies (the studies)', lambda f: nfail(f['crops_train']))
+    row('crops failed: test studies (the studies)', lambda f: nfail(f['crops_test']))
     row('CV score (calibrated)', lambda f: f"{f['cv']:.4f}")
     row('  95 % interval', lambda f: f"[{f['cv_lo']:.3f},{f['cv_hi']:.3f}]")
     row(f'test score ({a.n_test} studies)', lambda f: f"{f['test']:.4f}")
@@ -139,13 +136,14 @@ if __name__ == '__main__':
     c = contributions(runs['messy']) - contributions(runs['clean'])
     err_d = fig['messy']['err'] - fig['clean']['err']
     print(f"\nper kind of mess (training studies): the studies that have it, their part of the CV difference (messy - clean), "
-          f"their mean localizer error difference (mm)")
-    for k, g in kinds.groupby('kind'):
-        ids = [i for i in g.study_id.unique() if i in c.index]
+          f"their mean localizer error difference (mm), their failed crops; a study with several kinds counts in each")
+    for k in [f for f in Mess._fields if getattr(mess, f)]:
+        ids = [i for i in kinds.study_id[kinds.kind == k].unique() if i in c.index]
         e = err_d.reindex(ids).dropna()
-        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm")
+        nf = fig['messy']['crops_train'].study_id.isin(ids).sum()
+        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm  crops failed {nf}")
     clean_ids = [i for i in c.index if i not in set(kinds.study_id)]
     print(f"  {'none':<14}{len(clean_ids):>4} studies  CV part {c.reindex(clean_ids).sum():+.4f}")
-    print('\n' + format_comparison(compare_runs(runs['messy'], runs['clean']), runs['messy'], runs['clean']))
+    print('\n' + format_comparison(compare_runs(runs['messy']/'models', runs['clean']/'models'), runs['messy']/'models', runs['clean']/'models'))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     print(f"messy vs clean score ratio: {fig['messy']['cv'] / fig['clean']['cv']:.3f}")

@@ -293,8 +293,9 @@ def _header_row(job:tuple) -> tuple:
     files = sorted(Path(folder).glob('*.dcm'), key=lambda p: (len(p.stem), p.stem))
     if not files: return (study, series, desc, '', np.nan, np.nan, np.nan, '', 0, 0, 'no DICOM files')
     try:
-        ds = [pydicom.dcmread(f, stop_before_pixels=True) for f in dict.fromkeys((files[0], files[-1]))]
-        gs = [SliceGeometry.from_dataset(d, file=f) for d, f in zip(ds, dict.fromkeys((files[0], files[-1])))]
+        ends = list(dict.fromkeys((files[0], files[-1])))   # one file when the series has one
+        ds = [pydicom.dcmread(f, stop_before_pixels=True) for f in ends]
+        gs = [SliceGeometry.from_dataset(d, file=f) for d, f in zip(ds, ends)]
     except (GeometryError, pydicom.errors.InvalidDicomError, OSError, ValueError) as e:
         return (study, series, desc, '', np.nan, np.nan, np.nan, '', 0, len(files), str(e))
     c = np.mean([image_centre(g) for g in gs], axis=0)

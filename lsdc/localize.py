@@ -532,6 +532,10 @@ def locate_levels(models,      # models folder with `localizer/`
     learn, rec = load_localizer(models, cpu=not torch.cuda.is_available() if cpu is None else cpu, trust_pickles=trust_pickles,
                                 manifest=manifest)
     index = read_index(converted)
+    if hasattr(data, 'series'):   # only the series the data lists (after `screen_series`): not a cervical one converted before
+        listed = {(int(s), int(r)) for sp in ([split] if split else ('train', 'test')) if getattr(data, f'{sp}_series') is not None
+                  for s, r in zip(data.series(sp).study_id, data.series(sp).series_id)}
+        index = index[np.array([(s, r) in listed for s, r in zip(index.study_id, index.series_id)], dtype=bool)]
     oof = localizer_oof(models, rec, manifest, trust_pickles)
     trained = set(zip(oof.study_id, oof.series_id))
     t2 = index[index.series_description == LOCATE_SERIES]

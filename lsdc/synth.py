@@ -22,12 +22,14 @@ from .workers import parallel_map
 # %% auto #0
 __all__ = ['GRADE_PROBS', 'MISSING_PROB', 'MARK_STRENGTH', 'CANAL_PINCH', 'LEVEL_V', 'AXIAL_POINTS', 'SAG_ORIENT', 'AX_ORIENT',
            'SERIES_KINDS', 'LEVEL_SHIFT', 'DEGENERATION', 'GRADE_CUTS', 'DIFFICULTY', 'GRADE_SEVERITY', 'DISC_TILT',
-           'SAG_FADE', 'PHANTOMS', 'sample_grades', 'missing_mask', 'Layout', 'level_points', 'Canvas',
-           'sagittal_canvas', 'sagittal_layers', 'sagittal_slice', 'sagittal_image', 'axial_image', 'SlicePlacement',
-           'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec', 'degenerated_grades',
-           'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy', 'anatomical_sagittal_layers',
-           'anatomical_sagittal_slice', 'Plane', 'canal_crossing', 'anatomical_axial_image', 'axial_planes', 'Mess',
-           'make_synthetic', 'displace_points', 'synth_cli']
+           'SAG_FADE', 'PHANTOMS', 'REAL_MESS', 'STUDY_MESS', 'SIZE_FACTORS', 'sample_grades', 'missing_mask', 'Layout',
+           'level_points', 'Canvas', 'sagittal_canvas', 'sagittal_layers', 'sagittal_slice', 'sagittal_image',
+           'axial_image', 'SlicePlacement', 'dicom_slice', 'restamp', 'Contrast', 'StudyJob', 'Phantom', 'SeriesSpec',
+           'degenerated_grades', 'mark_severity', 'Spine', 'draw_spine', 'SagGrid', 'Anatomy', 'draw_anatomy',
+           'anatomical_sagittal_layers', 'anatomical_sagittal_slice', 'Plane', 'canal_crossing',
+           'anatomical_axial_image', 'axial_planes', 'Mess', 'parse_mess', 'make_synthetic', 'displace_points',
+           'MessPlan', 'mirrored', 'split_axial', 'same_slice_points', 'cervical_anatomy', 'anatomical_coronal_image',
+           'bias_field', 'synth_cli']
 
 # %% ../nbs/02_synth.ipynb #3634081b
 GRADE_PROBS = {'spinal': (0.878, 0.075, 0.047), 'foraminal': (0.78, 0.18, 0.04), 'subarticular': (0.714, 0.19, 0.096)}
@@ -202,6 +204,7 @@ def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
                 intercept:float|None=None, # RescaleIntercept, with `slope`
                 nslices:int=1,       # ImagesInAcquisition
                 between:float|None=None, # SpacingBetweenSlices (mm), written when given
+                patient_position:str='HFS', # PatientPosition: 'HFS' head first supine, 'FFS' feet first (`Mess.feet_first`)
                ) -> Dataset:
     "A complete MR DICOM dataset for one slice"
     meta = FileMetaDataset()
@@ -214,7 +217,7 @@ def dicom_slice(pixels:np.ndarray,   # uint16 stored pixel values
     ds.PatientID = str(study_id); ds.PatientName = f'Phantom^{study_id}'
     ds.StudyInstanceUID = _uid(seed, study_id); ds.SeriesInstanceUID = _uid(seed, study_id, series_id)
     ds.StudyID = str(study_id)[-8:]; ds.SeriesNumber = int(series_id % 100000); ds.InstanceNumber = int(instance)
-    ds.SeriesDescription = description; ds.ImagesInAcquisition = nslices
+    ds.SeriesDescription = description; ds.ImagesInAcquisition = nslices; ds.PatientPosition = patient_position
     p = placement
     ds.ImagePositionPatient = [round(float(x), 4) for x in p.position]
     ds.ImageOrientationPatient = [float(x) for x in p.orientation]
@@ -259,7 +262,7 @@ class Contrast(NamedTuple):
     slope:float         # RescaleSlope when `rescale`
     intercept:float     # RescaleIntercept when `rescale`
     bank:np.ndarray     # noise to cut each slice's noise from
-    pad:int             # how much larger than a slice `bank` is
+    pad:int             # how much larger than a slice `bank` was drawn: the range of a slice's window offset
 
 def _series_contrast(rng, size:int) -> Contrast:
     "Draw the `Contrast` of a series of `size` pixels"
@@ -272,6 +275,8 @@ def _store(img, con:Contrast, rng):
     "Apply gain and noise (a window of the series' noise bank at a random offset); return uint16 stored pixels"
     n, p = img.shape[0], con.pad
     dy, dx = rng.integers(0, p, 2)
+    m = con.bank.shape[0] - n
+    if m != p: dy, dx = dy*m//p, dx*m//p   # a bank for another image size (`Mess.sizes`): the same draws, scaled
     val = np.clip(img + con.noise*con.bank[dy:dy + n, dx:dx + n], 0, None)*con.gain
     if con.rescale: val = (val - con.intercept)/con.slope
     return np.clip(np.rint(val), 0, 65535).astype(np.uint16)
@@ -294,6 +299,7 @@ class StudyJob(NamedTuple):
     image_size:int    # rows and columns of every image
     phantom:str='middle'   # 'middle' or 'anatomical'
     difficulty:float=0.5   # how hard the anatomical phantom's marks are to read (0-1)
+    mess:tuple|None=None   # the study's `MessPlan` (the anatomical phantom's mess), None when it gets none
 
 class Phantom(NamedTuple):
     "The draws of one study"
@@ -316,12 +322,15 @@ class SeriesSpec(NamedTuple):
     thickness:float=1.0   # slice thickness (mm)
     nslices:int=1         # slices in the series
     between:float|None=None  # SpacingBetweenSlices (mm), when written
+    patient_position:str='HFS'  # PatientPosition ('FFS': scanned feet first)
+    bias:np.ndarray|None=None   # (size, size) intensity bias every slice is multiplied by (`Mess.bias`)
 
 # %% ../nbs/02_synth.ipynb #81ed8fbc
 def _save_slice(ds:Dataset|None, img:np.ndarray, spec:SeriesSpec, instance:int, position, rng, orientation=None) -> Dataset:
     "Store `img` as a slice of `spec`'s series and write its file; restamp `ds`, the series' last slice, when given"
     con = spec.contrast
-    px = _store(img, con=con, rng=rng)
+    px = _store(img if spec.bias is None else img*spec.bias, con=con, rng=rng)
+    if spec.folder is None: return None   # a series drawn but not written (`Mess.missing`): its draws, no file
     if ds is not None:
         restamp(ds, px, instance=instance, position=position, seed=spec.seed)
         if orientation is not None: ds.ImageOrientationPatient = [float(x) for x in orientation]
@@ -330,8 +339,7 @@ def _save_slice(ds:Dataset|None, img:np.ndarray, spec:SeriesSpec, instance:int, 
         ds = dicom_slice(px, study_id=spec.study_id, series_id=spec.series_id, instance=instance, description=spec.description,
                          placement=SlicePlacement(position=position, orientation=spec.orientation if orientation is None else orientation,
                                                   spacing=spec.spacing, thickness=spec.thickness),
-                         seed=spec.seed, nslices=spec.nslices,
-                         between=spec.between, **rescale)
+                         seed=spec.seed, nslices=spec.nslices, between=spec.between, patient_position=spec.patient_position, **rescale)
     ds.save_as(spec.folder/f'{instance}.dcm', enforce_file_format=True)
     return ds
 
@@ -385,14 +393,16 @@ SERIES_KINDS = {'Sagittal T1': 'T1', 'Sagittal T2/STIR': 'T2', 'Axial T2': 'AX'}
 def _write_series(job:StudyJob, grades:dict, missing:dict, write, rng, noise:float=1.0) -> dict:
     "Write a study's three series with `write(spec, kind)` (its coordinate rows); return the study's table rows"
     series_rows, coords = [], []
-    for (desc, kind), sid in zip(SERIES_KINDS.items(), job.series_ids):
-        folder = Path(job.root)/f'{job.split}_images'/str(job.study_id)/str(sid)
-        folder.mkdir(parents=True, exist_ok=True)
-        series_rows.append((job.study_id, sid, desc))
+    for k, ((desc, kind), sid) in enumerate(zip(SERIES_KINDS.items(), job.series_ids)):
+        gone = job.mess is not None and job.mess.missing == desc   # drawn (the study's draws stay), not written
+        folder = None if gone else Path(job.root)/f'{job.split}_images'/str(job.study_id)/str(sid)
+        if not gone: folder.mkdir(parents=True, exist_ok=True); series_rows.append((job.study_id, sid, desc))
         con = _series_contrast(rng, job.image_size)
         spec = SeriesSpec(folder=folder, study_id=job.study_id, series_id=sid, description=desc, seed=job.seed,
                           size=job.image_size, contrast=con if noise == 1 else con._replace(noise=con.noise*noise))
-        coords += write(spec, kind)
+        if job.mess is not None: spec = _messy_spec(spec, job, k)
+        rows = write(spec, kind)
+        if not gone: coords += rows
     labels = {'study_id': job.study_id, **{c: (None if missing[c] else GRADES[g]) for c, g in grades.items()}}
     coords = [r for r in coords if not missing[label_column(r[3], r[4])]]
     return dict(labels=labels, series=series_rows, coords=coords)
@@ -597,7 +607,7 @@ class Plane(NamedTuple):
     @property
     def normal(self) -> np.ndarray: return np.cross(self.row, self.col)
     @property
-    def orientation(self) -> tuple: return tuple(round(float(v), 6) for v in (*self.row, *self.col))
+    def orientation(self) -> tuple: return tuple(round(float(v), 6) + 0.0 for v in (*self.row, *self.col))   # + 0.0: never -0.0
 
     def pixel(self, p) -> tuple:
         "(x, y) of the patient point `p` in this slice's pixels, in the labels' convention (pixel i spans i to i+1)"
@@ -621,8 +631,9 @@ def anatomical_axial_image(plane:Plane, an:Anatomy) -> np.ndarray:
     d = (sp.canal - plane.ipp)@plane.normal
     i = int(np.argmin(abs(d))); w, l = math.exp(-(d[i]/4)**2), LEVELS[i]
     cx, cy = plane.pixel(canal_crossing(plane, sp))
+    sx = 1.0 if plane.row[0] > 0 else -1.0   # columns run to the patient's left (+x), or, scanned feet first, to the right
     img = np.broadcast_to(0.06 + 0.04*np.arange(n, dtype=np.float32)[:, None]/n, (n, n)).copy()
-    def blob(dx, dy, rx, ry, amp): _add_blob(img, cu=(cx + dx/ps)/n, cv=(cy + dy/ps)/n, ru=rx/(ps*n), rv=ry/(ps*n), amp=amp)
+    def blob(dx, dy, rx, ry, amp): _add_blob(img, cu=(cx + sx*dx/ps)/n, cv=(cy + dy/ps)/n, ru=rx/(ps*n), rv=ry/(ps*n), amp=amp)
     blob(0, -60, 150, 110, 0.13); blob(0, 78, 130, 10, 0.36)                       # belly, subcutaneous fat
     blob(0, -28*s, 22*s, 16*s, (1 - w)*0.34 + w*0.55*(1 - 0.6*an.desic[i]))       # body or disc
     pinch = np.clip(an.sev[f'spinal_canal_stenosis_{l}'], 0, 1.2)*w
@@ -680,36 +691,49 @@ def _write_anat_sagittal(spec:SeriesSpec, kind:str, an:Anatomy, rng) -> list:
     return rows
 
 # %% ../nbs/02_synth.ipynb #ad0f4913
-def _write_anat_axial(spec:SeriesSpec, an:Anatomy, rng) -> list:
-    "Write the axial series of the anatomical phantom; return its coordinate rows"
+def _write_anat_axial(spec:SeriesSpec, an:Anatomy, rng, feet_first:bool=False, stacks=None) -> tuple:
+    """Write the axial series of the anatomical phantom, mirrored when scanned `feet_first`, or as the series
+    `stacks(planes)` gives ((series id, planes, instance numbers) each); return its coordinate rows and its series ids"""
     sp, s = an.spine, an.spine.scale
     planes, step = axial_planes(sp, size=spec.size, rng=rng)
     inst = _instance_order(len(planes), rng)
-    spec = spec._replace(orientation=planes[0].orientation, spacing=planes[0].ps, thickness=round(step*rng.uniform(0.8, 1.0), 2),
-                         between=round(step, 4), nslices=len(planes))
-    ds = None
-    for k, pl in enumerate(planes):
-        img = np.power(np.clip(anatomical_axial_image(pl, an=an), 0, None), spec.contrast.gamma, dtype=np.float32)
-        ds = _save_slice(ds, img, spec=spec, instance=int(inst[k]), position=pl.ipp, rng=rng, orientation=pl.orientation)
+    spec = spec._replace(thickness=round(step*rng.uniform(0.8, 1.0), 2), between=round(step, 4))
+    if feet_first: planes = [mirrored(p) for p in planes]
+    series = [(spec.series_id, planes, inst)] if stacks is None else stacks(planes)
+    for sid, pls, ins in series:
+        folder = None if spec.folder is None else spec.folder.parent/str(sid)
+        if folder is not None: folder.mkdir(parents=True, exist_ok=True)
+        one, ds = spec._replace(folder=folder, series_id=sid, orientation=pls[0].orientation, spacing=pls[0].ps, nslices=len(pls)), None
+        for k, pl in enumerate(pls):
+            img = np.power(np.clip(anatomical_axial_image(pl, an=an), 0, None), spec.contrast.gamma, dtype=np.float32)
+            ds = _save_slice(ds, img, spec=one, instance=int(ins[k]), position=pl.ipp, rng=rng, orientation=pl.orientation)
     rows = []
-    for i, l in enumerate(LEVELS):
-        k = int(np.argmin([abs((sp.canal[i] - p.ipp)@p.normal) for p in planes]))
-        cx, cy = planes[k].pixel(canal_crossing(planes[k], sp))
-        rows += [(spec.study_id, spec.series_id, int(inst[k]), f'{name}_subarticular_stenosis', l,
-                  cx + side*sp.recess/planes[k].ps - 0.5, cy - 3*s/planes[k].ps - 0.5) for side, name in ((1, 'left'), (-1, 'right'))]
-    return rows
+    for i, l in enumerate(LEVELS):   # the slice nearest the level's canal point, over all the series
+        _, sid, k, pl = min(((abs((sp.canal[i] - p.ipp)@p.normal), sid, int(ins[j]), p) for sid, pls, ins in series
+                             for j, p in enumerate(pls)), key=lambda t: t[0])
+        c = canal_crossing(pl, sp)
+        for side, name in ((1, 'left'), (-1, 'right')):   # the recess in the patient frame, seen from the written slice
+            x, y = pl.pixel(c + (side*sp.recess, 0, 0) - 3*s*pl.col)
+            rows.append((spec.study_id, sid, k, f'{name}_subarticular_stenosis', l, x - 0.5, y - 0.5))
+    return rows, [sid for sid, *_ in series]
 
 # %% ../nbs/02_synth.ipynb #be3b1052
 PHANTOMS = ('middle', 'anatomical')
 
 def _write_anatomical(job:StudyJob) -> dict:
-    "Write the three series of one study of the anatomical phantom; return its table rows"
+    "Write the three series of one study of the anatomical phantom, with its mess; return its table rows"
     rng = np.random.default_rng([job.seed, job.index])
     an = draw_anatomy(rng, difficulty=job.difficulty)
+    plan, split = job.mess, {}
+    def stacks(planes):
+        split['stacks'], split['detail'] = split_axial(planes, an.spine, ids=(job.series_ids[2], *plan.stacks), rng=_mess_rng(job.seed, job.index, 'axial_stacks', 1))
+        return split['stacks']
     def write(spec, kind):
-        if kind == 'AX': return _write_anat_axial(spec, an=an, rng=rng)
-        return _write_anat_sagittal(spec, kind=kind, an=an, rng=rng)
-    return _write_series(job, grades=an.grades, missing=an.missing, write=write, rng=rng, noise=1 + job.difficulty)
+        if kind != 'AX': return _write_anat_sagittal(spec, kind=kind, an=an, rng=rng)
+        return _write_anat_axial(spec, an=an, rng=rng, feet_first=plan is not None and plan.feet_first,
+                                 stacks=stacks if plan is not None and plan.stacks else None)[0]
+    res = _write_series(job, grades=an.grades, missing=an.missing, write=write, rng=rng, noise=1 + job.difficulty)
+    return res if plan is None else _add_mess(job, an, res, split)
 
 def _write_job(job:StudyJob) -> dict:
     "Write one study with the writer of its phantom"
@@ -724,22 +748,31 @@ def _ids(rng, n:int, taken:set) -> list:
         if i not in taken: taken.add(i); out.append(i)
     return out
 
-def _study_jobs(dest:Path, n_train:int, n_test:int, seed:int, image_size:int, phantom:str='middle', difficulty:float=DIFFICULTY) -> list:
-    "The `StudyJob` of every study: train studies first, ids drawn from `seed`"
+def _study_jobs(dest:Path, n_train:int, n_test:int, seed:int, image_size:int, phantom:str='middle', difficulty:float=DIFFICULTY,
+                mess=None) -> list:
+    "The `StudyJob` of every study: train studies first, ids drawn from `seed`; each with its `MessPlan` under a `mess`"
     rng = np.random.default_rng(seed)
     taken = set()
     study_ids = _ids(rng, n=n_train + n_test, taken=taken)
     series_ids = [_ids(rng, n=3, taken=taken) for _ in study_ids]
-    return [StudyJob(root=str(dest), split='train' if i < n_train else 'test', index=i, study_id=s, series_ids=series_ids[i],
+    jobs = [StudyJob(root=str(dest), split='train' if i < n_train else 'test', index=i, study_id=s, series_ids=series_ids[i],
                      seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty) for i, s in enumerate(study_ids)]
+    if mess is None or not any(getattr(mess, k) for k in STUDY_MESS): return jobs
+    return [j._replace(mess=_mess_plan(mess, j, taken)) for j in jobs]   # new ids after all the ordinary ones: those stay
 
 def _write_tables(dest:Path, train:list, test:list, mess=None, seed:int=0):
-    "Write the five CSV files and `test_labels.csv` from the rows of the train and test studies, with the coordinates' `mess`"
+    "Write the five CSV files and `test_labels.csv` from the rows of the train and test studies, with the coordinates' `mess`, and its `mess.csv`"
     lab = lambda rs: pd.DataFrame([r['labels'] for r in rs], columns=['study_id', *LABEL_COLUMNS])
     ser = lambda rs: pd.DataFrame([s for r in rs for s in r['series']], columns=['study_id', 'series_id', 'series_description'])
     coords = pd.DataFrame([c for r in train for c in r['coords']], columns=['study_id', 'series_id', 'instance_number', 'condition', 'level', 'x', 'y'])
     coords['condition'] = coords.condition.map(CONDITION_NAMES); coords['level'] = coords.level.map(LEVEL_NAMES)
-    if mess is not None and mess.displaced: coords = displace_points(coords, mess.displaced, seed)
+    notes = [m for r in train + test for m in r.get('mess', [])]
+    if mess is not None and mess.displaced:
+        coords = displace_points(coords, mess.displaced, seed)
+        notes += [(s, 'displaced', f'{l} moved {u:.2f} level spacings') for s, l, u in coords.attrs['displaced']]
+    if mess is not None and mess.same_slice:
+        coords = same_slice_points(coords, mess.same_slice, seed, studies=[r['labels']['study_id'] for r in train])
+        notes += [(s, 'same_slice', f"right foramina on the left's slice at {', '.join(ls)}") for s, ls in coords.attrs['same_slice']]
     sub = pd.DataFrame([(rid, 1/3, 1/3, 1/3) for r in test for rid in study_row_ids(r['labels']['study_id'])], columns=list(SUBMISSION_COLUMNS))
     write_csv(lab(train), dest/'train.csv')
     write_csv(ser(train), dest/'train_series_descriptions.csv')
@@ -747,11 +780,53 @@ def _write_tables(dest:Path, train:list, test:list, mess=None, seed:int=0):
     write_csv(coords, dest/'train_label_coordinates.csv', float_format='%.6f')
     write_csv(sub, dest/'sample_submission.csv', float_format='%.6f')
     write_csv(lab(test), dest/'test_labels.csv')
+    if mess is not None:
+        order = {r['labels']['study_id']: i for i, r in enumerate(train + test)}
+        notes = sorted(notes, key=lambda m: (order[m[0]], Mess._fields.index(m[1])))
+        write_csv(pd.DataFrame(notes, columns=['study_id', 'kind', 'detail']), dest/'mess.csv')
 
 # %% ../nbs/02_synth.ipynb #61fff016
 class Mess(NamedTuple):
-    "How much of the real data's mess a synthetic set gets; the grades and the images stay as drawn"
-    displaced:float = 0.   # share of training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
+    "How much of the real data's mess a synthetic set gets: shares (0-1) of the studies, or of the series; the grades stay as drawn"
+    displaced:float = 0.     # training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
+    feet_first:float = 0.    # studies scanned feet first: PatientPosition 'FFS', the Axial T2 mirrored (columns run to the patient's right)
+    axial_stacks:float = 0.  # studies whose Axial T2 is written as 2-3 series (by disc group, or two overlapping stacks)
+    same_slice:float = 0.    # training studies whose right foraminal points of 1-3 levels name the left point's slice
+    wrong_region:float = 0.  # studies with an extra series described 'Sagittal T2/STIR' that shows the cervical spine
+    mislabelled:float = 0.   # studies with an extra series described 'Axial T2' that is coronal
+    missing:float = 0.       # studies without one of their three series (not written, not listed, its coordinates gone)
+    sizes:float = 0.         # series whose images are 0.75, 1.25 or 1.5 times `image_size` (the same field of view)
+    bias:float = 0.          # series with a smooth multiplicative intensity bias, as a surface coil gives
+
+REAL_MESS = Mess(            # near the competition's training data: 1,975 studies, 6,294 series rows
+    displaced=0.01,          # a public cleaning script drops up to 17 spinal canal points: about 1 % of the studies
+    feet_first=0.02,         # no public count known to us: an estimate
+    axial_stacks=0.15,       # 2,340 Axial T2 rows for 1,975 studies: about 15 % of them have 2-3 Axial T2 series
+    same_slice=0.01,         # no public count known to us: an estimate
+    wrong_region=0.0005,     # one cervical sagittal series among the 1,975 lumbar studies
+    mislabelled=0.0005,      # one Axial T2 series is coronal
+    missing=0.0015,          # at least 3 studies lack a series: 1,980 Sagittal T1 rows (7 studies with two), 1,974 Sagittal T2/STIR
+    sizes=0.3,               # most images are about 512 px, from about 384 to 640: the share of other sizes is an estimate
+    bias=0.2,                # no public count known to us: an estimate
+)
+
+def parse_mess(mess) -> Mess|None:
+    "`mess` checked, as a `Mess`: a `Mess`, a dict, 'real' (`REAL_MESS`) or 'kind=share,...'; None when it adds nothing (a clean set)"
+    if mess is None or isinstance(mess, str) and mess.strip().lower() in ('', 'none', 'clean'): return None
+    if isinstance(mess, str) and mess.strip().lower() == 'real': mess = REAL_MESS
+    if isinstance(mess, str):
+        pairs = [p.split('=') for p in mess.replace(' ', '').split(',') if p]
+        if any(len(p) != 2 for p in pairs): raise ValueError(f"a mess is 'real' or kind=share pairs separated by commas, not {mess!r}")
+        try: mess = {k: float(v) for k, v in pairs}
+        except ValueError: raise ValueError(f"a mess's shares are numbers between 0 and 1, not {mess!r}") from None
+    if isinstance(mess, dict):
+        if unknown := [k for k in mess if k not in Mess._fields]:
+            raise ValueError(f"unknown kind of mess {unknown[0]!r}; the kinds: {', '.join(Mess._fields)}")
+        mess = Mess(**mess)
+    if not isinstance(mess, Mess): raise ValueError(f"a mess is a Mess, a dict, 'real' or 'kind=share,...', not {type(mess).__name__}")
+    for k, v in mess._asdict().items():
+        if not (isinstance(v, (int, float)) and 0 <= v <= 1): raise ValueError(f"the share of {k} must be between 0 and 1, not {v!r}")
+    return mess if any(mess) else None
 
 # %% ../nbs/02_synth.ipynb #129e50b5
 def make_synthetic(dest,                  # folder to write (created; must not hold a data set unless `overwrite`)
@@ -763,18 +838,24 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    overwrite:bool=False,  # replace an existing data set in `dest`
                    phantom:str='anatomical', # 'anatomical' (each grade where it shows in real MRI) or 'middle' (every grade on the middle slices)
                    difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
-                   mess:Mess|None=None,   # the real data's mess to add (`Mess`; None: a clean set)
+                   mess:Mess|str|None=None, # the real data's mess to add: 'real' (`REAL_MESS`; the middle phantom: none), a `Mess`,
+                                            # 'kind=share,...'; None or 'clean': a clean set
                   ) -> Path:
-    "Write a synthetic RSNA data set in the Kaggle layout"
+    "Write a synthetic RSNA data set in the Kaggle layout; with a `mess`, also `mess.csv`: which study got which mess"
     if phantom not in PHANTOMS: raise ValueError(f"phantom must be one of {', '.join(PHANTOMS)}, not {phantom!r}")
     if not 0 <= difficulty <= 1: raise ValueError(f"difficulty must be between 0 and 1, not {difficulty}")
+    if phantom == 'middle' and isinstance(mess, str) and mess.strip().lower() == 'real': mess = None   # its premise: every grade on the middle slices
+    mess = parse_mess(mess)
+    if phantom == 'middle' and mess is not None and (other := [k for k, v in mess._asdict().items() if v and k != 'displaced']):
+        raise ValueError(f"the middle phantom takes only the displaced mess, not {', '.join(other)} (use phantom='anatomical')")
     dest = Path(dest)
     if (dest/'train.csv').exists() or (dest/'train_images').exists():
         if not overwrite: raise FileExistsError(f"{dest}: already holds a data set; pass overwrite=True (--overwrite) to replace it")
         for p in ('train_images', 'test_images'): shutil.rmtree(dest/p, ignore_errors=True)
+        (dest/'mess.csv').unlink(missing_ok=True)
     dest.mkdir(parents=True, exist_ok=True)
     if image_size < 32: raise ValueError(f"image_size must be at least 32, not {image_size}")
-    jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty)
+    jobs = _study_jobs(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, phantom=phantom, difficulty=difficulty, mess=mess)
     res = parallel_map(_write_job, jobs, n_workers=n_workers)
     _write_tables(dest, train=res[:n_train], test=res[n_train:], mess=mess, seed=seed)
     return dest
@@ -798,6 +879,214 @@ def displace_points(coords:pd.DataFrame, # the coordinates table (`train_label_c
     out.attrs['displaced'] = moved
     return out
 
+# %% ../nbs/02_synth.ipynb #a6acc4c1
+STUDY_MESS = ('feet_first', 'axial_stacks', 'wrong_region', 'mislabelled', 'missing', 'sizes', 'bias')   # drawn per study
+_MESS_STREAMS = dict(displaced=101, feet_first=102, axial_stacks=103, same_slice=104, wrong_region=105, mislabelled=106,
+                     missing=107, sizes=108, bias=109, ids=110)   # fixed: a kind's draws never depend on another's
+SIZE_FACTORS = (0.75, 1.25, 1.5)   # `Mess.sizes`: a series' image size over the set's
+
+def _mess_rng(seed:int, index:int, kind:str, *more) -> np.random.Generator:
+    "The generator of one kind of mess of study `index`: never the study's own, whose draws stay those of a clean set"
+    return np.random.default_rng([seed, index, _MESS_STREAMS[kind], *more])
+
+class MessPlan(NamedTuple):
+    "The mess of one study (`_mess_plan`)"
+    feet_first:bool=False       # scanned feet first
+    stacks:tuple=()             # ids of the 1-2 extra Axial T2 series when its axial is split
+    wrong_region:int|None=None  # id of the extra cervical series described 'Sagittal T2/STIR'
+    mislabelled:int|None=None   # id of the extra coronal series described 'Axial T2'
+    missing:str|None=None       # description of the series left out
+    sizes:tuple=()              # rows = columns of each of the three series, when one differs from the set's
+    bias:tuple=()               # whether each of the three series gets an intensity bias, when one does
+
+def _id_beside(rng, ref:int, below:bool, taken:set) -> int:
+    "A new id below (or above) `ref`, added to `taken`"
+    lo, hi = (1_000_000, ref) if below else (ref + 1, 4_290_000_000)
+    if hi - lo < 1000: lo, hi = (ref + 1, 4_290_000_000) if below else (1_000_000, ref)
+    while (i := int(rng.integers(lo, hi))) in taken: pass
+    taken.add(i)
+    return i
+
+def _mess_plan(mess:Mess, job:StudyJob, taken:set) -> MessPlan|None:
+    "The `MessPlan` `mess` gives `job`'s study (None: no mess); its new series ids are not in `taken`, and are added to it"
+    def draw(kind, n=1):
+        "Whether each of `n` things gets the mess `kind`, and the generator of its details"
+        g = _mess_rng(job.seed, job.index, kind)
+        return g.random(n) < getattr(mess, kind), g
+    ids = lambda kind: _mess_rng(job.seed, job.index, 'ids', _MESS_STREAMS[kind])
+    (ff,), _ = draw('feet_first')
+    (miss,), g = draw('missing'); gone = list(SERIES_KINDS)[int(g.integers(3))] if miss else None
+    (st,), g = draw('axial_stacks'); extra = 1 + int(g.random() < 1/3)
+    (wr,), g = draw('wrong_region'); below = bool(g.random() < 0.5)
+    (ml,), _ = draw('mislabelled')
+    sz, g = draw('sizes', 3); f = g.choice(SIZE_FACTORS, 3)
+    bi, _ = draw('bias', 3)
+    plan = MessPlan(feet_first=bool(ff), missing=gone,
+                    stacks=tuple(_ids(ids('axial_stacks'), n=extra, taken=taken)) if st and gone != 'Axial T2' else (),
+                    wrong_region=_id_beside(ids('wrong_region'), job.series_ids[1], below=below, taken=taken) if wr else None,
+                    mislabelled=_ids(ids('mislabelled'), n=1, taken=taken)[0] if ml else None,
+                    sizes=tuple(int(round(job.image_size*x/4))*4 if s else job.image_size for s, x in zip(sz, f)) if sz.any() else (),
+                    bias=tuple(bool(b) for b in bi) if bi.any() else ())
+    return None if plan == MessPlan() else plan
+
+# %% ../nbs/02_synth.ipynb #b8d29d68
+def _messy_spec(spec:SeriesSpec, job:StudyJob, k:int) -> SeriesSpec:
+    "Series `k`'s `spec` with the study's mess: scanned feet first, another image size, an intensity bias"
+    plan = job.mess
+    if plan.feet_first: spec = spec._replace(patient_position='FFS')
+    if plan.sizes and plan.sizes[k] != spec.size:
+        n = plan.sizes[k]
+        bank = _mess_rng(job.seed, job.index, 'sizes', k).standard_normal((n + max(8, n//8),)*2, dtype=np.float32)
+        spec = spec._replace(size=n, contrast=spec.contrast._replace(bank=bank))
+    if plan.bias and plan.bias[k]: spec = spec._replace(bias=bias_field(spec.size, _mess_rng(job.seed, job.index, 'bias', k)))
+    return spec
+
+def _add_mess(job:StudyJob, an:Anatomy, res:dict, split:dict) -> dict:
+    "The study's rows `res` with the rest of its mess: its axial's stacks (`split`) listed, its extra series written; `res['mess']`: what it got"
+    plan, sid, descs, notes = job.mess, job.study_id, list(SERIES_KINDS), []
+    if plan.feet_first: notes.append(('feet_first', "PatientPosition FFS; Axial T2 mirrored, its columns running to the patient's right"))
+    if 'stacks' in split:
+        rows = [(sid, s, 'Axial T2') for s, *_ in split['stacks']]
+        res['series'] = [x for r in res['series'] for x in (rows if r[1] == job.series_ids[2] else [r])]
+        notes.append(('axial_stacks', split['detail']))
+    for kind, ser in (('wrong_region', plan.wrong_region), ('mislabelled', plan.mislabelled)):
+        if ser is None: continue
+        g, desc = _mess_rng(job.seed, job.index, kind, 1), 'Sagittal T2/STIR' if kind == 'wrong_region' else 'Axial T2'
+        folder = Path(job.root)/f'{job.split}_images'/str(sid)/str(ser)
+        folder.mkdir(parents=True, exist_ok=True)
+        con = _series_contrast(g, job.image_size)
+        spec = SeriesSpec(folder=folder, study_id=sid, series_id=ser, description=desc, seed=job.seed, size=job.image_size,
+                          contrast=con._replace(noise=con.noise*(1 + job.difficulty)), patient_position='FFS' if plan.feet_first else 'HFS')
+        if kind == 'wrong_region':
+            neck = cervical_anatomy(an, g)
+            _write_anat_sagittal(spec, kind='T2', an=neck, rng=g)
+            up = neck.spine.canal[:, 2].mean() - an.spine.canal[:, 2].mean()
+            notes.append((kind, f'series {ser}: Sagittal T2/STIR of the cervical spine, {up:.0f} mm above the lumbar'))
+        else:
+            _write_coronal(spec, an=an, rng=g)
+            notes.append((kind, f'series {ser}: coronal, described Axial T2'))
+        res['series'].append((sid, ser, desc))
+    if plan.missing: notes.append(('missing', f'{plan.missing} (series {job.series_ids[descs.index(plan.missing)]})'))
+    if any(n != job.image_size for d, n in zip(descs, plan.sizes) if d != plan.missing):
+        notes.append(('sizes', ', '.join(f'{d} {n} px' for d, n in zip(descs, plan.sizes) if n != job.image_size and d != plan.missing)))
+    if any(b for d, b in zip(descs, plan.bias) if d != plan.missing):
+        notes.append(('bias', ', '.join(d for d, b in zip(descs, plan.bias) if b and d != plan.missing)))
+    res['mess'] = [(sid, k, d) for k, d in notes]
+    return res
+
+# %% ../nbs/02_synth.ipynb #c09be174
+def mirrored(p:Plane) -> Plane:
+    "`p` with its columns running the other way: the image mirrored left-right, the anatomy where it was"
+    return p._replace(ipp=p.ipp + (p.n - 1)*p.ps*p.row, row=-p.row + 0.0)   # + 0.0: no -0.0 in the header
+
+# %% ../nbs/02_synth.ipynb #9e1b3c22
+def _turned(p:Plane, angle:float, pivot, dz:float) -> Plane:
+    "`p` turned by `angle` (radians) about the x axis through `pivot`, and moved `dz` mm along z"
+    c, s = math.cos(angle), math.sin(angle)
+    R, half = np.array([[1., 0, 0], [0, c, -s], [0, s, c]]), (p.n - 1)/2*p.ps
+    centre = np.asarray(pivot) + R@(p.ipp + half*(p.row + p.col) - pivot) + (0, 0, dz)
+    row, col = R@p.row, R@p.col
+    return p._replace(ipp=centre - half*(row + col), row=row, col=col)
+
+def split_axial(planes:list,  # the planes of an axial series, top to bottom (`axial_planes`)
+                sp:Spine,     # the study's spine
+                ids:tuple,    # the series ids: the axial's own, then 1-2 new ones
+                rng:np.random.Generator,
+               ) -> tuple:
+    "The series an axial series is written as ((series id, planes, instance numbers) each) and a line that says how"
+    level = np.array([int(np.argmin(abs((sp.canal - p.ipp)@p.normal))) for p in planes])
+    centres = np.array([p.ipp + (p.n - 1)/2*p.ps*(p.row + p.col) for p in planes])
+    gaps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    name = lambda a, b: LEVEL_NAMES[LEVELS[a]] if a == b else f'{LEVEL_NAMES[LEVELS[a]]}-{LEVEL_NAMES[LEVELS[b]]}'
+    if gaps.max() > 2*gaps.min():   # groups of slices around each disc: split between discs
+        cuts = np.sort(rng.choice(np.arange(2, 4) if len(ids) == 2 else np.arange(1, 5), size=len(ids) - 1, replace=False))
+        part, bounds = np.searchsorted(cuts, level, side='right'), [0, *cuts, 5]
+        groups = [[p for p, g in zip(planes, part) if g == j] for j in range(len(ids))]
+        how = ' | '.join(f'{i}: {name(bounds[j], bounds[j + 1] - 1)}' for j, i in enumerate(ids))
+    else:                           # one continuous stack: an upper and a lower one, overlapping
+        ids = ids[:2]
+        k, o = len(planes)//2 + int(rng.integers(-3, 4)), int(rng.integers(2, 5))
+        angle, dz = math.radians(rng.uniform(2, 6))*rng.choice([-1, 1]), rng.uniform(-3, 3)
+        groups = [planes[:k], [_turned(p, angle, centres[k - o:].mean(axis=0), dz) for p in planes[k - o:]]]
+        how = (f'{ids[0]}: upper {k} slices | {ids[1]}: lower {len(groups[1])} slices, overlapping by {o}, '
+               f'turned {math.degrees(angle):+.1f} deg and moved {dz:+.1f} mm')
+    return [(i, g, _instance_order(len(g), rng)) for i, g in zip(ids, groups)], how
+
+# %% ../nbs/02_synth.ipynb #4cf8b373
+def same_slice_points(coords:pd.DataFrame, # the coordinates table (`train_label_coordinates.csv`'s columns)
+                      share:float,         # share of its studies whose right foramina of 1-3 levels get the left one's slice
+                      seed:int=0,          # the data set's seed
+                      studies=None,        # study ids in the data set's order (default: sorted): study i draws from its own generator
+                     ) -> pd.DataFrame:
+    "A copy of `coords` where `share` of the studies mark the left and right foramina of 1-3 levels on one slice; `attrs['same_slice']`: study, levels"
+    if not 0 <= share <= 1: raise ValueError(f"the share of studies with foramina on one slice must be between 0 and 1, not {share}")
+    out, marked = coords.copy(), []
+    studies = sorted(coords.study_id.unique()) if studies is None else list(studies)
+    left, right = (CONDITION_NAMES[f'{s}_neural_foraminal_narrowing'] for s in ('left', 'right'))
+    for i, s in enumerate(studies):
+        g = _mess_rng(seed, i, 'same_slice')
+        if not g.random() < share: continue
+        c = out[out.study_id == s]
+        pairs = [(l, c.index[(c.condition == left) & (c.level == l)], c.index[(c.condition == right) & (c.level == l)]) for l in LEVEL_NAMES.values()]
+        pairs = [(l, a[0], b[0]) for l, a, b in pairs if len(a) and len(b)]
+        if not pairs: continue
+        pick = sorted(g.choice(len(pairs), size=int(g.integers(1, min(3, len(pairs)) + 1)), replace=False))
+        for j in pick:
+            _, a, b = pairs[j]
+            out.loc[b, ['series_id', 'instance_number']] = out.loc[a, ['series_id', 'instance_number']].to_numpy()
+        marked.append((int(s), [pairs[j][0] for j in pick]))
+    out.attrs['same_slice'] = marked
+    return out
+
+# %% ../nbs/02_synth.ipynb #56e90763
+def cervical_anatomy(an:Anatomy, rng:np.random.Generator) -> Anatomy:
+    "What lies 250-350 mm above `an`'s lumbar spine, for a series of the wrong body region: a smaller, healthy spine"
+    c, k, up = draw_spine(rng), rng.uniform(0.5, 0.6), rng.uniform(250, 350)
+    canal = an.spine.canal.mean(axis=0) + (c.canal - c.canal.mean(axis=0))*k + (0, 0, up)
+    neck = c._replace(x=an.spine.x, canal=canal, tilt=c.tilt*0.3, foramen=c.foramen*k, recess=c.recess*k, scale=c.scale*k)
+    return an._replace(spine=neck, sev={col: 0.0 for col in an.sev}, desic=np.full(5, 0.2))
+
+# %% ../nbs/02_synth.ipynb #79c086c9
+def anatomical_coronal_image(plane:Plane, an:Anatomy) -> np.ndarray:
+    "One coronal slice (normal along y) of the anatomical phantom: the bodies and discs, or the canal, at its depth"
+    sp, s, n, ps, y = an.spine, an.spine.scale, plane.n, plane.ps, float(plane.ipp[1])
+    img = np.broadcast_to(0.06 + 0.04*np.arange(n, dtype=np.float32)[:, None]/n, (n, n)).copy()
+    def blob(p, rx, rz, amp):
+        u, v = plane.pixel(p)
+        _add_blob(img, cu=u/n, cv=v/n, ru=rx/(ps*n), rv=rz/(ps*n), amp=amp)
+    cut = lambda y0, half: math.exp(-((y - y0)/half)**4)   # how much the plane cuts of what lies `half` mm around y0
+    for side in (1, -1): blob(sp.canal.mean(axis=0) + (side*45*s, 0, 0), 16*s, 110, 0.10)          # psoas
+    for ctr, half, _ in _vertebrae(sp): blob(ctr, 22*s, half, 0.36*cut(ctr[1], 17*s))              # bodies
+    for i in range(5):
+        blob(sp.disc(i), 24*s, 4.5*s, 0.55*(1 - 0.6*an.desic[i])*cut(sp.disc(i)[1], 18*s))         # discs
+        blob(sp.canal[i], 8*s, 24*s, 0.7*an.csf*cut(sp.canal[i, 1], 7*s))                          # canal
+    return img
+
+def _write_coronal(spec:SeriesSpec, an:Anatomy, rng) -> None:
+    "Write a series of 5-9 coronal slices through the spine, from the discs back to the canal"
+    sp, m, step, fov = an.spine, int(rng.integers(5, 10)), rng.uniform(3.5, 5.0), rng.uniform(300, 360)
+    ps, row, col = fov/spec.size, np.array([1., 0, 0]), np.array([0., 0, -1])
+    c = np.array([sp.x + rng.uniform(-5, 5), sp.canal[2, 1] - 14*sp.scale + rng.uniform(-3, 3), sp.canal[:, 2].mean() + rng.uniform(-15, 15)])
+    planes = [Plane(ipp=c + (0, (j - (m - 1)/2)*step, 0) - (spec.size - 1)/2*ps*(row + col), row=row, col=col, ps=ps, n=spec.size)
+              for j in range(m)]
+    inst = _instance_order(m, rng)
+    spec = spec._replace(orientation=planes[0].orientation, spacing=ps, thickness=round(step*0.9, 2), between=round(step, 4), nslices=m)
+    ds = None
+    for k, pl in enumerate(planes):
+        img = np.power(np.clip(anatomical_coronal_image(pl, an=an), 0, None), spec.contrast.gamma, dtype=np.float32)
+        ds = _save_slice(ds, img, spec=spec, instance=int(inst[k]), position=pl.ipp, rng=rng)
+
+# %% ../nbs/02_synth.ipynb #76765074
+def bias_field(size:int, rng:np.random.Generator) -> np.ndarray:
+    "A surface coil's smooth intensity bias: 1 + a linear gradient (+/-10-30 % across the image, random direction), times a broad bump"
+    ax = (np.arange(size, dtype=np.float32) + 0.5)/size - 0.5
+    a, g = rng.uniform(0, 2*math.pi), rng.uniform(0.1, 0.3)
+    c, s = math.cos(a), math.sin(a)
+    ramp = 1 + g*(ax[None, :]*c + ax[:, None]*s)/(0.5*(abs(c) + abs(s)))
+    (u0, v0), r, b = rng.uniform(-0.3, 0.3, 2), rng.uniform(0.3, 0.6), rng.uniform(0.1, 0.3)
+    bump = 1 + b*np.exp(-((ax[None, :] - u0)**2 + (ax[:, None] - v0)**2)/(2*r*r))
+    return (ramp*bump).astype(np.float32)
+
 # %% ../nbs/02_synth.ipynb #44c90008
 @call_parse
 def synth_cli(dest:str,              # folder to write
@@ -809,14 +1098,16 @@ def synth_cli(dest:str,              # folder to write
               overwrite:bool=False,  # replace an existing data set in DEST
               phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (the middle-slice method's premise)
               difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
-              displaced:float=0., # share of training studies with one spinal canal point moved 0.3-0.9 level spacings in the coordinates
+              mess:str=None,         # the real data's mess: 'real' (`REAL_MESS`) or kind=share,... (e.g. feet_first=0.1,axial_stacks=0.2); default none
+              clean:bool=False,      # no mess at all, whatever --mess says (the default phantom)
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"
     t0 = time.perf_counter()
     try: make_synthetic(dest, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size, n_workers=workers, overwrite=overwrite,
-                        phantom=phantom, difficulty=difficulty, mess=Mess(displaced=displaced))
+                        phantom=phantom, difficulty=difficulty, mess=None if clean else mess)
     except (FileExistsError, ValueError) as e:
         print(f'lsdc synth: {e}'); return 1
-    n = sum(1 for _ in Path(dest).rglob('*.dcm'))
-    print(f'wrote {n_train} train + {n_test} test studies ({n} DICOM files, {image_size} px) to {dest} in {time.perf_counter() - t0:.1f} s')
+    n, m = sum(1 for _ in Path(dest).rglob('*.dcm')), Path(dest)/'mess.csv'
+    messy = f'; {pd.read_csv(m).study_id.nunique()} studies with some mess (mess.csv)' if m.exists() else ''
+    print(f'wrote {n_train} train + {n_test} test studies ({n} DICOM files, {image_size} px) to {dest} in {time.perf_counter() - t0:.1f} s{messy}')
     return 0

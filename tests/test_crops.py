@@ -180,7 +180,7 @@ def test_bad_options_and_cli(tmp_path):
 @pytest.fixture(scope='module')
 def anat(tmp_path_factory):
     root = make_synthetic(tmp_path_factory.mktemp('anat') / 'data', n_train=8, n_test=2, image_size=96, seed=0, n_workers=1,
-                          phantom='anatomical')
+                          phantom='anatomical', mess=None)   # clean: the messy set's crops are tested end to end in test_levels
     data = load_rsna(root)
     offsets = learn_offsets(data, n_workers=1)
     dest = root.parent / 'crops'
@@ -241,7 +241,7 @@ def _within(df):
 def test_the_grade_signal_is_in_the_crops(tmp_path):
     "Crop centres darken with the grade; the middle-slice approach (foramina read on the mid-sagittal T1) does not"
     root = make_synthetic(tmp_path / 'data', n_train=12, n_test=1, image_size=128, seed=0, n_workers=1, phantom='anatomical',
-                          difficulty=0.2)
+                          difficulty=0.2, mess=None)
     data = load_rsna(root)
     grade = long_labels(data.train).set_index(['study_id', 'column']).grade_index
     off = learn_offsets(data, n_workers=1)

@@ -16,7 +16,7 @@ SIZE = 128
 def anat(tmp_path_factory):
     "A small anatomical data set (40 train + 2 test studies, 128 px) loaded back, with a reader of its series"
     root = make_synthetic(tmp_path_factory.mktemp("anat") / "data", n_train=40, n_test=2, image_size=SIZE, seed=3,
-                          phantom="anatomical", n_workers=2)
+                          phantom="anatomical", n_workers=2, mess=None)   # the phantom's own geometry: its mess has its own tests
     data = load_rsna(root)
     assert data.warnings == []
 
@@ -198,3 +198,19 @@ def test_cli_phantom_options(tmp_path):
     assert r.returncode == 1 and "phantom must be one of middle, anatomical, not 'real'" in r.stdout
     r = run(str(tmp_path / "u"), "--n-train", "2", "--phantom", "anatomical", "--difficulty", "1.5")
     assert r.returncode == 1 and "difficulty must be between 0 and 1" in r.stdout
+
+
+def test_cli_mess_option(tmp_path):
+    "`--mess kind=share,...` writes a messy set and its mess.csv; a bad one is one line and status 1; a clean rewrite drops mess.csv"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lsdc.cli", "synth", *a], capture_output=True, text=True)
+    small = ("--n-train", "3", "--n-test", "1", "--image-size", "48", "--workers", "1")
+    r = run(str(tmp_path / "m"), *small, "--mess", "feet_first=1,axial_stacks=1")
+    assert r.returncode == 0 and "4 studies with some mess (mess.csv)" in r.stdout, r.stdout + r.stderr
+    m = pd.read_csv(tmp_path / "m" / "mess.csv")
+    assert set(m.kind) == {"feet_first", "axial_stacks"} and m.groupby("study_id").size().eq(2).all() and m.study_id.nunique() == 4
+    r = run(str(tmp_path / "n"), *small, "--mess", "feet=0.1")
+    assert r.returncode == 1 and r.stdout.splitlines() == ["lsdc synth: unknown kind of mess 'feet'; the kinds: displaced, feet_first, "
+                                                           "axial_stacks, same_slice, wrong_region, mislabelled, missing, sizes, bias"], r.stdout
+    assert not (tmp_path / "n").exists()   # refused before anything is written
+    r = run(str(tmp_path / "m"), *small, "--overwrite")
+    assert r.returncode == 0 and not (tmp_path / "m" / "mess.csv").exists() and "mess.csv" not in r.stdout
