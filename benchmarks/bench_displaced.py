@@ -55,7 +55,7 @@ if __name__ == '__main__':
     t0 = time.perf_counter()
     data = root/'data'
     if not (data/'train.csv').exists():
-        make_synthetic(data, n_train=a.n_train, n_test=1, image_size=128, seed=a.seed, n_workers=2, phantom='anatomical')
+        make_synthetic(data, n_train=a.n_train, n_test=1, image_size=128, seed=a.seed, n_workers=2, phantom='anatomical', mess=None)   # clean: it displaces the points itself
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DataWarning)
         d = load_rsna(data, splits=('train',))

@@ -1,6 +1,6 @@
 """The real data's mess in the phantom, and what it costs the levels method once handled.
 
-    python benchmarks/bench_mess.py --seed S [--mess bench|real|kind=share,...] [--n-train 128] [--n-test 40] [--root DIR]
+    python benchmarks/bench_mess.py --seed S [--train-seeds 42,43] [--mess bench|real|kind=share,...] [--n-train 128] [--n-test 40] [--root DIR]
 
 Builds one anatomical synthetic set twice from the same seed, at the demo's size: clean, and with the mess
 (`lsdc.synth.Mess`). The study ids, grades and anatomy are the same in both; only the geometry, the headers, the
@@ -16,6 +16,10 @@ and shared by both runs. Printed per stage, clean beside messy:
   - the CV (calibrated, 95 % interval) and the test studies' score;
 then, per kind of mess, the studies that have it and their part of the CV difference; the paired comparison of the
 two CVs over the same studies (`lsdc.pipeline.compare_runs`); and last `messy vs clean score ratio: <r>` (CV).
+With `--train-seeds 42,43` each arm is trained once per seed of the method (its split and training; the data and the
+body stay), the per-kind figures and the ratio are the means over them, and the clean set's two runs measure the
+retraining noise: how far two runs on the very same studies land apart, which a single run's difference cannot
+be told from. A study with no mess at all is in both sets unchanged, so its part of the difference is that noise.
 """
 import argparse, atexit, json, shutil, tempfile, time, warnings
 from pathlib import Path
@@ -93,6 +97,8 @@ if __name__ == '__main__':
     p.add_argument('--n-train', type=int, default=CPU.n_train)
     p.add_argument('--n-test', type=int, default=CPU.n_test)
     p.add_argument('--pretrain-studies', type=int, default=CPU.pretrain_crop_studies, help="studies of the body's pretraining set (the demo's: 150)")
+    p.add_argument('--train-seeds', default=str(CPU.method.seed), help="the methods' seeds (split and training), comma separated: each arm "
+                   "is trained once per seed, the figures averaged; a second seed measures the retraining noise")
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at exit)')
     a = p.parse_args()
     mess = parse_mess(a.mess)
@@ -100,27 +106,29 @@ if __name__ == '__main__':
     if not a.root: atexit.register(shutil.rmtree, root, ignore_errors=True)
     warnings.simplefilter('ignore', DataWarning)
     t0 = time.perf_counter()
-    s = CPU.changed(n_train=a.n_train, n_test=a.n_test, pretrain_crop_studies=a.pretrain_studies)
+    s = CPU.changed(n_train=a.n_train, n_test=a.n_test, pretrain_crop_studies=a.pretrain_studies, mess=None)   # the body's set: clean
     method = s.method._replace(learner=s.method.learner._replace(weights=pretrain_synthetic_body(root, s, seed=a.seed, progress=False)))
     print(f"seed {a.seed}: {a.n_train} training and {a.n_test} test studies at {s.image_size} px; mess {dict((k, v) for k, v in mess._asdict().items() if v)}; "
           f"body pretrained in {time.perf_counter() - t0:.0f} s", flush=True)
-    runs, datas = {}, {}
-    for name, m in (('clean', None), ('messy', mess)):
-        data = datas[name] = root/name/'data'
-        if not (data/'test_labels.csv').exists():
-            make_synthetic(data, n_train=a.n_train, n_test=a.n_test, seed=a.seed, image_size=s.image_size, n_workers=s.compute.n_workers, mess=m)
-        t = time.perf_counter()
-        run_pipeline(data, root/name, method, s.compute, test_labels=data/'test_labels.csv', max_reports=0, progress=False)
-        runs[name] = root/name
-        print(f"{name}: ran in {time.perf_counter() - t:.0f} s", flush=True)
+    seeds = [int(v) for v in a.train_seeds.split(',')]
+    runs, datas = {}, {}   # runs: {(arm, training seed): folder}
+    for ts in seeds:
+        for name, m in (('clean', None), ('messy', mess)):
+            data = datas[name] = root/name/'data'
+            if not (data/'test_labels.csv').exists():
+                make_synthetic(data, n_train=a.n_train, n_test=a.n_test, seed=a.seed, image_size=s.image_size, n_workers=s.compute.n_workers, mess=m)
+            out, t = root/(name if ts == seeds[0] else f'{name}_seed{ts}'), time.perf_counter()
+            run_pipeline(data, out, method._replace(seed=ts), s.compute, test_labels=data/'test_labels.csv', max_reports=0, progress=False)
+            runs[name, ts] = out
+            print(f"{name}, training seed {ts}: ran in {time.perf_counter() - t:.0f} s", flush=True)
     truth = patient_points(datas['clean'], spinal_points(pd.read_csv(datas['clean']/'train_label_coordinates.csv')))
-    fig = {k: stage_figures(r, datas[k], truth) for k, r in runs.items()}
-    common = fig['clean']['err'].index.intersection(fig['messy']['err'].index)
-    print(f"\n{'stage':<52}{'clean':>12}{'messy':>12}")
-    row = lambda name, f: print(f"{name:<52}{f(fig['clean']):>12}{f(fig['messy']):>12}")
+    fig = {k: stage_figures(r, datas[k[0]], truth) for k, r in runs.items()}
+    common = sorted(set.intersection(*(set(f['err'].index) for f in fig.values())))
+    print(f"\n{'stage':<52}" + ''.join(f"{f'{n} {ts}':>14}" for n, ts in fig))
+    row = lambda name, f: print(f"{name:<52}" + ''.join(f"{f(v):>14}" for v in fig.values()))
     row('series skipped by the screening', lambda f: f"{f['skipped'] if f['skipped'] is not None else '-'}")
     row(f'localizer OOF error vs the true points, median mm', lambda f: f"{f['err'].loc[common].median():.2f}")
-    row(f'  95th percentile mm ({len(common)} studies located in both)', lambda f: f"{np.percentile(f['err'].loc[common], 95):.2f}")
+    row(f'  95th percentile mm ({len(common)} studies located in all)', lambda f: f"{np.percentile(f['err'].loc[common], 95):.2f}")
     row('  studies located', lambda f: f"{len(f['err'])}")
     row('axial selector OOF: the annotated slice', lambda f: f"{f['axial']:.1%}" if f['axial'] is not None else '-')
     nfail = lambda d: f"{len(d)} ({d.study_id.nunique()} st.)"
@@ -130,20 +138,32 @@ if __name__ == '__main__':
     row('  95 % interval', lambda f: f"[{f['cv_lo']:.3f},{f['cv_hi']:.3f}]")
     row(f'test score ({a.n_test} studies)', lambda f: f"{f['test']:.4f}")
     row('run seconds', lambda f: f"{f['seconds']:.0f}")
-    m, lo, hi = bootstrap(fig['messy']['err'].loc[common].to_numpy() - fig['clean']['err'].loc[common].to_numpy())
-    print(f"localizer error, messy - clean: {m:+.3f} mm per study [{lo:+.3f}, {hi:+.3f}]")
+    err_d = sum(fig['messy', ts]['err'].loc[common] - fig['clean', ts]['err'].loc[common] for ts in seeds) / len(seeds)
+    m, lo, hi = bootstrap(err_d.to_numpy())
+    print(f"localizer error, messy - clean (mean over the training seeds): {m:+.3f} mm per study [{lo:+.3f}, {hi:+.3f}]")
     kinds = pd.read_csv(datas['messy']/'mess.csv') if (datas['messy']/'mess.csv').is_file() else pd.DataFrame(columns=['study_id', 'kind'])
-    c = contributions(runs['messy']) - contributions(runs['clean'])
-    err_d = fig['messy']['err'] - fig['clean']['err']
-    print(f"\nper kind of mess (training studies): the studies that have it, their part of the CV difference (messy - clean), "
-          f"their mean localizer error difference (mm), their failed crops; a study with several kinds counts in each")
+    c = sum(contributions(runs['messy', ts]) - contributions(runs['clean', ts]) for ts in seeds) / len(seeds)
+    err_d = sum(fig['messy', ts]['err'] - fig['clean', ts]['err'] for ts in seeds) / len(seeds)
+    print(f"\nper kind of mess (training studies; the mean over the training seeds): the studies that have it, their part of the "
+          f"CV difference (messy - clean) and that part per study, their mean localizer error difference (mm), their failed crops "
+          f"({seeds[0]}); a study with several kinds counts in each; 'none', the studies without any, is the retraining noise")
     for k in [f for f in Mess._fields if getattr(mess, f)]:
         ids = [i for i in kinds.study_id[kinds.kind == k].unique() if i in c.index]
         e = err_d.reindex(ids).dropna()
-        nf = fig['messy']['crops_train'].study_id.isin(ids).sum()
-        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f}  localizer {e.mean() if len(e) else float('nan'):+.2f} mm  crops failed {nf}")
+        nf = fig['messy', seeds[0]]['crops_train'].study_id.isin(ids).sum()
+        print(f"  {k:<14}{len(ids):>4} studies  CV part {c.reindex(ids).sum():+.4f} ({c.reindex(ids).mean() if ids else float('nan'):+.5f} a study)  "
+              f"localizer {e.mean() if len(e) else float('nan'):+.2f} mm  crops failed {nf}")
     clean_ids = [i for i in c.index if i not in set(kinds.study_id)]
-    print(f"  {'none':<14}{len(clean_ids):>4} studies  CV part {c.reindex(clean_ids).sum():+.4f}")
-    print('\n' + format_comparison(compare_runs(runs['messy']/'models', runs['clean']/'models'), runs['messy']/'models', runs['clean']/'models'))
+    print(f"  {'none':<14}{len(clean_ids):>4} studies  CV part {c.reindex(clean_ids).sum():+.4f} ({c.reindex(clean_ids).mean():+.5f} a study)")
+    for ts in seeds:
+        print(f"\ntraining seed {ts}:\n" + format_comparison(compare_runs(runs['messy', ts]/'models', runs['clean', ts]/'models'), runs['messy', ts]/'models', runs['clean', ts]/'models'))
+    if len(seeds) > 1:
+        print(f"\nthe retraining noise: the clean set with training seed {seeds[1]} against {seeds[0]} (another split and training, the same studies)\n"
+              + format_comparison(compare_runs(runs['clean', seeds[1]]/'models', runs['clean', seeds[0]]/'models'), runs['clean', seeds[1]]/'models', runs['clean', seeds[0]]/'models'))
+        m, lo, hi = bootstrap(len(c) * c.to_numpy())
+        print(f"\nmessy - clean, the mean over the training seeds {', '.join(map(str, seeds))}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}] (bootstrap over the studies)")
+    cv = {arm: np.mean([fig[arm, ts]['cv'] for ts in seeds]) for arm in ('clean', 'messy')}
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    print(f"messy vs clean score ratio: {fig['messy']['cv'] / fig['clean']['cv']:.3f}")
+    if len(seeds) > 1: print('per training seed: ' + ', '.join(f"{ts}: {fig['messy', ts]['cv'] / fig['clean', ts]['cv']:.3f}" for ts in seeds)
+                             + f"; clean {seeds[1]} vs clean {seeds[0]}: {fig['clean', seeds[1]]['cv'] / fig['clean', seeds[0]]['cv']:.3f}")
+    print(f"messy vs clean score ratio: {cv['messy'] / cv['clean']:.3f}")

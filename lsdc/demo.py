@@ -38,7 +38,7 @@ class DemoSettings:
     pretrain_crop_studies:int = 0 # for the level crops, studies of that set (0: `pretrain_studies`): 25 crops a study, not 3 slices
     max_reports:int = 20        # reports for at most this many test studies
     phantom:str = 'anatomical'  # the synthetic set's phantom (`lsdc.synth.PHANTOMS`)
-    mess:Mess|str|None = None   # the real data's mess in the synthetic sets (`lsdc.synth.make_synthetic`'s: 'real', a `Mess`; None: none)
+    mess:Mess|str|None = 'real' # the real data's mess in the synthetic sets (`lsdc.synth.make_synthetic`'s: 'real', a `Mess`; None: clean)
 
     def changed(self, **changes) -> DemoSettings:
         "A copy with `changes`, each a field of the demo, the method (`PipelineSettings`), the learners (`LearnerSettings`) or `Compute`"

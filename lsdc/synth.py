@@ -838,7 +838,7 @@ def make_synthetic(dest,                  # folder to write (created; must not h
                    overwrite:bool=False,  # replace an existing data set in `dest`
                    phantom:str='anatomical', # 'anatomical' (each grade where it shows in real MRI) or 'middle' (every grade on the middle slices)
                    difficulty:float=DIFFICULTY, # the anatomical phantom's: 0 marks far apart .. 1 overlapping grades, more noise
-                   mess:Mess|str|None=None, # the real data's mess to add: 'real' (`REAL_MESS`; the middle phantom: none), a `Mess`,
+                   mess:Mess|str|None='real', # the real data's mess to add: 'real' (`REAL_MESS`; the middle phantom: none), a `Mess`,
                                             # 'kind=share,...'; None or 'clean': a clean set
                   ) -> Path:
     "Write a synthetic RSNA data set in the Kaggle layout; with a `mess`, also `mess.csv`: which study got which mess"
@@ -1098,8 +1098,8 @@ def synth_cli(dest:str,              # folder to write
               overwrite:bool=False,  # replace an existing data set in DEST
               phantom:str='anatomical', # 'anatomical' (grades where they show in real lumbar MRI) or 'middle' (the middle-slice method's premise)
               difficulty:float=DIFFICULTY, # the anatomical phantom's difficulty, 0 (easy) to 1 (hard)
-              mess:str=None,         # the real data's mess: 'real' (`REAL_MESS`) or kind=share,... (e.g. feet_first=0.1,axial_stacks=0.2); default none
-              clean:bool=False,      # no mess at all, whatever --mess says (the default phantom)
+              mess:str='real',       # the real data's mess: 'real' (`REAL_MESS`) or kind=share,... (e.g. feet_first=0.1,axial_stacks=0.2)
+              clean:bool=False,      # a clean set: no mess at all, whatever --mess says
              ):
     "Write a synthetic RSNA data set in the Kaggle layout"
     t0 = time.perf_counter()

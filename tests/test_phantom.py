@@ -201,7 +201,7 @@ def test_cli_phantom_options(tmp_path):
 
 
 def test_cli_mess_option(tmp_path):
-    "`--mess kind=share,...` writes a messy set and its mess.csv; a bad one is one line and status 1; a clean rewrite drops mess.csv"
+    "`--mess kind=share,...` writes a messy set and its mess.csv; a bad one is one line and status 1; a --clean rewrite drops mess.csv;\n    the default is --mess real"
     run = lambda *a: subprocess.run([sys.executable, "-m", "lsdc.cli", "synth", *a], capture_output=True, text=True)
     small = ("--n-train", "3", "--n-test", "1", "--image-size", "48", "--workers", "1")
     r = run(str(tmp_path / "m"), *small, "--mess", "feet_first=1,axial_stacks=1")
@@ -212,5 +212,8 @@ def test_cli_mess_option(tmp_path):
     assert r.returncode == 1 and r.stdout.splitlines() == ["lsdc synth: unknown kind of mess 'feet'; the kinds: displaced, feet_first, "
                                                            "axial_stacks, same_slice, wrong_region, mislabelled, missing, sizes, bias"], r.stdout
     assert not (tmp_path / "n").exists()   # refused before anything is written
-    r = run(str(tmp_path / "m"), *small, "--overwrite")
+    r = run(str(tmp_path / "m"), *small, "--overwrite", "--clean")
     assert r.returncode == 0 and not (tmp_path / "m" / "mess.csv").exists() and "mess.csv" not in r.stdout
+    small = ("--n-train", "12", "--n-test", "0", "--image-size", "48", "--workers", "1", "--seed", "1")
+    assert run(str(tmp_path / "d"), *small).returncode == 0 and run(str(tmp_path / "r"), *small, "--mess", "real").returncode == 0
+    assert (tmp_path / "d" / "mess.csv").is_file() and _digest(tmp_path / "d") == _digest(tmp_path / "r")
