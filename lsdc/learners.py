@@ -868,8 +868,6 @@ def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> di
             kw = dict(series=job.settings.series, valid_pct=pct or 0.2, seed=job.seed, balance=job.settings.balance, valid_ids=ids)
             if job.columns: table, info = shared_table(job.labels, job.index, cols, name=name, **kw)
             else: table, info = training_table(job.labels, job.index, name, **kw)
-            if info['n_missing_series']:
-                say(f"{name}: {info['n_missing_series']} labelled studies have no {info['series']} image and are left out")
             for c in cols: write_csv(split_frame(table[table.column == c] if job.columns else table, c), models/'splits'/f'{c}.csv')
             compute = job.compute._replace(device=device) if device else job.compute
             rec = train_column(table, info, models, job.settings, compute, seed=job.seed, progress=job.bars)
