@@ -138,12 +138,11 @@ if __name__ == '__main__':
     row('  95 % interval', lambda f: f"[{f['cv_lo']:.3f},{f['cv_hi']:.3f}]")
     row(f'test score ({a.n_test} studies)', lambda f: f"{f['test']:.4f}")
     row('run seconds', lambda f: f"{f['seconds']:.0f}")
-    err_d = sum(fig['messy', ts]['err'].loc[common] - fig['clean', ts]['err'].loc[common] for ts in seeds) / len(seeds)
-    m, lo, hi = bootstrap(err_d.to_numpy())
+    err_d = sum(fig['messy', ts]['err'] - fig['clean', ts]['err'] for ts in seeds) / len(seeds)   # each study's, the mean over the trainings
+    m, lo, hi = bootstrap(err_d.loc[common].to_numpy())
     print(f"localizer error, messy - clean (mean over the training seeds): {m:+.3f} mm per study [{lo:+.3f}, {hi:+.3f}]")
     kinds = pd.read_csv(datas['messy']/'mess.csv') if (datas['messy']/'mess.csv').is_file() else pd.DataFrame(columns=['study_id', 'kind'])
     c = sum(contributions(runs['messy', ts]) - contributions(runs['clean', ts]) for ts in seeds) / len(seeds)
-    err_d = sum(fig['messy', ts]['err'] - fig['clean', ts]['err'] for ts in seeds) / len(seeds)
     print(f"\nper kind of mess (training studies; the mean over the training seeds): the studies that have it, their part of the "
           f"CV difference (messy - clean) and that part per study, their mean localizer error difference (mm), their failed crops "
           f"({seeds[0]}); a study with several kinds counts in each; 'none', the studies without any, is the retraining noise")

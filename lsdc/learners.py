@@ -841,6 +841,7 @@ class ColumnJob(NamedTuple):
     resume: bool = False        # skip the column when, once claimed, it turns out trained with these settings
     columns: tuple = ()         # the columns a shared learner serves (`lsdc.sampling.shared_table`); (): `column` alone
 
+# %% ../nbs/05_learners.ipynb #337f9bbb
 _LEARNER_PART = ('series', 'n_studies', 'n_missing_series', 'missing_series', 'n_train', 'n_train_upsampled', 'n_valid',
                  'train_counts', 'train_counts_upsampled', 'valid_counts')   # what a shared learner's column records of its own
 
@@ -857,6 +858,7 @@ def _learner_done(models, name:str, cols:list, settings_sha256:str|None=None) ->
         if (r.get('learner') or c) != name or (r.get('columns') or [c]) != list(cols) or not column_done(models, c, settings_sha256): return False
     return True
 
+# %% ../nbs/05_learners.ipynb #3a041570
 def _train_one(job:ColumnJob, say:Callable=log.info, device:str|None=None) -> dict:
     "Claim, train, export and record one learner (on `device`): the learner's record, and one per column it serves; a failure is recorded, never raised"
     name, models, cols, info = job.column, Path(job.models), list(job.columns) or [job.column], None
