@@ -44,37 +44,53 @@ def stage_one(d, root:Path, method, compute) -> tuple:
     return root/'stage1', time.perf_counter() - t
 
 
-def run_share(share:str, d, root:Path, method, compute, stage1:Path) -> dict:
-    "Train the levels method with `share` into `root/share/models` (stage 1 copied in, so reused), predict the test studies; its figures"
-    out, mirror = root/share, share == 'sides'
-    models, crops = out/'models', root/'crops'/('train_mirrored' if mirror else 'train')
+def run_arm(name:str, d, root:Path, method, compute, stage1:Path, crops:str='train', test_crops:str='test') -> dict:
+    "Train the levels method `method` into `root/name/models` (stage 1 copied in, so reused; training crops `root/crops/<crops>`), predict the test studies; its figures"
+    out, models = root/name, root/name/'models'
     for sub in ('localizer', 'axial'):
         if (stage1/sub).is_dir() and not (models/sub).is_dir(): shutil.copytree(stage1/sub, models/sub)
-    if mirror and not crops.is_dir(): shutil.copytree(root/'crops'/'train', crops)   # only the right crops are cut again
     t = time.perf_counter()
-    cv = train_pipeline(d, root/'converted'/'train', models, method._replace(share=share), compute, crops=crops, out=out, progress=False)
+    cv = train_pipeline(d, root/'converted'/'train', models, method, compute, crops=root/'crops'/crops, out=out, progress=False)
     seconds = time.perf_counter() - t
     reused = (models/'localizer'/'localizer.json').read_bytes() == (stage1/'localizer'/'localizer.json').read_bytes()
-    sub = predict_folds(d, models, out/'submission.csv', converted=root/'converted'/'test',
-                        crops=root/'crops'/('test_mirrored' if mirror else 'test'), n_workers=compute.n_workers, progress=False)
+    sub = predict_folds(d, models, out/'submission.csv', converted=root/'converted'/'test', crops=root/'crops'/test_crops,
+                        n_workers=compute.n_workers, progress=False)
     test = competition_score(pd.read_csv(Path(d.path)/'test_labels.csv'), sub)['score']
     return dict(models=models, cv=json.loads((models/'cv.json').read_text()), seconds=seconds, test=test, reused=reused,
                 learners=int(cv['trained'].query("status == 'ok'").groupby('fold').learner.nunique().max()))
 
 
-if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_share(share:str, d, root:Path, method, compute, stage1:Path) -> dict:
+    "`run_arm` of the levels method with `share` (for 'sides', the crops cut again with the right side mirrored)"
+    mirror = share == 'sides'
+    if mirror and not (root/'crops'/'train_mirrored').is_dir(): shutil.copytree(root/'crops'/'train', root/'crops'/'train_mirrored')   # only the right crops are cut again
+    return run_arm(share, d, root, method._replace(share=share), compute, stage1, *(('train_mirrored', 'test_mirrored') if mirror else ()))
+
+
+def print_cv_table(res:dict, n_test:int):
+    "The CV's terms and score of each `run_arm` result in `res`, its learners, training seconds and test score, a column per run"
+    cell = lambda v: f"{v['value']:.4f} [{v['lo']:.3f}, {v['hi']:.3f}]"
+    print(f"\nCV of the training studies, out of fold, calibrated (95 % intervals from cv.json; weighted log loss, lower is better)")
+    print(f"{'':<22}" + ''.join(f"{k:>26}" for k in res))
+    for t in (*SCORE_TERMS, 'score'): print(f"{t:<22}" + ''.join(f"{cell(r['cv']['scores']['calibrated'][t]):>26}" for r in res.values()))
+    for name, f in (('learners per fold', lambda r: f"{r['learners']}"), ('training seconds', lambda r: f"{r['seconds']:.0f}"),
+                    (f"test score ({n_test} studies)", lambda r: f"{r['test']:.4f}")):
+        print(f"{name:<22}" + ''.join(f"{f(r):>26}" for r in res.values()))
+
+
+def add_common_args(p):
+    "The options every benchmark built on one synthetic set and one stage 1 shares"
     p.add_argument('--seed', type=int, default=0, help='seed of the synthetic set (the method uses its own fixed seed)')
-    p.add_argument('--shares', default=','.join(SHARES), help=f"the settings to run, comma-separated, of {', '.join(SHARES)}")
     p.add_argument('--n-train', type=int, default=CPU.n_train)
     p.add_argument('--n-test', type=int, default=CPU.n_test)
     p.add_argument('--workers', type=int, default=None, help='workers of synthesis, conversion and crops')
     p.add_argument('--quick', action='store_true', help='one epoch per attempt, a short stage 1 and pretraining: checks that it runs')
     p.add_argument('--root', default=None, help='working folder (default: a temporary one, removed at the end)')
-    a = p.parse_args()
-    shares = [x.strip() for x in a.shares.split(',') if x.strip()]
-    if bad := [x for x in shares if x not in SHARES]: p.error(f"--shares: {bad} are not of {SHARES}")
-    root = Path(a.root or tempfile.mkdtemp(prefix='bench_share_'))
+
+
+def prepare(a, name:str) -> tuple:
+    "The synthetic set, the pretrained body and stage 1 of the options `a` (`add_common_args`), a line printed: `(root, settings, method, data, stage1, t0)`"
+    root = Path(a.root or tempfile.mkdtemp(prefix=f'{name}_'))
     warnings.simplefilter('ignore', DataWarning)
     logging.getLogger('lsdc').setLevel(logging.ERROR)   # each fold's line per column without a crop of some study: the CV counts them
     t0 = time.perf_counter()
@@ -91,21 +107,26 @@ if __name__ == '__main__':
     convert_dataset(d, root/'converted'/'train', split='train', size=method.levels.loc_size, n_workers=a.workers, progress=False)
     stage1, t_stage = stage_one(d, root, method, s.compute)
     L = method.learner
-    print(f"bench_share: seed {a.seed}, {s.n_train} training and {s.n_test} test studies at {s.image_size} px (anatomical), {method.folds} folds; "
+    print(f"{name}: seed {a.seed}, {s.n_train} training and {s.n_test} test studies at {s.image_size} px (anatomical), {method.folds} folds; "
           f"learners {arch_name(L.arch)} at {L.size} px, epochs {L.schedule.first}/{L.schedule.short}/{L.schedule.long}; data and pretrained body in {t1 - t0:.0f} s, "
-          f"stage 1 trained once in {t_stage:.0f} s{' (--quick: the figures mean nothing)' if a.quick else ''}", flush=True)
+          f"conversion and stage 1 (trained once) in {time.perf_counter() - t1:.0f} s{' (--quick: the figures mean nothing)' if a.quick else ''}", flush=True)
+    return root, s, method, d, stage1, t0
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--shares', default=','.join(SHARES), help=f"the settings to run, comma-separated, of {', '.join(SHARES)}")
+    add_common_args(p)
+    a = p.parse_args()
+    shares = [x.strip() for x in a.shares.split(',') if x.strip()]
+    if bad := [x for x in shares if x not in SHARES]: p.error(f"--shares: {bad} are not of {SHARES}")
+    root, s, method, d, stage1, t0 = prepare(a, 'bench_share')
     res = {}
     for share in shares:
         res[share] = run_share(share, d, root, method, s.compute, stage1)
         print(f"{share}: {res[share]['learners']} learners per fold, trained in {res[share]['seconds']:.0f} s"
               f"{'' if res[share]['reused'] else ' (stage 1 NOT reused: trained again)'}", flush=True)
-    cell = lambda v: f"{v['value']:.4f} [{v['lo']:.3f}, {v['hi']:.3f}]"
-    print(f"\nCV of the training studies, out of fold, calibrated (95 % intervals from cv.json; weighted log loss, lower is better)")
-    print(f"{'':<22}" + ''.join(f"{k:>26}" for k in shares))
-    for t in (*SCORE_TERMS, 'score'): print(f"{t:<22}" + ''.join(f"{cell(res[k]['cv']['scores']['calibrated'][t]):>26}" for k in shares))
-    for name, f in (('learners per fold', lambda r: f"{r['learners']}"), ('training seconds', lambda r: f"{r['seconds']:.0f}"),
-                    (f"test score ({s.n_test} studies)", lambda r: f"{r['test']:.4f}")):
-        print(f"{name:<22}" + ''.join(f"{f(res[k]):>26}" for k in shares))
+    print_cv_table(res, s.n_test)
     shared = [k for k in shares if k != 'none']
     if 'none' in res:
         for k in shared:

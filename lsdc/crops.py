@@ -27,13 +27,14 @@ from .disk import check_dest, clean_temp, write_csv
 from .workers import parallel_map
 
 # %% auto #0
-__all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'LEFT', 'POSTERIOR',
-           'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'MIRRORED', 'RECESS_MM', 'read_points', 'annotated_points',
-           'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift', 'stack_neighbours', 'crop_matrix',
-           'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site', 'axial_slice', 'subarticular_site',
-           'mirror_site', 'stacked_across', 'Offsets', 'default_offsets', 'level_point', 'study_offsets',
-           'learn_offsets', 'CropOptions', 'StudySeries', 'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult',
-           'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs', 'make_crops', 'crops_cli']
+__all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'SHIFT_COLUMNS', 'LEFT',
+           'POSTERIOR', 'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'MIRRORED', 'RECESS_MM', 'ERROR_COLUMNS',
+           'read_points', 'annotated_points', 'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift',
+           'stack_neighbours', 'crop_matrix', 'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site',
+           'axial_slice', 'subarticular_site', 'mirror_site', 'stacked_across', 'Offsets', 'default_offsets',
+           'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'StudySeries', 'LevelPoint', 'AxialChoice',
+           'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs',
+           'make_crops', 'located_errors', 'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
@@ -41,10 +42,12 @@ CROP_COLUMNS = ('study_id', 'column', 'source', 'png', 'series_id', 'series_desc
 CROP_FAILURE_COLUMNS = ('study_id', 'column', 'source', 'reason')
 CROP_SERIES = {'spinal': 'Sagittal T2/STIR', 'foraminal': 'Sagittal T1', 'subarticular': 'Axial T2'}
 AXIAL_COLUMNS = ('axial_series_id', 'axial_instance')  # optional: the axial slice chosen for the level (`lsdc.axial`)
+SHIFT_COLUMNS = ('dx', 'dy', 'dz', 'axial_mm')  # optional: a training point's move before its crops are cut (patient mm, LPS), and
+                                                # the move along the superior axis that picks its axial slice (NaN: none of its own)
 
 def read_points(points, # a points table: `points.csv` or a DataFrame with `POINT_COLUMNS` (`fold` optional)
                ) -> pd.DataFrame:
-    "The points table checked: integer ids, `lsdc.core` level keys, plain source names, one row per study, level and source; `AXIAL_COLUMNS` kept when present"
+    "The points table checked: integer ids, `lsdc.core` level keys, plain source names, one row per study, level and source; `AXIAL_COLUMNS` and `SHIFT_COLUMNS` kept when present"
     where = 'points' if isinstance(points, pd.DataFrame) else str(points)
     df = points.copy() if isinstance(points, pd.DataFrame) else pd.read_csv(points)
     missing = [c for c in POINT_COLUMNS[:-1] if c not in df.columns]
@@ -62,7 +65,12 @@ def read_points(points, # a points table: `points.csv` or a DataFrame with `POIN
     ax = [c for c in AXIAL_COLUMNS if c in df.columns]
     if len(ax) == 1: raise ValueError(f'{where}: {ax[0]} without {(set(AXIAL_COLUMNS) - set(ax)).pop()}')
     for c in ax: df[c] = pd.array([pd.NA if pd.isna(v) else as_id(v, f'{where}: {c}') for v in df[c]], dtype='Int64')
-    return df[list(POINT_COLUMNS) + ax].reset_index(drop=True)
+    sh = [c for c in SHIFT_COLUMNS if c in df.columns]
+    if sh and len(sh) < len(SHIFT_COLUMNS): raise ValueError(f'{where}: {sh} without {sorted(set(SHIFT_COLUMNS) - set(sh))}')
+    for c in sh: df[c] = pd.to_numeric(df[c], errors='coerce').astype(float)
+    part = df[list(SHIFT_COLUMNS[:3])].isna().sum(axis=1) if sh else pd.Series(0, index=df.index)
+    if ((part > 0) & (part < 3)).any(): raise ValueError(f'{where}: study {df.study_id[(part > 0) & (part < 3)].iloc[0]}: a move needs dx, dy and dz, or none of them')
+    return df[list(POINT_COLUMNS) + ax + sh].reset_index(drop=True)
 
 def annotated_points(data, # `RSNAData` with the training coordinates
                     ) -> pd.DataFrame:
@@ -355,6 +363,9 @@ class LevelPoint(NamedTuple):
     instance: int           # the InstanceNumber of its slice
     x: float                # pixel column on that slice
     y: float                # pixel row
+    shift: tuple = ()       # (dx, dy, dz): the point moved this far before its crops are cut, patient mm (a training point's
+                            # jitter, `lsdc.levels.error_shifts`); (): where it lies
+    axial_mm: float|None = None # the move along the patient's superior axis that picks its axial slice (None: `shift`'s)
 
     @property
     def pixel(self) -> list:
@@ -452,12 +463,14 @@ class _Study:
 def site(self:_Study, col:str, point:LevelPoint) -> CropSite:
     "Where the crop of `col` is cut, from the level's `point`"
     grp, t2 = condition_group(col), self.slices(point.series_id)
-    i = t2.find(point.instance); P, off = pixel_to_patient(t2.geoms[i], point.x, point.y), self.job.offsets.of(col)
+    i = t2.find(point.instance); P0, off = pixel_to_patient(t2.geoms[i], point.x, point.y), self.job.offsets.of(col)
+    P = P0 + np.asarray(point.shift or np.zeros(3), float)   # a training point moved as the localizer's error would move it
     if grp == 'spinal': return spinal_site(t2, P, index=i)
     series = self.readable(self.ids(CROP_SERIES[grp]))
     if grp == 'foraminal': return foraminal_site(series[0], P, off)
-    P = P + self.slice_shift(point)   # the same for a level's left and right columns
-    if point not in self._axial_slice_of: self._axial_slice_of[point] = self.chosen(series, P, point)
+    # the axial slice: from the point moved up or down (the same for a level's left and right columns)
+    A = P + self.slice_shift(point) if point.axial_mm is None else P0 + point.axial_mm * np.asarray(SUPERIOR, float)
+    if point not in self._axial_slice_of: self._axial_slice_of[point] = self.chosen(series, A, point)
     return subarticular_site(series, P, off, at=self._axial_slice_of[point])
 
 @patch
@@ -518,6 +531,7 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
         params = {**o._asdict(), 'mirror': flip, 'point': pt.pixel, 'offset': j.offsets.of(col)}
         a = st.axial.get((src, level))
         if desc == CROP_SERIES['subarticular'] and a is not None: params['axial'] = [a.series_id, a.instance]
+        if pt.shift: params['shift'] = [round(float(v), 4) for v in pt.shift] + ([] if pt.axial_mm is None else [round(float(pt.axial_mm), 4)])
         fp = _fingerprints([st.fingerprint(s) for s in [pt.series_id, *st.ids(desc)]])
         why, info = _stale(png, params, fp) if j.resume else ('overwrite', None)
         if info is not None: return CropResult(key, info=info)
@@ -618,8 +632,12 @@ def _checked_options(o:CropOptions) -> CropOptions:
 
 def crop_jobs(series:pd.DataFrame, points:pd.DataFrame, root, split:str, dest, opts:CropOptions, offsets:Offsets, resume:bool=True) -> list:
     "One `CropJob` per study of `series` (a split's series table), with its points and the axial slices chosen for them"
+    moved = set(SHIFT_COLUMNS) <= set(points.columns)
+    def shift(r) -> dict:
+        if not moved or pd.isna(r.dx): return {}
+        return dict(shift=(float(r.dx), float(r.dy), float(r.dz)), axial_mm=None if pd.isna(r.axial_mm) else float(r.axial_mm))
     pts = {s: tuple(LevelPoint(source=r.source, level=r.level, series_id=int(r.series_id), instance=int(r.instance_number), x=float(r.x),
-                               y=float(r.y)) for r in g.itertuples())
+                               y=float(r.y), **shift(r)) for r in g.itertuples())
            for s, g in points.groupby('study_id')}
     ax = {}
     if set(AXIAL_COLUMNS) <= set(points.columns):
@@ -665,6 +683,48 @@ def make_crops(data,                    # `RSNAData` from `lsdc.data.load_rsna`,
     index.attrs.update(made=sum(why.values()), skipped=len(index) - sum(why.values()), failed=len(failures),
                        seconds=time.perf_counter() - t0, reasons=dict(why))
     return index, failures
+
+# %% ../nbs/03a_crops.ipynb #a1e0c002
+ERROR_COLUMNS = ('study_id', 'level', 'dx', 'dy', 'dz', 'axial_mm')   # `located_errors`' table
+
+def _axial_move(g, P) -> float:
+    "The move along the patient's superior axis that takes `P` onto the plane of slice `g`, mm (NaN for a slice that is not axial)"
+    n = slice_normal(g); t = float(np.asarray(SUPERIOR, float) @ n)
+    return float(-((np.asarray(P, float) - g.position) @ n) / t) if abs(t) > np.sqrt(.5) else np.nan
+
+def _study_errors(job:CropJob) -> tuple:
+    "`(rows, failures)` of one study: each level's `ERROR_COLUMNS` row, where it has an annotated and a located point"
+    st, rows, fails = _Study(job), [], []
+    def patient(p):
+        t2 = st.slices(p.series_id); return pixel_to_patient(t2.geoms[t2.find(p.instance)], p.x, p.y)
+    for lv in LEVELS:
+        a, l = st.points.get(('annotated', lv)), st.points.get(('located', lv))
+        if a is None or l is None: continue
+        try:
+            if a.series_id not in st.series or l.series_id not in st.series: raise CropError("a point's series is not a series of this study")
+            Pa, Pl, ch, mv = patient(a), patient(l), st.axial.get(('located', lv)), np.nan
+            if ch is not None and ch.series_id in st.series:
+                s = st.slices(ch.series_id); mv = _axial_move(s.geoms[s.find(ch.instance)], Pa)
+            rows.append((job.study_id, lv, *map(float, Pl - Pa), mv))
+        except (DicomError, GeometryError, CropError) as e: fails.append((job.study_id, lv, str(e)))
+    return rows, fails
+
+def located_errors(data,                    # `RSNAData` or a data folder
+                   points,                  # points table with `annotated` and `located` rows (the located ones out of fold,
+                                            # with their chosen axial slices where `lsdc.axial` chose them)
+                   split:str='train',       # the split of the points' studies
+                   n_workers:int|None=None, # parallel workers
+                  ) -> pd.DataFrame:
+    "Each level's located point minus its annotated point (patient mm, LPS) and the axial move (`_axial_move`) to the located point's chosen slice; one row per study and level that has both"
+    data, pts = load_split(data, split), read_points(points)
+    both = pts[pts.source.isin(['annotated', 'located'])]
+    both = both[both.groupby(['study_id', 'level']).source.transform('nunique') == 2]
+    jobs = crop_jobs(data.series(split)[lambda s: s.study_id.isin(set(both.study_id))], both, root=data.path, split=split, dest='',
+                     opts=CropOptions(), offsets=default_offsets())
+    res = parallel_map(_study_errors, jobs, n_workers=n_workers)
+    fails = [f for _, fs in res for f in fs]
+    if fails: warnings.warn(f"{len(fails)} levels have no error measured (first: study {fails[0][0]} {fails[0][1]}: {fails[0][2]})")
+    return pd.DataFrame([r for rs, _ in res for r in rs], columns=list(ERROR_COLUMNS))
 
 # %% ../nbs/03a_crops.ipynb #98593440
 @call_parse

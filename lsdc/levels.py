@@ -6,21 +6,22 @@ Docs: https://lsdc-dev.github.io/lsdc/levels.html.md"""
 
 # %% ../nbs/05e_levels.ipynb #01917c33
 from __future__ import annotations
-import json, logging, time
+import json, logging, time, zlib
 from pathlib import Path
 from typing import NamedTuple
-import pandas as pd
+import numpy as np, pandas as pd
 from .files import (file_sha256, write_json, read_manifest, ModelIntegrityError, verified_path, record_file, checked_settings)
 from .data import load_rsna, screen_series
-from .crops import CropOptions, Offsets, learn_offsets, make_crops, annotated_points
+from .core import LEVELS
+from .crops import CropOptions, Offsets, learn_offsets, make_crops, annotated_points, read_points, located_errors, SHIFT_COLUMNS
 from .localize import LocalizerSettings, train_localizer, locate_levels, LOCALIZER_DIR, RECORD_FILE as LOCALIZER_RECORD, read_localizer_record
 from .axial import AxialSettings, train_axial, select_axial, read_axial_record, AXIAL_DIR, RECORD_FILE as AXIAL_RECORD
 from .disk import file_lock, write_csv
 from .progress import printer
 
 # %% auto #0
-__all__ = ['log', 'LEVELS_FILE', 'LevelSettings', 'prepare_levels', 'stage_files', 'write_levels', 'Levels', 'read_levels',
-           'level_crops']
+__all__ = ['log', 'LEVELS_FILE', 'ERRORS_FILE', 'LevelSettings', 'error_shifts', 'error_summary', 'format_errors',
+           'prepare_levels', 'stage_files', 'write_levels', 'Levels', 'read_levels', 'level_crops']
 
 # %% ../nbs/05e_levels.ipynb #043ada5e
 log = logging.getLogger(__name__)
@@ -46,10 +47,41 @@ class LevelSettings(NamedTuple):
     axial_epochs:int = 12       # the slice selector's epochs
     mirror:bool = False         # cut the right foraminal and subarticular crops mirrored to the left (`lsdc.crops.mirror_site`),
                                 # training and test alike: what the learners shared by both sides read (`lsdc.pipeline`, share='sides')
+    jitter:str = 'uniform'      # how the annotated training points miss their level: 'uniform' (`jitter_mm`, `slice_jitter_mm`)
+                                # or 'errors' (each moved by a measured out-of-fold error of stage 1, `error_shifts`)
 
 _BOUNDS = dict(crop_size=(8, 1024), crop_mm=(1., 500.), neighbours=(0, 8), jitter_mm=(0., 100.), slice_jitter_mm=(0., 100.),
                loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000))
-_CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest'), mirror=(False, True))
+_CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest'), mirror=(False, True), jitter=('uniform', 'errors'))
+
+# %% ../nbs/05e_levels.ipynb #a2e0c002
+ERRORS_FILE = 'stage1_errors.csv'   # in the training crops' folder: the errors their points were moved by (jitter='errors')
+
+def error_shifts(points,              # annotated points (`lsdc.crops.annotated_points`)
+                 errors:pd.DataFrame, # the measured errors (`lsdc.crops.located_errors`)
+                 seed:int=0,          # seeds the draw (per study and level)
+                ) -> pd.DataFrame:
+    "`points` with `SHIFT_COLUMNS`: each moved by the errors of its level in another study, drawn at random (unmoved where its level has none)"
+    pts = read_points(points); out = np.full((len(pts), len(SHIFT_COLUMNS)), np.nan)
+    pools = {lv: (g.study_id.to_numpy(), g[list(SHIFT_COLUMNS)].to_numpy(float)) for lv, g in errors.groupby('level')}
+    for i, (sid, lv) in enumerate(zip(pts.study_id, pts.level)):
+        if lv not in pools: continue
+        ids, v = pools[lv]; other = v[ids != sid] if (ids != sid).any() else v
+        rng = np.random.default_rng([seed, int(sid), LEVELS.index(lv), zlib.crc32(b'errors')])
+        out[i] = other[rng.integers(len(other))]
+    return pts.assign(**dict(zip(SHIFT_COLUMNS, out.T)))
+
+def error_summary(errors:pd.DataFrame) -> dict:
+    "How far stage 1 missed: levels measured, median and 95th percentile of the point's error and of the axial move, mm"
+    e, a = np.linalg.norm(errors[['dx', 'dy', 'dz']].to_numpy(float), axis=1), errors.axial_mm.dropna().abs().to_numpy()
+    q = lambda v, p: round(float(np.percentile(v, p)), 3) if len(v) else None
+    return dict(n=len(errors), point_mm_median=q(e, 50), point_mm_p95=q(e, 95), n_axial=len(a), axial_mm_median=q(a, 50), axial_mm_p95=q(a, 95))
+
+def format_errors(s:dict) -> str:
+    "`error_summary` in a line"
+    if not s.get('n'): return 'no level measured'
+    ax = f"; axial move median {s['axial_mm_median']:.2f} mm, 95th percentile {s['axial_mm_p95']:.2f} mm ({s['n_axial']} levels)" if s.get('n_axial') else ''
+    return f"{s['n']} levels, point error median {s['point_mm_median']:.2f} mm, 95th percentile {s['point_mm_p95']:.2f} mm{ax}"
 
 # %% ../nbs/05e_levels.ipynb #7aa17865
 def prepare_levels(data,                   # RSNA data folder or `RSNAData` (training coordinates)
@@ -81,14 +113,22 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         if s.axial == 'learned':
             train_axial(models, d, pts, AxialSettings(epochs=s.axial_epochs), seed=seed, n_workers=n_workers, progress=progress)
             pts = select_axial(models, d, pts, split='train')   # out of fold, as the localizer's points
-        if s.train_crops == 'annotated': pts = pd.concat([annotated_points(d), pts], ignore_index=True)
+        errors = None
+        if s.train_crops == 'annotated':
+            ann = annotated_points(d)
+            if s.jitter == 'errors':   # each annotated point moved as stage 1 missed another study's same level
+                errors = located_errors(d, pd.concat([ann, pts], ignore_index=True), n_workers=n_workers)
+                ann = error_shifts(ann, errors, seed=seed)
+                say(f"stage 1's errors, out of fold: {format_errors(error_summary(errors))}")
+            pts = pd.concat([ann, pts], ignore_index=True)
         offsets = learn_offsets(d, n_workers=n_workers)
-        t1 = time.perf_counter()
-        opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, jitter_mm=s.jitter_mm, slice_jitter_mm=s.slice_jitter_mm,
-                           seed=seed, mirror=s.mirror)
+        t1, uniform = time.perf_counter(), s.jitter == 'uniform'
+        opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, jitter_mm=s.jitter_mm * uniform,
+                           slice_jitter_mm=s.slice_jitter_mm * uniform, seed=seed, mirror=s.mirror)
         idx, fail = make_crops(d, pts, dest, split='train', opts=opts, offsets=offsets, n_workers=n_workers)
+        if errors is not None: write_csv(errors, dest/ERRORS_FILE)
         say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
-        write_levels(models, s, offsets)
+        write_levels(models, s, offsets, errors=None if errors is None else error_summary(errors))
     return dest
 
 # %% ../nbs/05e_levels.ipynb #943238a0
@@ -110,11 +150,13 @@ def stage_files(models, axial:bool=True) -> dict:
         for k in keys: out[f'{sub}/{record_file(models, sub, rec.get(k), rec.get(_SHA[k])).name}'] = rec[_SHA[k]]
     return out
 
-def write_levels(models, settings:LevelSettings, offsets:Offsets) -> Path:
+def write_levels(models, settings:LevelSettings, offsets:Offsets,
+                 errors:dict|None=None, # `error_summary` of the errors the training points were moved by (jitter='errors')
+                ) -> Path:
     "Write `levels.json`: the settings, the offsets, and every file of the localizer and slice selector with its SHA-256 (`files`)"
     models = Path(models)
-    return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), files=stage_files(models, settings.axial == 'learned')),
-                      models/LEVELS_FILE)
+    return write_json(dict(settings=settings._asdict(), offsets=offsets._asdict(), files=stage_files(models, settings.axial == 'learned'),
+                           **({'errors': errors} if errors else {})), models/LEVELS_FILE)
 
 # %% ../nbs/05e_levels.ipynb #27457851
 class Levels(NamedTuple):

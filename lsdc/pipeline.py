@@ -615,6 +615,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               loc_epochs:int=15,             # --inputs levels: the level localizer's epochs
               train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
               slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
+              jitter:str='uniform',          # --inputs levels: the annotated points' moves: 'uniform' (2 mm per crop axis, --slice-jitter-mm) or 'errors' (stage 1's measured errors)
               axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'
               share:str='none',              # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
               quiet:bool=False,              # no progress output
@@ -622,9 +623,11 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     "Train one learner per label column (or per condition, or condition group: --share) and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
+                       ('--jitter', jitter, ('uniform', 'errors')),
                        ('--factors', factors, FACTORS), ('--balance', balance, BALANCES), ('--share', share, SHARES)):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
-    ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial)
+    ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial,
+                       jitter=jitter)
     try:
         learner = LearnerSettings(arch=arch, pretrained=pretrained, weights=weights, size=size, bs=bs, aug=aug, train_bn=train_bn,
                                   schedule=Schedule.parse(epochs, thresholds, keep), lr_find_iters=lr_find_iters,

@@ -1,20 +1,20 @@
 """Learners shared by several columns (`share`), end to end at tiny size on the anatomical phantom: the levels method
 trained with share='levels' (by the Python API) and share='sides' (by `lsdc train --share sides`, stage 1 reused) on
-the same data and folds, two folds ('sides': fold 0 alone; ResNet18, 32 px crops, one epoch per attempt, no pretrained weights); then
+the same data and folds, a two-fold split, fold 0 trained ('sides' with its training crops moved by stage 1's measured errors; ResNet18, 32 px crops, one epoch per attempt, no pretrained weights); then
 the OOF table, the manifests, the mirrored right crops, the fold ensemble's submission and the paired comparison."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 
-from lsdc.core import LABEL_COLUMNS, GRADE_KEYS, parse_row_id
+from lsdc.core import LABEL_COLUMNS, GRADE_KEYS, parse_row_id, split_column
 from lsdc.files import file_sha256, read_index
 from lsdc.png import png_info
 from lsdc.data import load_rsna
 from lsdc.synth import make_synthetic
 from lsdc.dicom import convert_dataset
 from lsdc.learners import LearnerSettings, Schedule, Compute, share_groups
-from lsdc.levels import LevelSettings
-from lsdc.crops import MIRRORED
+from lsdc.levels import LevelSettings, ERRORS_FILE
+from lsdc.crops import MIRRORED, ERROR_COLUMNS
 from lsdc.pipeline import PipelineSettings, train_pipeline, train_folds, predict_folds, compare_runs, fold_dir, OOF_TABLE, OOF_FILE, read_folds
 
 N_TRAIN, N_TEST = 16, 3
@@ -34,14 +34,14 @@ def run(tmp_path_factory):
     data = make_synthetic(w/'data', n_train=N_TRAIN, n_test=N_TEST, image_size=96, seed=0, n_workers=1, phantom='anatomical')
     d = load_rsna(data)
     convert_dataset(d, w/'conv'/'train', split='train', size=48, n_workers=1, progress=False)
-    s = PipelineSettings(learner=LEARNER, levels=LEVELS, folds=2, n_boot=50, share='levels')
+    s = PipelineSettings(learner=LEARNER, levels=LEVELS, folds=2, which_folds='0', n_boot=50, share='levels')
     cv = train_pipeline(d, w/'conv'/'train', w/'levels', s, Compute(n_workers=1), crops=w/'crops_levels', progress=False)
     # the same split and stage 1 for 'sides': its localizer is reused, its crops are cut again with the right side mirrored
     run_files = lambda d, names: [n for n in names if Path(d) == w/'levels' and (n.startswith(('fold', 'oof', 'cv.', 'manifest.', 'calibration.')))]
     shutil.copytree(w/'levels', w/'sides', ignore=run_files)
     out = lsdc('train', w/'conv'/'train', w/'sides', '--data', data, '--share', 'sides', '--crops', w/'crops_sides', '--size', 32,
                '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5, '--bs', 16,
-               '--loc-size', 48, '--loc-epochs', 2, '--axial', 'nearest', '--folds', 2, '--train-folds', 0, '--n-boot', 50)
+               '--loc-size', 48, '--loc-epochs', 2, '--axial', 'nearest', '--folds', 2, '--train-folds', 0, '--n-boot', 50, '--jitter', 'errors')
     sub = predict_folds(d, w/'sides', w/'sub'/'submission.csv', converted=w/'conv'/'test', crops=w/'sub'/'crops', n_workers=1, progress=False)
     return dict(w=w, data=data, cv=cv, train=out, sub=sub, d=d, settings=s)
 
@@ -51,7 +51,7 @@ def test_one_model_per_learner_and_fold(run, share, n):
     m, groups = run['w']/share, share_groups(share)
     assert len(groups) == n
     ens = json.loads((m/'manifest.json').read_text())
-    assert ens['trained_folds'] == ([0, 1] if share == 'levels' else [0])
+    assert ens['trained_folds'] == [0]
     for k in ens['trained_folds']:
         fd = fold_dir(m, k)
         man = json.loads((fd/'manifest.json').read_text())
@@ -78,7 +78,7 @@ def test_oof_has_25_rows_per_study_from_the_learners(run, share):
     m = run['w']/share
     oof, folds = pd.read_csv(m/OOF_FILE), pd.read_csv(m/'folds.csv').set_index('study_id').fold
     sid = oof.row_id.map(lambda r: parse_row_id(r)[0])
-    assert sorted(sid.unique()) == sorted(folds.index if share == 'levels' else folds.index[folds == 0]) and (sid.value_counts() == 25).all()
+    assert sorted(sid.unique()) == sorted(folds.index[folds == 0]) and (sid.value_counts() == 25).all()
     t = pd.read_csv(m/OOF_TABLE)
     assert (t.groupby('study_id').size() == 25).all()
     crops = read_index(run['w']/f'crops_{share}')
@@ -100,6 +100,27 @@ def test_sides_cut_the_right_crops_mirrored(run):
         idx = read_index(crops)
         flags = {c: {png_info(p)['params']['mirror'] for p in g.image} for c, g in idx.groupby('column')}
         assert flags == {c: {mirror and c in MIRRORED} for c in LABEL_COLUMNS}, crops
+
+
+def test_sides_trained_on_stage_ones_errors(run):
+    w = run['w']
+    lv, plain = (json.loads((w/m/'levels.json').read_text()) for m in ('sides', 'levels'))
+    assert lv['settings']['jitter'] == 'errors' and plain['settings']['jitter'] == 'uniform' and 'errors' not in plain
+    errs = pd.read_csv(w/'crops_sides'/ERRORS_FILE)
+    assert tuple(errs.columns) == ERROR_COLUMNS and len(errs) == lv['errors']['n'] > 0.8 * N_TRAIN * 5
+    assert "stage 1's errors, out of fold: " in run['train']
+    for crops, errors in ((w/'crops_sides', True), (w/'crops_levels', False)):
+        ann = read_index(crops).query("source == 'annotated'")
+        params = ann.assign(p=[png_info(f)['params'] for f in ann.image])
+        assert {p['jitter_mm'] for p in params.p} == ({0.} if errors else {2.})
+        moved = params[[('shift' in p) for p in params.p]]
+        if not errors: assert moved.empty; continue
+        assert len(moved) > 0.8 * len(ann)
+        shifts = np.array([p['shift'][:3] for p in moved.p])
+        measured = errs[['dx', 'dy', 'dz']].to_numpy()
+        assert (np.abs(shifts[:, None] - measured[None]).max(-1).min(1) < 1e-3).all()      # each move is a measured error
+        same = moved.assign(level=[split_column(c)[1] for c in moved.column], s=[tuple(p['shift']) for p in moved.p])
+        assert (same.groupby(['study_id', 'level']).s.nunique() == 1).all()                # a level's crops move together
 
 
 def test_predict_folds_writes_a_full_submission(run):
