@@ -47,8 +47,8 @@ class LevelSettings(NamedTuple):
     axial_epochs:int = 12       # the slice selector's epochs
     mirror:bool = False         # cut the right foraminal and subarticular crops mirrored to the left (`lsdc.crops.mirror_site`),
                                 # training and test alike: what the learners shared by both sides read (`lsdc.pipeline`, share='sides')
-    jitter:str = 'uniform'      # how the annotated training points miss their level: 'uniform' (`jitter_mm`, `slice_jitter_mm`)
-                                # or 'errors' (each moved by a measured out-of-fold error of stage 1, `error_shifts`)
+    jitter:str = 'errors'       # how the annotated training points miss their level: 'errors' (each moved by a measured
+                                # out-of-fold error of stage 1, `error_shifts`) or 'uniform' (`jitter_mm`, `slice_jitter_mm`)
 
 _BOUNDS = dict(crop_size=(8, 1024), crop_mm=(1., 500.), neighbours=(0, 8), jitter_mm=(0., 100.), slice_jitter_mm=(0., 100.),
                loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000))

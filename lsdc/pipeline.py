@@ -615,7 +615,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               loc_epochs:int=15,             # --inputs levels: the level localizer's epochs
               train_crops:str='annotated',   # --inputs levels: train on the crops around the 'annotated' (jittered) or the 'located' points
               slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
-              jitter:str='uniform',          # --inputs levels: the annotated points' moves: 'uniform' (2 mm per crop axis, --slice-jitter-mm) or 'errors' (stage 1's measured errors)
+              jitter:str='errors',           # --inputs levels: the annotated points' moves: 'errors' (stage 1's measured errors) or 'uniform' (2 mm per crop axis, --slice-jitter-mm)
               axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'
               share:str='none',              # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
               quiet:bool=False,              # no progress output

@@ -1,6 +1,6 @@
 """Learners shared by several columns (`share`), end to end at tiny size on the anatomical phantom: the levels method
 trained with share='levels' (by the Python API) and share='sides' (by `lsdc train --share sides`, stage 1 reused) on
-the same data and folds, a two-fold split, fold 0 trained ('sides' with its training crops moved by stage 1's measured errors; ResNet18, 32 px crops, one epoch per attempt, no pretrained weights); then
+the same data and folds, a two-fold split, fold 0 trained ('levels' with the uniform jitter, 'sides' with the default, its training crops moved by stage 1's measured errors; ResNet18, 32 px crops, one epoch per attempt, no pretrained weights); then
 the OOF table, the manifests, the mirrored right crops, the fold ensemble's submission and the paired comparison."""
 import json, shutil, subprocess, sys
 from pathlib import Path
@@ -19,7 +19,7 @@ from lsdc.pipeline import PipelineSettings, train_pipeline, train_folds, predict
 
 N_TRAIN, N_TEST = 16, 3
 LEARNER = LearnerSettings(size=32, arch='resnet18', pretrained=False, aug=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1))
-LEVELS = LevelSettings(loc_size=48, loc_epochs=2, axial='nearest')
+LEVELS = LevelSettings(loc_size=48, loc_epochs=2, axial='nearest', jitter='uniform')   # 'sides' (by the command line): the default, 'errors'
 
 
 def lsdc(*args):
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
     shutil.copytree(w/'levels', w/'sides', ignore=run_files)
     out = lsdc('train', w/'conv'/'train', w/'sides', '--data', data, '--share', 'sides', '--crops', w/'crops_sides', '--size', 32,
                '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5, '--bs', 16,
-               '--loc-size', 48, '--loc-epochs', 2, '--axial', 'nearest', '--folds', 2, '--train-folds', 0, '--n-boot', 50, '--jitter', 'errors')
+               '--loc-size', 48, '--loc-epochs', 2, '--axial', 'nearest', '--folds', 2, '--train-folds', 0, '--n-boot', 50)
     sub = predict_folds(d, w/'sides', w/'sub'/'submission.csv', converted=w/'conv'/'test', crops=w/'sub'/'crops', n_workers=1, progress=False)
     return dict(w=w, data=data, cv=cv, train=out, sub=sub, d=d, settings=s)
 
