@@ -68,8 +68,8 @@ def read_points(points, # a points table: `points.csv` or a DataFrame with `POIN
     sh = [c for c in SHIFT_COLUMNS if c in df.columns]
     if sh and len(sh) < len(SHIFT_COLUMNS): raise ValueError(f'{where}: {sh} without {sorted(set(SHIFT_COLUMNS) - set(sh))}')
     for c in sh: df[c] = pd.to_numeric(df[c], errors='coerce').astype(float)
-    part = df[list(SHIFT_COLUMNS[:3])].isna().sum(axis=1) if sh else pd.Series(0, index=df.index)
-    if ((part > 0) & (part < 3)).any(): raise ValueError(f'{where}: study {df.study_id[(part > 0) & (part < 3)].iloc[0]}: a move needs dx, dy and dz, or none of them')
+    gaps = df[list(SHIFT_COLUMNS[:3])].isna().sum(axis=1).isin([1, 2]) if sh else []
+    if any(gaps): raise ValueError(f'{where}: study {df.study_id[gaps].iloc[0]}: a move needs dx, dy and dz, or none of them')
     return df[list(POINT_COLUMNS) + ax + sh].reset_index(drop=True)
 
 def annotated_points(data, # `RSNAData` with the training coordinates

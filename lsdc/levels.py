@@ -113,13 +113,13 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         if s.axial == 'learned':
             train_axial(models, d, pts, AxialSettings(epochs=s.axial_epochs), seed=seed, n_workers=n_workers, progress=progress)
             pts = select_axial(models, d, pts, split='train')   # out of fold, as the localizer's points
-        errors = None
+        errors = summary = None
         if s.train_crops == 'annotated':
             ann = annotated_points(d)
             if s.jitter == 'errors':   # each annotated point moved as stage 1 missed another study's same level
                 errors = located_errors(d, pd.concat([ann, pts], ignore_index=True), n_workers=n_workers)
-                ann = error_shifts(ann, errors, seed=seed)
-                say(f"stage 1's errors, out of fold: {format_errors(error_summary(errors))}")
+                ann, summary = error_shifts(ann, errors, seed=seed), error_summary(errors)
+                say(f"stage 1's errors, out of fold: {format_errors(summary)}")
             pts = pd.concat([ann, pts], ignore_index=True)
         offsets = learn_offsets(d, n_workers=n_workers)
         t1, uniform = time.perf_counter(), s.jitter == 'uniform'
@@ -128,7 +128,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         idx, fail = make_crops(d, pts, dest, split='train', opts=opts, offsets=offsets, n_workers=n_workers)
         if errors is not None: write_csv(errors, dest/ERRORS_FILE)
         say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
-        write_levels(models, s, offsets, errors=None if errors is None else error_summary(errors))
+        write_levels(models, s, offsets, errors=summary)
     return dest
 
 # %% ../nbs/05e_levels.ipynb #943238a0
