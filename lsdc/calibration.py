@@ -16,10 +16,10 @@ from .metrics import weighted_log_loss, EPS
 from .disk import atomic_path
 
 # %% auto #0
-__all__ = ['BALANCES', 'CAL_BOUNDS', 'PRIOR_SD', 'metric_factors', 'apply_calibration', 'calibrated_loss', 'fit_temperature',
-           'Calibration', 'fit_calibration', 'reliability_bins', 'expected_calibration_error', 'plot_reliability',
-           'posterior_factors', 'tempered', 'MetricRows', 'metric_terms', 'StudyCalibration', 'calibrate_rows',
-           'fit_study_calibration', 'study_halves', 'crossfit_calibration']
+__all__ = ['BALANCES', 'CAL_BOUNDS', 'PRIOR_SD', 'CROSSFIT_PARTS', 'metric_factors', 'apply_calibration', 'calibrated_loss',
+           'fit_temperature', 'Calibration', 'fit_calibration', 'reliability_bins', 'expected_calibration_error',
+           'plot_reliability', 'posterior_factors', 'tempered', 'MetricRows', 'metric_terms', 'StudyCalibration',
+           'calibrate_rows', 'fit_study_calibration', 'study_parts', 'crossfit_calibration']
 
 # %% ../nbs/05a_calibration.ipynb #683ade55
 BALANCES = ('upsample', 'weights', 'none')
@@ -299,27 +299,32 @@ def fit_study_calibration(raw,          # (n, 3) out-of-fold probabilities: the 
     return cal
 
 # %% ../nbs/05a_calibration.ipynb #a3a550ae
-def study_halves(study_ids, seed:int=0) -> np.ndarray:
-    "0 or 1 per row: its study's half, the studies shuffled and dealt in turn"
+CROSSFIT_PARTS = 5   # parts of the studies in cross-fitting: each calibrated by the calibration fitted on the other four
+
+def study_parts(study_ids, n:int=CROSSFIT_PARTS, seed:int=0) -> np.ndarray:
+    "0 to n-1 per row: its study's part, the studies shuffled and dealt in turn"
     ids = sorted(set(np.asarray(study_ids).tolist()))
-    half = {s: i % 2 for i, s in enumerate(np.random.default_rng(seed).permutation(ids).tolist())}
-    return np.array([half[s] for s in np.asarray(study_ids).tolist()], dtype=int)
+    part = {s: i % n for i, s in enumerate(np.random.default_rng(seed).permutation(ids).tolist())}
+    return np.array([part[s] for s in np.asarray(study_ids).tolist()], dtype=int)
 
 def crossfit_calibration(raw, factors, y, columns, study_ids,
-                         groups=None,   # each row's model (a fold): calibrated on its own rows only (default: one model)
-                         model=None, shares=None, prior_sd:float|None=PRIOR_SD, seed:int=0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
-    "`(posterior, submission, {(group, half): StudyCalibration}, half)`: each half of a group's studies calibrated by the calibration fitted on its other half"
+                         groups=None,   # each row's model (a fold): calibrated on its own rows only (default: one calibration for all)
+                         model=None, shares=None, prior_sd:float|None=PRIOR_SD,
+                         parts:int=CROSSFIT_PARTS, # parts of each group's studies
+                         seed:int=0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    "`(posterior, submission, {(group, part): StudyCalibration}, part)`: each part of a group's studies calibrated by the calibration fitted on the others"
     raw, factors = np.asarray(raw, dtype=np.float64), np.asarray(factors, dtype=np.float64)
     y, columns, study_ids = np.asarray(y, dtype=object), np.asarray(columns), np.asarray(study_ids)
     groups = np.zeros(len(raw), int) if groups is None else np.asarray(groups)
     model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
     sh = (lambda m: None) if shares is None else (lambda m, s=np.asarray(shares, dtype=np.float64): s[m])
-    post, sub, cals, half = np.zeros_like(raw), np.zeros_like(raw), {}, np.zeros(len(raw), int)
+    post, sub, cals, part = np.zeros_like(raw), np.zeros_like(raw), {}, np.zeros(len(raw), int)
     for k in sorted(set(groups.tolist())):
-        g = groups == k; half[g] = study_halves(study_ids[g], seed)
-        for j in (0, 1):
-            tr, te = g & (half != j), g & (half == j)
-            if not tr.any() or not te.any(): raise ValueError(f"group {k}: cross-fitting needs at least two studies")
+        g = groups == k; n = len(set(study_ids[g].tolist()))
+        if n < 2: raise ValueError(f"group {k}: cross-fitting needs at least two studies, got {n}")
+        part[g] = study_parts(study_ids[g], min(parts, n), seed)
+        for j in range(min(parts, n)):
+            tr, te = g & (part != j), g & (part == j)
             cals[(k, j)] = fit_study_calibration(raw[tr], factors[tr], y[tr], columns[tr], study_ids[tr], model[tr], sh(tr), prior_sd)
             post[te], sub[te] = calibrate_rows(cals[(k, j)], raw[te], factors[te], columns[te], model[te], sh(te))
-    return post, sub, cals, half
+    return post, sub, cals, part

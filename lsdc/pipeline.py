@@ -31,11 +31,12 @@ from .disk import LockError, file_lock, sweep_temp_files, write_csv, write_text
 
 # %% auto #0
 __all__ = ['log', 'INPUTS', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', 'CAL_FILE', 'CV_FILE', 'CV_TABLE',
-           'ENSEMBLE_FORMAT', 'SUBMISSIONS', 'PipelineSettings', 'study_burden', 'make_folds', 'write_folds',
-           'read_folds', 'fold_dir', 'parse_folds', 'trained_folds', 'train_folds', 'fold_factors', 'oof_table',
-           'calibrate_oof', 'oof_submission', 'cv_scores', 'format_cv', 'write_ensemble_manifest', 'read_ensemble',
-           'cross_validate', 'fold_predictions', 'predict_folds', 'train_pipeline', 'compare_runs', 'format_comparison',
-           'score_files', 'run_pipeline', 'format_summary', 'train_cli', 'calibrate_cli', 'predict_cli', 'compare_cli']
+           'CALIBRATIONS', 'ENSEMBLE_FORMAT', 'SUBMISSIONS', 'PipelineSettings', 'study_burden', 'make_folds',
+           'write_folds', 'read_folds', 'fold_dir', 'parse_folds', 'trained_folds', 'train_folds', 'fold_factors',
+           'oof_table', 'calibrate_oof', 'oof_submission', 'cv_scores', 'format_cv', 'write_ensemble_manifest',
+           'read_ensemble', 'cross_validate', 'fold_predictions', 'predict_folds', 'train_pipeline', 'compare_runs',
+           'format_comparison', 'score_files', 'run_pipeline', 'format_summary', 'train_cli', 'calibrate_cli',
+           'predict_cli', 'compare_cli']
 
 # %% ../nbs/08a_pipeline.ipynb #f34e0501
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class PipelineSettings(NamedTuple):
     columns:str|tuple|None = None               # the label columns to train (None: all 25; the others get the training shares)
     seed:int = 42                               # seed of the split, the localizer and the learners
     factors:str = 'pooled'                      # how the balancing factors are counted (`fold_factors`)
+    calibration:str = 'pooled'                  # one study-level calibration for all the fold models ('pooled'), or one per fold model ('fold')
     n_boot:int = 1000                           # bootstrap draws of the CV's intervals
 
 # %% ../nbs/08a_pipeline.ipynb #421d58ef
@@ -202,14 +204,19 @@ def _arrays(t:pd.DataFrame):
     k = lambda p: t[[f'{p}{g}' for g in GRADE_KEYS]].to_numpy(float)
     return k('raw_'), k('g_'), t.grade.to_numpy(object), t.column.to_numpy(), t.study_id.to_numpy(), (t.source == 'model').to_numpy(), k('s_')
 
-def calibrate_oof(table:pd.DataFrame, # `oof_table`
+CALIBRATIONS = ('pooled', 'fold')   # one calibration for all the fold models, or one per fold model on its own fold's studies
+
+def calibrate_oof(table:pd.DataFrame,      # `oof_table`
+                  calibration:str='pooled', # 'pooled' or 'fold' (`CALIBRATIONS`)
                  ) -> tuple[pd.DataFrame, dict, dict]:
-    "`(table with half, post_* and the submission's probabilities, {fold: calibration}, {(fold, half): cross-fitted calibration})`"
+    "`(table with part, post_* and the submission's probabilities, {fold: calibration}, {(group, part): cross-fitted calibration})`"
+    if calibration not in CALIBRATIONS: raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     raw, g, y, cols, sids, model, sh = _arrays(table)
-    folds = table.fold.to_numpy()
-    post, sub, cals, half = crossfit_calibration(raw, g, y, cols, sids, folds, model, sh)
-    final = {k: fit_study_calibration(*(a[folds == k] for a in (raw, g, y, cols, sids, model, sh))) for k in sorted(set(folds.tolist()))}
-    return table.assign(half=half, **{f'post_{n}': post[:, i] for i, n in enumerate(GRADE_KEYS)}, **{n: sub[:, i] for i, n in enumerate(GRADE_KEYS)}), final, cals
+    folds = table.fold.to_numpy(); ks = sorted(set(folds.tolist()))
+    post, sub, cals, part = crossfit_calibration(raw, g, y, cols, sids, folds if calibration == 'fold' else None, model, sh)
+    if calibration == 'pooled': one = fit_study_calibration(raw, g, y, cols, sids, model, sh); final = {k: one for k in ks}
+    else: final = {k: fit_study_calibration(*(a[folds == k] for a in (raw, g, y, cols, sids, model, sh))) for k in ks}
+    return table.assign(part=part, **{f'post_{n}': post[:, i] for i, n in enumerate(GRADE_KEYS)}, **{n: sub[:, i] for i, n in enumerate(GRADE_KEYS)}), final, cals
 
 def oof_submission(table:pd.DataFrame, # `calibrate_oof`'s table
                    prefix:str='',      # '' (calibrated), 'raw_' or 'post_'
@@ -250,8 +257,10 @@ def format_cv(cv:dict) -> str:
     s = cv['scores']
     names = [k for k in ('raw', 'calibrated', 'best_constant', 'grade_shares') if k in s]
     cell = lambda d: f"{d['value']:.4f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+    fit = {'pooled': 'one for all the fold models', 'fold': 'one per fold model'}.get(cv.get('calibration_fit'), '')
+    parts = f" in {cv['crossfit_parts']} parts" if 'crossfit_parts' in cv else ''
     lines = [f"cross-validation: {cv['n_studies']} studies of {len(cv['trained_folds'])} of {cv['folds']} folds, out of fold "
-             f"(calibration cross-fitted); 95 % intervals from {cv['n_boot']} bootstrap draws of the studies", '',
+             f"(calibration{': ' + fit if fit else ''}, cross-fitted{parts}); 95 % intervals from {cv['n_boot']} bootstrap draws of the studies", '',
              f"{'term':<19}" + ''.join(f"{n.replace('_', ' '):>25}" for n in names)]
     lines += [f"{t:<19}" + ''.join(f"{cell(s[n][t]):>25}" for n in names) for t in (*SCORE_TERMS, 'score')]
     r = {n: s[n]['score']['value'] / s['best_constant']['score']['value'] for n in ('raw', 'calibrated')}
@@ -300,6 +309,7 @@ def cross_validate(models,                # models folder (folds.csv, the traine
                    inputs,                # the learners' images (conversion or level-crop folder)
                    labels:pd.DataFrame,   # train.csv-style labels
                    factors:str='pooled',  # how the balancing factors are counted (`fold_factors`)
+                   calibration:str='pooled', # one calibration for all the fold models ('pooled'), or one per fold model ('fold')
                    n_boot:int=1000,       # bootstrap draws of the intervals
                    bs:int=64,             # batch size
                    trust_pickles:bool=False, # load the pickles (they run code) instead of the safetensors and configs
@@ -308,11 +318,14 @@ def cross_validate(models,                # models folder (folds.csv, the traine
                   ) -> dict:
     "OOF predictions of every trained fold, the study-level calibration and the CV; files written into `models`; the CV dict"
     models = Path(models); out = Path(models if out is None else out)
+    if calibration not in CALIBRATIONS: raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     table = oof_table(models, inputs, labels, factors=factors, bs=bs, trust_pickles=trust_pickles)
-    table, final, cals = calibrate_oof(table)
+    table, final, cals = calibrate_oof(table, calibration)
     cv = dict(folds=int(read_folds(models).fold.max()) + 1, trained_folds=sorted(set(table.fold.tolist())), n_studies=int(table.study_id.nunique()),
-              n_boot=n_boot, factors=factors, scores=cv_scores(table, labels, n_boot=n_boot),
-              calibration={str(k): c.to_dict() for k, c in final.items()}, crossfit={f'{k}/{j}': c.to_dict() for (k, j), c in cals.items()})
+              n_boot=n_boot, factors=factors, calibration_fit=calibration, crossfit_parts=int(table.part.max()) + 1,
+              scores=cv_scores(table, labels, n_boot=n_boot),
+              calibration={str(k): c.to_dict() for k, c in final.items()},
+              crossfit={f"{k if calibration == 'fold' else 'all'}/{j}": c.to_dict() for (k, j), c in cals.items()})
     m = (table.source == 'model') & table.grade.notna()
     if m.any():
         y = table.grade[m].map(grade_index).to_numpy()
@@ -417,6 +430,7 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
     s, L = settings, settings.learner
     if s.inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {s.inputs!r}")
     if s.share not in SHARES: raise ValueError(f"share must be one of {SHARES}, got {s.share!r}")
+    if s.calibration not in CALIBRATIONS: raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {s.calibration!r}")
     if s.share != 'none' and s.inputs != 'levels':
         raise ValueError(f"share={s.share!r} shares learners between the level crops of several columns: the levels method's (inputs='levels') only")
     d = data if hasattr(data, 'series') else load_rsna(data, splits=('train',), check_images=s.inputs == 'levels')
@@ -434,7 +448,7 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
                              pretrained=L.pretrained and not L.weights)
     res = train_folds(src, models, d.train, s, compute, shard=shard, resume=resume, progress=progress)
     if not (res.status == 'ok').any(): raise RuntimeError(f"no column could be trained; see {models}/fold*/results.csv")
-    cv = cross_validate(models, src, d.train, factors=s.factors, n_boot=s.n_boot, out=out, progress=progress)
+    cv = cross_validate(models, src, d.train, factors=s.factors, calibration=s.calibration, n_boot=s.n_boot, out=out, progress=progress)
     return {**cv, 'trained': res, 'inputs_folder': str(src)}
 
 # %% ../nbs/08a_pipeline.ipynb #e5f44ec6
@@ -606,6 +620,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               train_bn:Annotated[bool, {'action': argparse.BooleanOptionalAction}]=True, # BatchNorm trains while the body is frozen
               balance:str='upsample',        # the imbalance: 'upsample' (the middle-slice method's), 'weights' (1/2/4 in the loss) or 'none'
               factors:str='pooled',          # the factors that undo the balancing: a condition's levels 'pooled', or each 'column' its own
+              calibration:str='pooled',      # one study-level calibration for all the fold models ('pooled'), or one per fold model ('fold')
               n_boot:int=1000,               # bootstrap draws of the CV's 95 % intervals
               no_resume:bool=False,          # retrain columns already trained with these settings (and the localizer)
               jobs:int=1,                    # columns trained at once in worker processes (CPU: 2 on a 2-core machine; GPUs: one each)
@@ -624,7 +639,8 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
                        ('--jitter', jitter, ('uniform', 'errors')),
-                       ('--factors', factors, FACTORS), ('--balance', balance, BALANCES), ('--share', share, SHARES)):
+                       ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS), ('--balance', balance, BALANCES),
+                       ('--share', share, SHARES)):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial,
                        jitter=jitter)
@@ -634,7 +650,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
                                   lr_find_range=parse_pair(lr_find_range, '--lr-find-range'), balance=balance,
                                   series=SERIES_MAPS.get(series_map, series_map))
         s = PipelineSettings(inputs=inputs, learner=learner, levels=ls, folds=folds, which_folds=train_folds, columns=columns, seed=seed,
-                             factors=factors, n_boot=n_boot, share=share)
+                             factors=factors, calibration=calibration, n_boot=n_boot, share=share)
         cv = train_pipeline(data, converted, models, s, Compute(jobs=jobs, loader=loader), shard=shard, crops=crops, resume=not no_resume,
                             progress=not quiet)
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, RuntimeError) as e: return _fail('train', e)
@@ -648,6 +664,7 @@ def calibrate_cli(models:str,              # models folder (from `lsdc train`)
                   inputs:str,              # the learners' images: the training crops (levels) or the conversion (middle)
                   data:str=None,           # RSNA data folder with train.csv (default: $LSDC_DATA or the Kaggle input)
                   factors:str='pooled',    # the factors that undo the balancing: a condition's levels 'pooled', or each 'column' its own
+                  calibration:str='pooled',# one study-level calibration for all the fold models ('pooled'), or one per fold model ('fold')
                   n_boot:int=1000,         # bootstrap draws of the CV's intervals
                   scope:str='condition',   # a models folder without folds (an earlier release's): a temperature per 'condition' or per 'column'
                   bs:int=64,               # batch size
@@ -657,7 +674,8 @@ def calibrate_cli(models:str,              # models folder (from `lsdc train`)
     try:
         labels = load_rsna(data, splits=('train',), check_images=False).train
         if (Path(models)/FOLDS_FILE).is_file():
-            cross_validate(models, inputs, labels, factors=factors, n_boot=n_boot, bs=bs, trust_pickles=trust_pickles, progress=True)
+            cross_validate(models, inputs, labels, factors=factors, calibration=calibration, n_boot=n_boot, bs=bs, trust_pickles=trust_pickles,
+                           progress=True)
         else: print(calibrate_models(models, inputs, labels, scope=scope, bs=bs, trust_pickles=trust_pickles).to_string(index=False))
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, KeyError, RuntimeError) as e: return _fail('calibrate', e)
     return 0

@@ -204,19 +204,32 @@ def test_cv_is_the_score_of_the_oof_file(run):
 
 
 def test_calibration_is_cross_fitted_and_refit_by_calibrate(run, tmp_path):
-    from lsdc.calibration import StudyCalibration, calibrate_rows
+    from lsdc.calibration import StudyCalibration, calibrate_rows, CROSSFIT_PARTS
+    from lsdc.pipeline import calibrate_oof
     m = run['w']/'models'
     t, cv = pd.read_csv(m/'oof_predictions.csv'), json.loads((m/'cv.json').read_text())
     raw, g, sh = (t[[f'{p}{k}' for k in GRADE_KEYS]].to_numpy(float) for p in ('raw_', 'g_', 's_'))
-    for k in (0, 1):
-        assert set(t.half[t.fold == k]) == {0, 1}
-        assert not set(t.study_id[(t.fold == k) & (t.half == 0)]) & set(t.study_id[(t.fold == k) & (t.half == 1)])
-        for j in (0, 1):                            # fold k's half j: calibrated by the calibration fitted on its other half
-            cal, r = StudyCalibration.from_dict(cv['crossfit'][f'{k}/{j}']), ((t.fold == k) & (t.half == j)).to_numpy()
-            post, sub = calibrate_rows(cal, raw[r], g[r], t.column[r].to_numpy(), (t.source == 'model').to_numpy()[r], sh[r])
-            np.testing.assert_allclose(sub, t.loc[r, list(GRADE_KEYS)].to_numpy(float), atol=1e-7)
-            np.testing.assert_allclose(post, t.loc[r, [f'post_{k}' for k in GRADE_KEYS]].to_numpy(float), atol=1e-7)
-    assert cv['crossfit']['0/0'] != cv['crossfit']['0/1'] and set(cv['calibration']) == {'0', '1'}
+    model = (t.source == 'model').to_numpy()
+    def check(cal, r):                              # rows r calibrated by `cal`, as the table says
+        post, sub = calibrate_rows(StudyCalibration.from_dict(cal), raw[r], g[r], t.column[r].to_numpy(), model[r], sh[r])
+        np.testing.assert_allclose(sub, t.loc[r, list(GRADE_KEYS)].to_numpy(float), atol=1e-7)
+        np.testing.assert_allclose(post, t.loc[r, [f'post_{k}' for k in GRADE_KEYS]].to_numpy(float), atol=1e-7)
+    # pooled (the default): the studies of both folds dealt into five parts, each calibrated by the fit on the other four
+    assert cv['calibration_fit'] == 'pooled' and set(t.part) == set(range(CROSSFIT_PARTS)) == {int(k.split('/')[1]) for k in cv['crossfit']}
+    assert t.groupby('study_id').part.nunique().max() == 1
+    for j in range(CROSSFIT_PARTS): check(cv['crossfit'][f'all/{j}'], (t.part == j).to_numpy())
+    assert cv['crossfit']['all/0'] != cv['crossfit']['all/1'] and set(cv['calibration']) == {'0', '1'}
+    assert cv['calibration']['0'] == cv['calibration']['1']          # one calibration serves both fold models
+    assert json.loads((m/'calibration.json').read_text()) == cv['calibration']
+    # 'fold': one per fold model, cross-fitted within its own fold's studies
+    tf, final, cals = calibrate_oof(t.drop(columns=['part']), 'fold')
+    assert sorted({k for k, _ in cals}) == [0, 1] and final[0] != final[1]
+    for (k, j), cal in cals.items():
+        r = ((tf.fold == k) & (tf.part == j)).to_numpy()
+        assert r.any()
+        post, sub = calibrate_rows(cal, raw[r], g[r], t.column[r].to_numpy(), model[r], sh[r])
+        np.testing.assert_allclose(sub, tf.loc[r, list(GRADE_KEYS)].to_numpy(float), atol=1e-7)
+    with pytest.raises(ValueError, match='calibration must be one of'): calibrate_oof(t, 'column')
     # `lsdc calibrate` (after shards) refits the same calibration and CV from the fold models
     c = _copy_models(run, tmp_path)
     lsdc('calibrate', c, run['w']/'conv'/'train', '--data', run['data'], '--n-boot', 200)
