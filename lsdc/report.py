@@ -21,7 +21,7 @@ from .core import (CONDITIONS, LEVELS, GRADES, GRADE_KEYS, LABEL_COLUMNS, CONDIT
 from .files import read_index, read_manifest, manifest_series, verified_path
 from .png import encode_png, png_info
 from .crops import POINT_COLUMNS, read_points
-from .inference import load_column_learner
+from .inference import load_column_learner, column_list
 from .sampling import is_crop_index
 from .disk import atomic_path, write_text
 
@@ -924,10 +924,12 @@ def load_learners(models,              # models folder: manifest.json and each c
         verified_path(models, name, (man.get('files') or {}).get(name))
         models = models/f'fold{ks[0]}'; man = read_manifest(models)
     out, loaded = {}, {}   # a learner shared by several columns is loaded once, and serves each of them
-    for col in (LABEL_COLUMNS if columns is None else columns):
-        if col not in man.get('columns', {}):
-            log.warning("%s: not listed in %s; no Grad-CAM for this column", col, models/'manifest.json'); continue
-        out[col] = load_column_learner(models, col, manifest=man, cpu=cpu, trust_pickles=trust_pickles, cache=loaded)
+    cols = list(LABEL_COLUMNS if columns is None else columns)
+    unlisted = [c for c in cols if c not in man.get('columns', {})]   # trained without them: one line, not one per column
+    if unlisted: log.warning("%d column%s not listed in %s; no Grad-CAM for them: %s", len(unlisted), 's' * (len(unlisted) > 1),
+                             models/'manifest.json', column_list(unlisted))
+    for col in cols:
+        if col not in unlisted: out[col] = load_column_learner(models, col, manifest=man, cpu=cpu, trust_pickles=trust_pickles, cache=loaded)
     return out
 
 # %% ../nbs/08_report.ipynb #709f2599

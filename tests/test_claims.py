@@ -2,13 +2,14 @@
 models folder: `lsdc train` processes racing on the same columns, a rerun with another --size, leftovers of live and
 dead processes, and configs that name code or absurd sizes. Tiny sizes: 16 synthetic studies, 32 px, ResNet18 from
 scratch, one epoch per attempt."""
-import json, re, shutil, socket, subprocess, sys
+import json, os, re, shutil, socket, subprocess, sys
 from pathlib import Path
 from unittest import mock
 import pytest, torch
 
 from lsdc.core import GRADES
 from lsdc.files import ModelIntegrityError, file_sha256, read_results
+from lsdc.disk import file_lock
 
 COLS = ['spinal_canal_stenosis_l1_l2', 'spinal_canal_stenosis_l2_l3']
 CLI = 'import sys; from lsdc.cli import main; sys.exit(main(sys.argv[1:]))'
@@ -41,29 +42,24 @@ def leftovers(m) -> list:
     return sorted(str(p.relative_to(m)) for p in [*m.rglob('.*.tmp'), *(p for p in m.rglob('*') if p.parent.name == '_work')])
 
 
-def claimed(fn, timeout=300):
-    "Wait until another process holds the lock `fn`"
-    import fcntl, time
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if fn.exists():
-            with open(fn) as f:
-                try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError: return
-        time.sleep(0.05)
-    raise TimeoutError(f'{fn}: nobody took it')
-
-
 def test_two_runs_on_the_same_columns(converted, synth_data, tmp_path):
     # two `lsdc train` started at once on the same columns into one folder (a job resubmitted while the first still
-    # runs): both succeed, and each column's pickle, safetensors, config and record come from one training
+    # runs): both succeed, and each column's pickle, safetensors, config and record come from one training. The test
+    # holds the first column's claim until both runs wait on it (a third run training it), so that they surely meet
+    # however fast a machine trains; then the two race for it and for the second column.
+    import time
     m = tmp_path/'models'
     cmd = train_cmd(converted, m, synth_data, '--columns', ','.join(COLS), '--size', 32)
-    start = lambda: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    procs = [start()]
-    claimed(m/F/'claims'/f'{COLS[0]}.lock')         # the first holds its first column: the second is sure to meet it
-    procs.append(start())
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    logs = [tmp_path/f'run{i}.log' for i in (0, 1)]
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    with file_lock(m/F/'claims'/f'{COLS[0]}.lock'):
+        procs = [subprocess.Popen(cmd, stdout=open(fn, 'w'), stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env) for fn in logs]
+        t0 = time.time()
+        while not all(f'{COLS[0]}: another run is training it; waiting' in fn.read_text() for fn in logs):
+            assert time.time() - t0 < 300 and all(p.poll() is None for p in procs), '\n=====\n'.join(fn.read_text()[-3000:] for fn in logs)
+            time.sleep(0.1)
+    for p in procs: p.wait(timeout=600)
+    outs = [fn.read_text() for fn in logs]
     assert [p.returncode for p in procs] == [0, 0], '\n=====\n'.join(o[-3000:] for o in outs)
     man = json.loads((m/F/'manifest.json').read_text())['columns']
     recs = read_results(m/F)
@@ -79,7 +75,6 @@ def test_two_runs_on_the_same_columns(converted, synth_data, tmp_path):
         assert json.loads((m/F/e['config']).read_text())['image_size'] == r['image_size'] == 32
     assert leftovers(m) == []
     said = '\n'.join(outs)
-    assert 'another run is training it; waiting' in said, said   # they did race, and the later one waited its turn
     assert said.count('another run trained it with these settings meanwhile; skipped') + said.count('already trained, skipped') == len(COLS), said
 
 
