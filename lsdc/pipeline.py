@@ -638,9 +638,8 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
     "Train one learner per label column (or per condition, or condition group: --share) and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
-                       ('--jitter', jitter, ('uniform', 'errors')),
-                       ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS), ('--balance', balance, BALANCES),
-                       ('--share', share, SHARES)):
+                       ('--jitter', jitter, ('uniform', 'errors')), ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS),
+                       ('--balance', balance, BALANCES), ('--share', share, SHARES)):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial,
                        jitter=jitter)
