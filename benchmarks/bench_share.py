@@ -1,6 +1,6 @@
 """Learners shared by several columns against a learner per column: the levels method's `share` settings on one data set.
 
-    python benchmarks/bench_share.py --seed S [--shares none,levels,sides] [--n-train 128] [--n-test 40] [--root DIR] [--quick]
+    python benchmarks/bench_share.py --seed S [--shares none,levels,sides] [--multi levels,sides] [--n-train 128] [--n-test 40] [--root DIR] [--quick]
 
 Builds one anatomical synthetic set at the demo's size (`lsdc.demo.CPU`), pretrains the learners' body once on a
 second set (`lsdc.demo.pretrain_synthetic_body`: the crops as cut without mirroring, the same body for every run),
@@ -11,6 +11,9 @@ Then, for each setting of `share`, the levels method on the same data, folds, se
   - levels: a learner per condition, trained on its five levels' crops (5 per fold);
   - sides: a learner for the canal, one for both foramina, one for both recesses (3 per fold), the right crops cut
     mirrored to the left in the patient frame (`lsdc.crops.mirror_site`).
+With --multi (default 'levels,sides'), those settings run a second time with two views of each level side by side
+(`LevelSettings.views=2`, named '<share>+views'): the canal beside its axial slice, a foramen beside the axial slice on
+its side, a recess beside the sagittal T2 slice through it, each view read by the same backbone (`lsdc.learners.ViewBody`).
 Printed: per setting the CV's four terms and its score (calibrated, out of fold, with the 95 % intervals of cv.json),
 the learners per fold, the training seconds (stage 1 excluded: it is trained once, before) and the test studies'
 score; then the paired comparison of each shared setting against 'none' over the same studies
@@ -60,11 +63,13 @@ def run_arm(name:str, d, root:Path, method, compute, stage1:Path, crops:str='tra
                 learners=int(cv['trained'].query("status == 'ok'").groupby('fold').learner.nunique().max()))
 
 
-def run_share(share:str, d, root:Path, method, compute, stage1:Path) -> dict:
-    "`run_arm` of the levels method with `share` (for 'sides', the crops cut again with the right side mirrored)"
-    mirror = share == 'sides'
-    if mirror and not (root/'crops'/'train_mirrored').is_dir(): shutil.copytree(root/'crops'/'train', root/'crops'/'train_mirrored')   # only the right crops are cut again
-    return run_arm(share, d, root, method._replace(share=share), compute, stage1, *(('train_mirrored', 'test_mirrored') if mirror else ()))
+def run_share(share:str, d, root:Path, method, compute, stage1:Path, views:int=1) -> dict:
+    "`run_arm` of the levels method with `share` (for 'sides', the crops cut again with the right side mirrored) and `views` views per crop"
+    mirror, v = share == 'sides', '' if views == 1 else '_views'
+    if mirror and not (root/'crops'/f'train_mirrored{v}').is_dir() and (root/'crops'/f'train{v}').is_dir():   # only the right crops are cut again
+        shutil.copytree(root/'crops'/f'train{v}', root/'crops'/f'train_mirrored{v}')
+    m = method._replace(share=share, levels=method.levels._replace(views=views))
+    return run_arm(share + '+views' * (views > 1), d, root, m, compute, stage1, *((f'train_mirrored{v}', f'test_mirrored{v}') if mirror else (f'train{v}', f'test{v}')))
 
 
 def print_cv_table(res:dict, n_test:int):
@@ -116,21 +121,24 @@ def prepare(a, name:str) -> tuple:
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--shares', default=','.join(SHARES), help=f"the settings to run, comma-separated, of {', '.join(SHARES)}")
+    p.add_argument('--multi', default='levels,sides', help="the settings also run with two views per crop ('' for none)")
     add_common_args(p)
     a = p.parse_args()
-    shares = [x.strip() for x in a.shares.split(',') if x.strip()]
-    if bad := [x for x in shares if x not in SHARES]: p.error(f"--shares: {bad} are not of {SHARES}")
+    split = lambda v: [x.strip() for x in v.split(',') if x.strip()]
+    shares, multi = split(a.shares), split(a.multi)
+    if bad := [x for x in shares + multi if x not in SHARES]: p.error(f"--shares, --multi: {bad} are not of {SHARES}")
     root, s, method, d, stage1, t0 = prepare(a, 'bench_share')
     res = {}
-    for share in shares:
-        res[share] = run_share(share, d, root, method, s.compute, stage1)
-        print(f"{share}: {res[share]['learners']} learners per fold, trained in {res[share]['seconds']:.0f} s"
-              f"{'' if res[share]['reused'] else ' (stage 1 NOT reused: trained again)'}", flush=True)
+    for share, views in [(x, 1) for x in shares] + [(x, 2) for x in multi]:
+        k = share + '+views' * (views > 1)
+        res[k] = run_share(share, d, root, method, s.compute, stage1, views=views)
+        print(f"{k}: {res[k]['learners']} learners per fold, trained in {res[k]['seconds']:.0f} s"
+              f"{'' if res[k]['reused'] else ' (stage 1 NOT reused: trained again)'}", flush=True)
     print_cv_table(res, s.n_test)
-    shared = [k for k in shares if k != 'none']
-    if 'none' in res:
-        for k in shared:
-            print(f"\n== {k} against none, paired over the same studies\n" + format_comparison(compare_runs(res[k]['models'], res['none']['models']), k, 'none'))
+    shared = [k for k in res if k != 'none']
+    pairs = [(k, 'none') for k in shared if 'none' in res] + [(k, k[:-6]) for k in res if k.endswith('+views') and k[:-6] in res]
+    for x, y in pairs:
+        print(f"\n== {x} against {y}, paired over the same studies\n" + format_comparison(compare_runs(res[x]['models'], res[y]['models']), x, y))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; runs in {root}")
     score = lambda k: res[k]['cv']['scores']['calibrated']['score']['value']
     if 'none' in res and shared:

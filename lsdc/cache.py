@@ -25,11 +25,20 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 'lsdc.cache/1'   # the `format` of a cache's JSON; another value is rebuilt
 _GRAY = {'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F'}
 
+def _shape(size) -> tuple:
+    "`(height, width)` of a side (a square) or a pair"
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size)
+
+def _size_name(size) -> str:
+    "'96' for a square of side 96, '96x192' for 96 rows of 192 pixels"
+    h, w = _shape(size)
+    return f'{h}' if h == w else f'{h}x{w}'
+
 def cache_key(images:list,  # image files, in cache order
-              size:int,     # the side of the cached images
+              size,         # the side of the cached images, or their (height, width)
              ) -> str:
     "SHA-256 of the format, the size, and each image's path, byte size and modification time: a changed PNG changes it"
-    h = hashlib.sha256(f'{CACHE_FORMAT}\n{size}\n'.encode())
+    h = hashlib.sha256(f'{CACHE_FORMAT}\n{_size_name(size)}\n'.encode())
     for p in images:
         try: st = os.stat(p); h.update(f'{p}\t{st.st_size}\t{st.st_mtime_ns}\n'.encode())
         except OSError: h.update(f'{p}\tmissing\n'.encode())
@@ -64,7 +73,7 @@ def _channels(images:list) -> int:
 
 # %% ../nbs/04a_cache.ipynb #0f63c391
 def build_cache(images:list,      # image files (duplicates are cached once)
-                size:int,         # side of the cached images
+                size,             # side of the cached images, or their (height, width)
                 folder,           # where caches live
                 n_workers:int|None=None, # decoding processes (default: the CPU count)
                ) -> Path:
@@ -72,20 +81,20 @@ def build_cache(images:list,      # image files (duplicates are cached once)
     images = list(dict.fromkeys(str(p) for p in images))
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(images, size)
-    fn = folder/f'{size}px-{key[:20]}.npy'
+    fn, shape = folder/f'{_size_name(size)}px-{key[:20]}.npy', _shape(size)
     with file_lock(folder/'.build.lock'):
         if _finished(fn): return fn
         c, n_workers = _channels(images), n_workers or os.cpu_count() or 1
         with atomic_path(fn) as tmp:
-            np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(images), c, size, size)).flush()
+            np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(images), c, *shape)).flush()
             step = max(1, min(256, -(-len(images) // (4 * n_workers))))
             jobs = [(tmp, range(i, min(i + step, len(images))), images[i:i + step], size, c) for i in range(0, len(images), step)]
             n = n_workers if n_workers > 1 and len(jobs) > 1 else 0
             bad = {}
             for b in fc_parallel(_fill, jobs, n_workers=n, progress=False): bad.update(b)
-        write_json(dict(format=CACHE_FORMAT, key=key, size=size, channels=c, images=images,
+        write_json(dict(format=CACHE_FORMAT, key=key, size=shape[0] if shape[0] == shape[1] else list(shape), channels=c, images=images,
                         bad={images[i]: r for i, r in sorted(bad.items())}), fn.with_suffix('.json'))
-        for old in folder.glob(f'{size}px-*.npy'):   # caches of an older state of these images
+        for old in folder.glob(f'{_size_name(size)}px-*.npy'):   # caches of an older state of these images
             if old != fn and _meta(old).get('images') == images: old.unlink(); old.with_suffix('.json').unlink(missing_ok=True)
     return fn
 
@@ -102,12 +111,13 @@ class ImageCache:
     def __init__(self, fn):
         self.path, meta = Path(fn), _meta(fn)
         if meta.get('format') != CACHE_FORMAT: raise ValueError(f"{fn}: not a finished image cache of this lsdc")
-        self.size, self.channels, self.bad = meta['size'], meta['channels'], meta['bad']
+        self.size, self.channels, self.bad = meta['size'], meta['channels'], meta['bad']   # size: a side, or [height, width]
+        self.shape = _shape(self.size)
         self.row = {p: i for i, p in enumerate(meta['images'])}
         self.images = np.load(self.path, mmap_mode='r')
 
     def __len__(self): return len(self.row)
-    def __repr__(self): return f"ImageCache({self.path.name}: {len(self)} images, {self.channels} x {self.size} x {self.size})"
+    def __repr__(self): return f"ImageCache({self.path.name}: {len(self)} images, {self.channels} x {self.shape[0]} x {self.shape[1]})"
 
     def rows(self, paths) -> np.ndarray:
         "The row of each of `paths`"

@@ -27,20 +27,21 @@ from .disk import check_dest, clean_temp, write_csv
 from .workers import parallel_map
 
 # %% auto #0
-__all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'AXIAL_COLUMNS', 'SHIFT_COLUMNS', 'LEFT',
-           'POSTERIOR', 'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'MIRRORED', 'RECESS_MM', 'ERROR_COLUMNS',
-           'read_points', 'annotated_points', 'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane', 'plane_shift',
-           'stack_neighbours', 'crop_matrix', 'crop_slice', 'CropError', 'CropSite', 'spinal_site', 'foraminal_site',
-           'axial_slice', 'subarticular_site', 'mirror_site', 'stacked_across', 'Offsets', 'default_offsets',
-           'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'StudySeries', 'LevelPoint', 'AxialChoice',
-           'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates', 'slice_candidates', 'crop_jobs',
-           'make_crops', 'located_errors', 'crops_cli']
+__all__ = ['POINT_COLUMNS', 'CROP_COLUMNS', 'CROP_FAILURE_COLUMNS', 'CROP_SERIES', 'VIEW_SERIES', 'AXIAL_COLUMNS',
+           'SHIFT_COLUMNS', 'LEFT', 'POSTERIOR', 'SUPERIOR', 'SAGITTAL_AXES', 'AXIAL_AXES', 'MIRRORED', 'RECESS_MM',
+           'ERROR_COLUMNS', 'read_points', 'annotated_points', 'SeriesSlices', 'read_slices', 'plane_axes', 'in_plane',
+           'plane_shift', 'stack_neighbours', 'crop_matrix', 'crop_slice', 'CropError', 'CropSite', 'spinal_site',
+           'foraminal_site', 'axial_slice', 'subarticular_site', 'mirror_site', 'stacked_across', 'Offsets',
+           'default_offsets', 'level_point', 'study_offsets', 'learn_offsets', 'CropOptions', 'StudySeries',
+           'LevelPoint', 'AxialChoice', 'CropJob', 'CropResult', 'crop_study', 'Candidate', 'axial_candidates',
+           'slice_candidates', 'crop_jobs', 'make_crops', 'located_errors', 'crops_cli']
 
 # %% ../nbs/03a_crops.ipynb #c5710056
 POINT_COLUMNS = ('study_id', 'series_id', 'instance_number', 'level', 'x', 'y', 'source', 'fold')
 CROP_COLUMNS = ('study_id', 'column', 'source', 'png', 'series_id', 'series_description', 'instance_number', 'x', 'y', 'size_mm')
 CROP_FAILURE_COLUMNS = ('study_id', 'column', 'source', 'reason')
 CROP_SERIES = {'spinal': 'Sagittal T2/STIR', 'foraminal': 'Sagittal T1', 'subarticular': 'Axial T2'}
+VIEW_SERIES = {'spinal': 'Axial T2', 'foraminal': 'Axial T2', 'subarticular': 'Sagittal T2/STIR'}   # each condition's second view (`CropOptions.views`)
 AXIAL_COLUMNS = ('axial_series_id', 'axial_instance')  # optional: the axial slice chosen for the level (`lsdc.axial`)
 SHIFT_COLUMNS = ('dx', 'dy', 'dz', 'axial_mm')  # optional: a training point's move before its crops are cut (patient mm, LPS), and
                                                 # the move along the superior axis that picks its axial slice (NaN: none of its own)
@@ -346,6 +347,8 @@ class CropOptions(NamedTuple):
                                 # axial slice is chosen, up to this many mm (the localizer's error moves the slice too)
     mirror: bool = False    # cut the right side's foraminal and subarticular crops mirrored to the left (`mirror_site`,
                             # `MIRRORED`): one model then reads both sides as one anatomy
+    views: int = 1          # 1: the crop where the condition shows; 2: beside it, the same level in `VIEW_SERIES` (a PNG
+                            # `views` crops wide; a PNG of one view records no `views`, as before the option)
 
 
 # %% ../nbs/03a_crops.ipynb #b104695e
@@ -460,18 +463,23 @@ class _Study:
 
 # %% ../nbs/03a_crops.ipynb #f849cf5a
 @patch
-def site(self:_Study, col:str, point:LevelPoint) -> CropSite:
+def site(self:_Study, col:str, point:LevelPoint,
+         view:int=0, # 0: the crop where the condition shows (`CROP_SERIES`); 1: its second view (`VIEW_SERIES`)
+        ) -> CropSite:
     "Where the crop of `col` is cut, from the level's `point`"
     grp, t2 = condition_group(col), self.slices(point.series_id)
     i = t2.find(point.instance); P0, off = pixel_to_patient(t2.geoms[i], point.x, point.y), self.job.offsets.of(col)
     P = P0 + np.asarray(point.shift or np.zeros(3), float)   # a training point moved as the localizer's error would move it
-    if grp == 'spinal': return spinal_site(t2, P, index=i)
-    series = self.readable(self.ids(CROP_SERIES[grp]))
-    if grp == 'foraminal': return foraminal_site(series[0], P, off)
-    # the axial slice: from the point moved up or down (the same for a level's left and right columns)
+    desc = (CROP_SERIES if view == 0 else VIEW_SERIES)[grp]
+    if desc == CROP_SERIES['spinal']:   # the canal on its own slice; a recess on the T2 slice through it
+        return spinal_site(t2, P, index=i) if grp == 'spinal' else foraminal_site(t2, P, (off[0], off[1], 0.))
+    series = self.readable(self.ids(desc))
+    if desc == CROP_SERIES['foraminal']: return foraminal_site(series[0], P, off)
+    # the axial slice: from the point moved up or down (the same for all the level's axial crops)
     A = P + self.slice_shift(point) if point.axial_mm is None else P0 + point.axial_mm * np.asarray(SUPERIOR, float)
     if point not in self._axial_slice_of: self._axial_slice_of[point] = self.chosen(series, A, point)
-    return subarticular_site(series, P, off, at=self._axial_slice_of[point])
+    move = {'spinal': (0., 0.), 'foraminal': off[:2], 'subarticular': off}[grp]   # the canal, the foramen, the recess
+    return subarticular_site(series, P, move, at=self._axial_slice_of[point])
 
 @patch
 def chosen(self:_Study, series:list, P, point:LevelPoint) -> tuple:
@@ -510,12 +518,26 @@ def image(self:_Study, site:CropSite, centre) -> np.ndarray:
     return np.dstack(ch if len(ch) == 3 else ch * 3)
 
 # %% ../nbs/03a_crops.ipynb #5259bae7
-def _jitter(job:CropJob, col:str, src:str, site:CropSite) -> np.ndarray:
-    "The crop's centre; an annotated crop's shifted by up to `jitter_mm` along each of its axes (seeded per study and column)"
+def _jitter(job:CropJob, col:str, src:str, site:CropSite, view:int=0) -> np.ndarray:
+    "The crop's centre; an annotated crop's shifted by up to `jitter_mm` along each of its axes (seeded per study, column and view)"
     o = job.opts
     if o.jitter_mm <= 0 or src != 'annotated': return site.centre   # located crops are cut as at test time
-    rng = np.random.default_rng([o.seed, job.study_id, LABEL_COLUMNS.index(col), zlib.crc32(src.encode())])
+    rng = np.random.default_rng([o.seed, job.study_id, LABEL_COLUMNS.index(col), zlib.crc32(src.encode())] + [view] * (view > 0))
     return site.centre + sum(rng.uniform(-o.jitter_mm, o.jitter_mm) * a for a in site.axes)
+
+def _second_view(st:_Study, col:str, pt:LevelPoint, flip:bool, src:str) -> tuple:
+    "`(image, record)` of a crop's second view (`VIEW_SERIES`); a black image and why, when it cannot be cut"
+    o, desc = st.job.opts, VIEW_SERIES[condition_group(col)]
+    try:
+        if desc != CROP_SERIES['spinal'] and not st.ids(desc): raise CropError(f'no {desc} series')
+        site = mirror_site(st.site(col, pt, view=1)) if flip else st.site(col, pt, view=1)
+        centre = _jitter(st.job, col, src, site, view=1)
+        img, g = st.image(site, centre), site.series.geoms[site.index]
+        c = patient_to_pixel(g, centre)
+        return img, dict(series_id=site.series.series_id, series_description=site.series.description, instance_number=g.instance,
+                         x=round(float(c.x), 3), y=round(float(c.y), 3))
+    except (DicomError, GeometryError, CropError) as e:   # the level still gets its crop: a blank view says "not seen"
+        return np.zeros((o.size, o.size, 3), np.uint8), dict(series_description=desc, missing=str(e))
 
 def _crop(st:_Study, col:str, src:str) -> CropResult:
     "Cut (or keep) one crop of a study; never raises"
@@ -529,10 +551,11 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
     try:
         flip = o.mirror and col in MIRRORED   # this crop mirrored: recorded per crop, so a left or canal crop stays valid either way
         params = {**o._asdict(), 'mirror': flip, 'point': pt.pixel, 'offset': j.offsets.of(col)}
-        a = st.axial.get((src, level))
-        if desc == CROP_SERIES['subarticular'] and a is not None: params['axial'] = [a.series_id, a.instance]
+        if o.views == 1: params.pop('views')   # as a crop of one view was recorded before the option
+        a, used = st.axial.get((src, level)), [desc] + [VIEW_SERIES[condition_group(col)]] * (o.views > 1)
+        if CROP_SERIES['subarticular'] in used and a is not None: params['axial'] = [a.series_id, a.instance]
         if pt.shift: params['shift'] = [round(float(v), 4) for v in pt.shift] + ([] if pt.axial_mm is None else [round(float(pt.axial_mm), 4)])
-        fp = _fingerprints([st.fingerprint(s) for s in [pt.series_id, *st.ids(desc)]])
+        fp = _fingerprints([st.fingerprint(s) for s in dict.fromkeys([pt.series_id, *(i for d in used for i in st.ids(d))])])
         why, info = _stale(png, params, fp) if j.resume else ('overwrite', None)
         if info is not None: return CropResult(key, info=info)
         site = mirror_site(st.site(col, pt)) if flip else st.site(col, pt)
@@ -542,6 +565,9 @@ def _crop(st:_Study, col:str, src:str) -> CropResult:
         info = dict(study_id=j.study_id, column=col, source=src, png=rel, series_id=site.series.series_id,
                     series_description=site.series.description, instance_number=g.instance, x=round(float(c.x), 3),
                     y=round(float(c.y), 3), size_mm=o.crop_mm, params=params, fingerprint=fp)
+        if o.views > 1:   # the second view beside the first: one PNG, `views` crops wide
+            tile, record = _second_view(st, col, pt, flip, src)
+            img, info['views'] = np.hstack([img, tile]), [record]
         write_png(img, png, o.compression, json.dumps(info, sort_keys=True))
         return CropResult(key, info=info, why=why)
     except OSError as e: return _failed(key, png, f'cannot write the PNG ({e})')
@@ -619,13 +645,14 @@ def _offsets(offsets, data, n_workers=None) -> Offsets:
         return default_offsets()
     return learn_offsets(train, n_workers=n_workers)
 
-_INTS, _BOOLS = ('size', 'neighbours', 'seed', 'compression'), ('mirror',)   # the integer and yes/no fields of `CropOptions`; the others are floats
+_INTS, _BOOLS = ('size', 'neighbours', 'seed', 'compression', 'views'), ('mirror',)   # the integer and yes/no fields of `CropOptions`; the others are floats
 
 def _checked_options(o:CropOptions) -> CropOptions:
     "`o` with each field of its type (as every PNG records them), checked"
     o = CropOptions(**{k: (int if k in _INTS else bool if k in _BOOLS else float)(v) for k, v in o._asdict().items()})
     check_percentiles(o.p_lo, o.p_hi)
     if o.neighbours not in (0, 1): raise ValueError(f'neighbours must be 0 or 1 (a PNG holds three channels), not {o.neighbours}')
+    if o.views not in (1, 2): raise ValueError(f'views must be 1 or 2 (the crop alone, or beside it the level in its second series), not {o.views}')
     if o.size < 8 or o.crop_mm <= 0 or o.jitter_mm < 0 or o.max_mm <= 0 or o.slice_jitter_mm < 0:
         raise ValueError(f'size must be at least 8, crop_mm and max_mm positive and jitter_mm and slice_jitter_mm not negative: {o}')
     return o
@@ -741,6 +768,7 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
               seed:int=0,            # seeds the jitter
               max_mm:float=10.,      # farthest an axial image may lie from a level, mm
               mirror:bool=False,     # cut the right foraminal and subarticular crops mirrored to the left (in patient geometry)
+              views:int=1,           # 1: each crop alone; 2: beside it, the same level in its second series (`VIEW_SERIES`)
               workers:int=None,      # parallel workers (default: one per core)
               overwrite:bool=False,  # cut every crop again, even those up to date
               strict:bool=False,     # exit non-zero when any crop fails
@@ -749,7 +777,7 @@ def crops_cli(data:str,              # RSNA data folder (Kaggle layout)
     "Cut the level crops of every label column around each study's level points"
     t0 = time.perf_counter()
     opts = CropOptions(size=size, crop_mm=crop_mm, neighbours=neighbours, jitter_mm=jitter_mm, slice_jitter_mm=slice_jitter_mm, seed=seed,
-                       max_mm=max_mm, mirror=mirror)
+                       max_mm=max_mm, mirror=mirror, views=views)
     try: index, failures = make_crops(data, points, dest, split=split, opts=opts, offsets=offsets, n_workers=workers,
                                       resume=not overwrite, progress=not quiet)
     except (DataError, ValueError, OSError) as e:

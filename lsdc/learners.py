@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/learners.html.md"""
 
 # %% ../nbs/05_learners.ipynb #c628e9a3
 from __future__ import annotations
-import argparse, contextlib, hashlib, inspect, io, json, logging, math, os, shutil, sys, tempfile, time, traceback, warnings
+import argparse, collections, contextlib, hashlib, inspect, io, json, logging, math, os, shutil, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 from typing import Annotated, Callable, NamedTuple
 import numpy as np, pandas as pd, torch, torchvision
@@ -25,7 +25,7 @@ from . import __version__
 from .metrics import weighted_log_loss, short_name, plot_training_curves
 from .core import GRADES, GRADE_WEIGHTS, LABEL_COLUMNS, as_id, series_for_condition, split_column
 from .files import (ModelIntegrityError, index_files, read_index, file_sha256, now, json_default, write_json, result_file, write_result, read_results)
-from .sampling import pick_images, is_crop_index, training_table, shared_table, split_frame, write_splits
+from .sampling import pick_images, is_crop_index, crop_views, training_table, shared_table, split_frame, write_splits
 from .data import load_rsna
 from .cache import CacheDL, ImageCache, attach_cache, build_cache
 from .disk import atomic_path, file_lock, owner_tag, sweep_leftovers, write_csv
@@ -34,16 +34,16 @@ from .progress import print_line, printer
 from .progress import bars_render
 
 # %% auto #0
-__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES', 'SHARES',
-           'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss', 'grade_block', 'grade_dls', 'resolve_arch',
-           'known_archs', 'arch_name', 'load_body_weights', 'make_learner', 'grade_targets', 'masked_grade_loss',
-           'EpochLog', 'pretrain_body', 'find_lrs', 'Schedule', 'LearnerSettings', 'fit_once', 'epoch_threshold_train',
-           'export_learner', 'Compute', 'train_column', 'test_time_tfms', 'learner_config', 'export_safe',
-           'check_learner_config', 'learner_from_config', 'column_done', 'results_table', 'learners_table', 'manifest',
-           'plot_results', 'collect_results', 'claim_file', 'column_claim', 'models_lock', 'reexport_safe',
-           'parse_columns', 'scheduler_shard', 'shard_columns', 'share_groups', 'shard_learners', 'valid_split',
-           'training_settings', 'settings_digest', 'settings_change', 'ColumnJob', 'worker_devices', 'train_columns',
-           'parse_pair']
+__all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'MAX_VIEWS', 'RESULT_COLUMNS', 'MANIFEST_KEYS', 'MODEL_FILES',
+           'SHARES', 'SERIES_MAPS', 'column_log_loss', 'WeightedLogLoss', 'grade_block', 'image_shape', 'grade_dls',
+           'resolve_arch', 'known_archs', 'arch_name', 'load_body_weights', 'ViewBody', 'with_views', 'model_views',
+           'make_learner', 'grade_targets', 'masked_grade_loss', 'EpochLog', 'pretrain_body', 'find_lrs', 'Schedule',
+           'LearnerSettings', 'fit_once', 'epoch_threshold_train', 'export_learner', 'Compute', 'train_column',
+           'test_time_tfms', 'learner_config', 'export_safe', 'check_learner_config', 'learner_from_config',
+           'column_done', 'results_table', 'learners_table', 'manifest', 'plot_results', 'collect_results',
+           'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns', 'scheduler_shard',
+           'shard_columns', 'share_groups', 'shard_learners', 'valid_split', 'training_settings', 'settings_digest',
+           'settings_change', 'ColumnJob', 'worker_devices', 'train_columns', 'parse_pair']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -72,6 +72,13 @@ def grade_block(item_tfms=None,         # item transforms (e.g. `Resize(size)`)
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(vocab), sort=False)), get_x=ColReader('image'),
                      get_y=ColReader('label'), splitter=ColSplitter('is_valid'), item_tfms=item_tfms, batch_tfms=batch_tfms)
 
+def image_shape(size, # a side (a square image), or (height, width)
+                views:int=1, # views side by side
+               ) -> tuple:
+    "`(height, width)` of the images a learner reads: `views` squares of `size` side by side"
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(h), int(w) * views
+
 def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `label`, `is_valid`
               size:int=256,             # images are resized to `size` x `size`
               bs:int=64,                # batch size (capped by the training size)
@@ -80,15 +87,19 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
               seed:int=42,              # seed of the shuffling
               aug:bool=True,            # `aug_transforms` (rotation, zoom, warp, lighting; no flips) on training batches
               cache:ImageCache|None=None, # gather batches from this image cache (`lsdc.cache`); None: decode the PNGs
+              views:int=1,              # views side by side in each image (`lsdc.crops.CropOptions.views`): `size` x `views * size`
              ):
     "fastai `DataLoaders` for one label column"
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if num_workers is None: num_workers = min(8, os.cpu_count() or 1) if device.type == 'cuda' and cache is None else 0
     n_train = int((~table.is_valid.astype(bool)).sum())
     if n_train < 2: raise ValueError(f"need at least 2 training images, got {n_train}")
-    dblock = grade_block(item_tfms=Resize(size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
+    shape = image_shape(size, views)
+    dblock = grade_block(item_tfms=Resize(shape if views > 1 else size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
     if cache is None: return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
-    if cache.size != size: raise ValueError(f"{cache.path}: its images are {cache.size} px, the learner's {size} px")
+    if image_shape(cache.size) != shape:
+        px = lambda s: f'{s[0]}' if s[0] == s[1] else f'{s[0]}x{s[1]}'
+        raise ValueError(f"{cache.path}: its images are {px(image_shape(cache.size))} px, the learner's {px(shape)} px")
     dls = dblock.dataloaders(table, bs=min(bs, n_train), num_workers=0, device=device, seed=seed, dl_type=CacheDL)
     return attach_cache(dls, cache)
 
@@ -150,6 +161,33 @@ def load_body_weights(learn,     # a learner from `make_learner`
     return len(hit)
 
 # %% ../nbs/05_learners.ipynb #eb1e66b1
+class ViewBody(torch.nn.Sequential):
+    "A vision body that reads an image of `views` crops side by side one crop at a time (one backbone, the same weights for each view) and lays their feature maps side by side again"
+    def __init__(self, body:torch.nn.Sequential|dict, views:int=2):   # (a dict of named layers: as `Sequential` slices itself)
+        super().__init__(collections.OrderedDict(body.named_children() if isinstance(body, torch.nn.Module) else body))   # the body's own names: its state dict keys are unchanged
+        self.views = views
+
+    def forward(self, x):
+        f = super().forward(torch.cat(x.chunk(self.views, dim=-1), 0))   # (views * n, c, h, w): each view a batch item
+        return torch.cat(f.chunk(self.views, dim=0), -1)                 # (n, c', h', views * w'): the head pools them together
+
+def with_views(learn, # a `vision_learner` (`learn.model` is `Sequential(body, head)`)
+               views:int=1, # views side by side in its images
+              ):
+    "`learn` whose body reads `views` crops side by side (`ViewBody`); unchanged for one view"
+    if views == 1: return learn
+    if not (isinstance(views, int) and views > 1): raise ValueError(f"views must be a whole number >= 1, got {views!r}")
+    if type(learn.model[0]) is not torch.nn.Sequential: raise ValueError(f"views={views} needs a torchvision architecture's body, not {type(learn.model[0]).__name__}")
+    r = next((t for t in learn.dls.valid.after_item.fs if isinstance(t, Resize)), None)   # fastai keeps its size as (width, height)
+    if r is not None and r.size[0] != views * r.size[1]:
+        raise ValueError(f"views={views}: the loaders make images of {r.size[1]}x{r.size[0]} px, not {views} squares side by side (`grade_dls(..., views={views})`)")
+    learn.model[0] = ViewBody(learn.model[0], views)
+    return learn
+
+def model_views(model) -> int:
+    "The views a learner's model reads side by side (1 unless its body is a `ViewBody`)"
+    return getattr(model[0], 'views', 1)
+
 def make_learner(dls,                        # from `grade_dls`
                  arch='resnet34',            # architecture: torchvision name/builder, or a timm name
                  pretrained:bool=True,       # ImageNet weights (torch.hub cache, else download)
@@ -159,20 +197,21 @@ def make_learner(dls,                        # from `grade_dls`
                  channels_last:bool=False,   # channels-last memory format (GPU)
                  train_bn:bool=True,         # train the body's BatchNorm layers while it is frozen (fastai's default)
                  class_weights:tuple|None=None, # weigh each grade's cross-entropy (e.g. `GRADE_WEIGHTS`); None: plain
+                 views:int=1,                # views side by side in each image: read one at a time by the body (`ViewBody`)
                 ):
     "A `vision_learner` with accuracy and the weighted log loss as metrics"
     a = resolve_arch(arch)
     kw = dict(metrics=[accuracy, WeightedLogLoss()], path=path, model_dir='.', train_bn=train_bn)
     if class_weights is not None: kw['loss_func'] = CrossEntropyLossFlat(weight=torch.tensor(class_weights, dtype=torch.float))
     if weights is not None:
-        learn = vision_learner(dls, a, pretrained=False, **kw)
+        learn = with_views(vision_learner(dls, a, pretrained=False, **kw), views)
         n = load_body_weights(learn, arch=a, weights=weights)
         log.info("loaded %d tensors of %s into the body", n, weights)
         if not dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize)):
             dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
         learn.freeze()
     else:
-        try: learn = vision_learner(dls, a, pretrained=pretrained, **kw)
+        try: learn = with_views(vision_learner(dls, a, pretrained=pretrained, **kw), views)
         except Exception as e:
             if not pretrained: raise
             raise RuntimeError(f"could not get pretrained weights for {arch_name(arch)} ({type(e).__name__}: {e}). "
@@ -328,11 +367,12 @@ class LearnerSettings(NamedTuple):
     series:dict|str|None = None       # the series each column reads (None: `DEFAULT_SERIES`; a description: that one for all)
     mixed_precision:bool|None = None  # fp16 autocast; None: on CUDA only
     channels_last:bool = False        # channels-last memory format (GPU)
+    views:int = 1                     # views side by side in each image (`ViewBody`); `train_columns` takes it from the level crops
 
     def learner_options(self) -> dict:
         "The keyword options of `make_learner`"
         return dict(arch=self.arch, pretrained=self.pretrained, weights=self.weights, mixed_precision=self.mixed_precision,
-                    channels_last=self.channels_last, train_bn=self.train_bn, class_weights=self.class_weights)
+                    channels_last=self.channels_last, train_bn=self.train_bn, class_weights=self.class_weights, views=self.views)
 
 # %% ../nbs/05_learners.ipynb #54c02154
 def fit_once(dls,                       # from `grade_dls`
@@ -388,7 +428,7 @@ def _column_record(info:dict, kept:dict, attempts:list, convergence:str, lrs:dic
     "The record of a trained column: its settings, sizes, learning rates, attempts and validation figures"
     history = [{'attempt': i, 'epochs': a['epochs'], **h} for i, a in enumerate(attempts) for h in a['history']]
     kh, s = kept['history'], settings
-    return dict(column=info['column'], status='ok', architecture=arch_name(s['arch']), image_size=s['size'],
+    return dict(column=info['column'], status='ok', architecture=arch_name(s['arch']), image_size=s['size'], views=s.get('views', 1),
                 classes=list(GRADES), pretrained=bool(s['pretrained'] and s['weights'] is None),
                 augmentation=bool(s['aug']), weights=str(s['weights']) if s['weights'] else None, train_bn=bool(s['train_bn']),
                 balance=info.get('balance', 'upsample'), inputs=info.get('inputs', 'middle'),
@@ -443,7 +483,7 @@ def train_column(table:pd.DataFrame,        # rows for the DataBlock: image, lab
         if compute.device is not None and torch.device(compute.device).type == 'cuda': torch.cuda.set_device(torch.device(compute.device))
         set_seed(seed, reproducible=True)   # the loaders' shuffling generators are drawn from the seeded generators
         dls = grade_dls(table, size=s.size, bs=s.bs, num_workers=compute.num_workers, device=compute.device, seed=seed, aug=s.aug,
-                        cache=ImageCache(compute.cache) if compute.cache else None)
+                        cache=ImageCache(compute.cache) if compute.cache else None, views=s.views)
         set_seed(seed, reproducible=True)
         finder = make_learner(dls, path=work, **s.learner_options())
         with contextlib.nullcontext() if progress else finder.no_bar():
@@ -473,7 +513,7 @@ def _describe_tfm(t) -> dict:
 def _tfm_from(d:dict):
     "The transform a `_describe_tfm` entry describes"
     n, k = d['name'], {a: v for a, v in d.items() if a != 'name'}
-    if n == 'Resize': return Resize(tuple(k['size']), method=k['method'], pad_mode=k['pad_mode'],
+    if n == 'Resize': return Resize(tuple(k['size'])[::-1],   # fastai keeps a size as (width, height), takes it as (height, width) method=k['method'], pad_mode=k['pad_mode'],
                                     resamples=tuple(Image.Resampling(v) for v in k['resamples']))
     if n == 'ToTensor': return ToTensor()
     if n == 'IntToFloatTensor': return IntToFloatTensor(div=k['div'], div_mask=k['div_mask'])
@@ -497,9 +537,9 @@ def learner_config(learn, column:str|None=None) -> dict:
     size = next((t['size'] for t in tfms['item'] if t['name'] == 'Resize'), None)
     w = getattr(getattr(learn.loss_func, 'func', None), 'weight', None)
     return dict(format=CONFIG_FORMAT, column=column, architecture=arch_name(learn.arch), n_out=int(learn.n_out),
-                classes=[str(v) for v in learn.dls.vocab], image_size=size[0] if size and size[0] == size[1] else size,
+                classes=[str(v) for v in learn.dls.vocab], image_size=size[0] if size and size[0] == size[1] else size and size[::-1],
                 item_tfms=tfms['item'], batch_tfms=tfms['batch'], class_weights=None if w is None else w.tolist(),
-                lsdc_version=__version__)
+                **({'views': model_views(learn.model)} if model_views(learn.model) > 1 else {}), lsdc_version=__version__)
 
 def export_safe(learn, models, col:str) -> dict:
     "Write `{col}.safetensors` (the state dict, float32, contiguous) and `{col}.json` (its config) atomically; their names and SHA-256"
@@ -515,6 +555,7 @@ def export_safe(learn, models, col:str) -> dict:
 
 # %% ../nbs/05_learners.ipynb #5ec83e0a
 IMAGE_SIZES = (8, 2048)   # the image sizes (pixels) a learner config may name
+MAX_VIEWS = 4             # the most views side by side a learner config may name
 _TFM_NAMES = ('Resize', 'ToTensor', 'IntToFloatTensor', 'Normalize', 'AffineCoordTfm')   # those `_describe_tfm` writes
 
 def _size_ok(v) -> bool:
@@ -551,6 +592,8 @@ def check_learner_config(config:dict,        # a learner config as read from a m
         for t in ts:
             if t.get('size') is not None and not _size_ok(t['size']):
                 refuse(f"{k} {t['name']} size {t['size']!r} is not a whole number of pixels in {IMAGE_SIZES[0]}..{IMAGE_SIZES[1]}")
+    v = config.get('views', 1)
+    if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_VIEWS): refuse(f"views {v!r} is not a whole number in 1..{MAX_VIEWS}")
     if not _weights_ok(config.get('class_weights')):
         refuse(f"class_weights {config.get('class_weights')!r} are neither null nor {len(GRADES)} finite positive numbers")
     return config
@@ -572,8 +615,8 @@ def learner_from_config(config:dict,  # from `learner_config` (a `{column}.json`
     w = config.get('class_weights')
     loss = None if w is None else CrossEntropyLossFlat(weight=torch.tensor(w, dtype=torch.float, device=device))
     with torch.random.fork_rng(devices=[]):   # the head's random initialisation (overwritten below) leaves the caller's seed alone
-        learn = vision_learner(dls, resolve_arch(config['architecture']), normalize=False, pretrained=False,
-                               n_out=config['n_out'], loss_func=loss, path=Path(weights).parent)
+        learn = with_views(vision_learner(dls, resolve_arch(config['architecture']), normalize=False, pretrained=False,
+                                          n_out=config['n_out'], loss_func=loss, path=Path(weights).parent), config.get('views', 1))
     try: learn.model.load_state_dict(load_file(weights), strict=True)
     except RuntimeError as e: raise ValueError(f"{weights}: does not fit a {config['architecture']} learner ({str(e)[:300]})") from e
     learn.model.to(device).eval()
@@ -805,7 +848,7 @@ def training_settings(index:pd.DataFrame,      # the conversion or level-crop in
              valid_ids=None if valid_ids is None else list(valid_ids),
              schedule=o.schedule._asdict(), bs=o.bs, aug=bool(o.aug), train_bn=bool(o.train_bn),
              lr_find_iters=o.lr_find_iters, lr_find_range=[float(v) for v in o.lr_find_range], freeze_epochs=o.freeze_epochs,
-             patience=o.patience, conversion=conv, **({'share': share} if share != 'none' else {}))
+             patience=o.patience, conversion=conv, **({'share': share} if share != 'none' else {}), **({'views': o.views} if o.views > 1 else {}))
     return json.loads(json.dumps(s, default=json_default))   # as a record reads it back
 
 def settings_digest(settings:dict) -> str:
@@ -967,7 +1010,7 @@ def _cache_folder(converted, models) -> Path:
     ok = isinstance(converted, (str, Path)) and os.access(converted, os.W_OK)
     return Path(converted)/'cache' if ok else Path(models)/'cache'
 
-def _with_cache(compute:Compute, size:int, index:pd.DataFrame, labels:pd.DataFrame, series, folder, say:Callable) -> Compute:
+def _with_cache(compute:Compute, size, index:pd.DataFrame, labels:pd.DataFrame, series, folder, say:Callable) -> Compute:
     "`compute` with the image cache of every labelled study's training series (built once), unless it decodes PNGs"
     if compute.loader not in ('cache', 'png'): raise ValueError(f"loader must be 'cache' or 'png', got {compute.loader!r}")
     if compute.loader == 'png': return compute._replace(cache=None)
@@ -979,7 +1022,7 @@ def _with_cache(compute:Compute, size:int, index:pd.DataFrame, labels:pd.DataFra
     try: fn = build_cache(images, size, folder)
     except OSError as e:
         say(f"no image cache ({type(e).__name__}: {e}); the learners decode the PNGs"); return compute
-    say(f"image cache: {len(images)} images at {size} px, {fn} ({time.perf_counter() - t0:.1f} s)")
+    say(f"image cache: {len(images)} images at {size if isinstance(size, int) else 'x'.join(map(str, size))} px, {fn} ({time.perf_counter() - t0:.1f} s)")
     return compute._replace(cache=str(fn))
 
 # %% ../nbs/05_learners.ipynb #c153194c
@@ -1003,6 +1046,7 @@ def train_columns(converted,               # conversion or level-crop folder (ho
     if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     table_given = isinstance(converted, pd.DataFrame)
     index = converted if table_given else read_index(converted)
+    settings = settings._replace(views=crop_views(index))   # as the level crops were cut: one view, or several side by side
     if share != 'none' and not is_crop_index(index):
         raise ValueError(f"share={share!r}: learners shared by several columns read level crops (the levels method), not the middle slices")
     if not isinstance(labels, pd.DataFrame): labels = load_rsna(labels, splits=('train',), check_images=False).train
@@ -1021,7 +1065,7 @@ def train_columns(converted,               # conversion or level-crop folder (ho
                 say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), recorded)}); training it again")
             todo.append((tag, col))
         t0, jobs = time.perf_counter(), min(jobs, len(todo))
-        if todo: compute = _with_cache(compute, settings.size, index=index, labels=labels, series=settings.series, say=say,
+        if todo: compute = _with_cache(compute, image_shape(settings.size, settings.views) if settings.views > 1 else settings.size, index=index, labels=labels, series=settings.series, say=say,
                                       folder=compute.cache_dir or _cache_folder(None if table_given else converted, models))
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and bars_render()

@@ -49,9 +49,11 @@ class LevelSettings(NamedTuple):
                                 # training and test alike: what the learners shared by both sides read (`lsdc.pipeline`, share='sides')
     jitter:str = 'errors'       # how the annotated training points miss their level: 'errors' (each moved by a measured
                                 # out-of-fold error of stage 1, `error_shifts`) or 'uniform' (`jitter_mm`, `slice_jitter_mm`)
+    views:int = 1               # views of a level in each crop: 1 (where the condition shows) or 2 (beside it, the same level in
+                                # its second series, `lsdc.crops.VIEW_SERIES`: read by one backbone per view, `lsdc.learners.ViewBody`)
 
 _BOUNDS = dict(crop_size=(8, 1024), crop_mm=(1., 500.), neighbours=(0, 8), jitter_mm=(0., 100.), slice_jitter_mm=(0., 100.),
-               loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000))
+               loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000), views=(1, 2))
 _CHOICES = dict(train_crops=('annotated', 'located'), axial=('learned', 'nearest'), mirror=(False, True), jitter=('uniform', 'errors'))
 
 # %% ../nbs/05e_levels.ipynb #a2e0c002
@@ -124,7 +126,7 @@ def prepare_levels(data,                   # RSNA data folder or `RSNAData` (tra
         offsets = learn_offsets(d, n_workers=n_workers)
         t1, uniform = time.perf_counter(), s.jitter == 'uniform'
         opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, jitter_mm=s.jitter_mm * uniform,
-                           slice_jitter_mm=s.slice_jitter_mm * uniform, seed=seed, mirror=s.mirror)
+                           slice_jitter_mm=s.slice_jitter_mm * uniform, seed=seed, mirror=s.mirror, views=s.views)
         idx, fail = make_crops(d, pts, dest, split='train', opts=opts, offsets=offsets, n_workers=n_workers)
         if errors is not None: write_csv(errors, dest/ERRORS_FILE)
         say(f"crops: {len(idx)} cut ({idx.attrs.get('made', 0)} new), {len(fail)} failed, in {time.perf_counter() - t1:.0f} s; {dest}")
@@ -213,7 +215,7 @@ def level_crops(data,                   # RSNA data folder or `RSNAData`
     d = screen_series(data if hasattr(data, 'series') else load_rsna(data, splits=(split,)), splits=(split,), n_workers=n_workers)
     points = locate_levels(models, converted, d, split=split, trust_pickles=trust_pickles, manifest=man)
     if s.axial == 'learned': points = select_axial(models, d, points, split=split, n_workers=n_workers, manifest=man)
-    opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, mirror=s.mirror)   # as the training crops, without their jitter
+    opts = CropOptions(size=s.crop_size, crop_mm=s.crop_mm, neighbours=s.neighbours, mirror=s.mirror, views=s.views)   # as the training crops, without their jitter
     idx, fail = make_crops(d, points[points.source == 'located'], dest, split=split, opts=opts, offsets=offsets, n_workers=n_workers)
     write_csv(points, Path(dest)/'points.csv')   # where the levels were found, for the reports
     if progress: print(f"crops of the {split} studies: {len(idx)} cut, {len(fail)} failed; {dest}", flush=True)

@@ -633,16 +633,17 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               jitter:str='errors',           # --inputs levels: the annotated points' moves: 'errors' (stage 1's measured errors) or 'uniform' (2 mm per crop axis, --slice-jitter-mm)
               axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'
               share:str='none',              # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
+              views:int=1,                   # --inputs levels: 1 (each crop where its condition shows) or 2 (beside it, the level in a second series)
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (or per condition, or condition group: --share) and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
                        ('--jitter', jitter, ('uniform', 'errors')), ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS),
-                       ('--balance', balance, BALANCES), ('--share', share, SHARES)):
+                       ('--balance', balance, BALANCES), ('--share', share, SHARES), ('--views', views, (1, 2))):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial,
-                       jitter=jitter)
+                       jitter=jitter, views=views)
     try:
         learner = LearnerSettings(arch=arch, pretrained=pretrained, weights=weights, size=size, bs=bs, aug=aug, train_bn=train_bn,
                                   schedule=Schedule.parse(epochs, thresholds, keep), lr_find_iters=lr_find_iters,

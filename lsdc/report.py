@@ -87,8 +87,10 @@ def _cam_batch(model, layer, xb, ks:list) -> np.ndarray:
         out = model(xb)
         ks = [int(o.argmax()) if k is None else _in_range(k, out.shape[1]) for o, k in zip(out, ks)]
         torch.autograd.grad(out[torch.arange(len(ks)), ks].sum(), xb)   # runs the backward pass that fills `grads`
-    w = grads.stored[0].mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((w * acts.stored).sum(1, keepdim=True)).float()
+    a, g = acts.stored, grads.stored[0]
+    if (v := len(a) // len(xb)) > 1: a, g = (torch.cat(t.chunk(v, 0), -1) for t in (a, g))   # a `ViewBody`'s views, side by side again
+    w = g.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((w * a).sum(1, keepdim=True)).float()
     return F.interpolate(cam, size=xb.shape[-2:], mode='bilinear', align_corners=False)[:, 0].cpu().numpy()
 
 def _in_range(k:int, n:int) -> int:
@@ -324,6 +326,7 @@ class CropImage:
     rgb: np.ndarray|None = field(default=None, repr=False) # the crop, (H, W, 3) uint8, once read
     problem: Problem|None = None     # why it cannot be shown
     mirrored: bool = False           # cut mirrored to the left (a right crop read by a learner of both sides), shown as the learner reads it
+    views: tuple = ()                # the other views beside it (`lsdc.crops.CropOptions.views`), as its PNG records them: series and slice, or why missing
 
 def _crop_index(crops) -> pd.DataFrame:
     "A level-crop index given as a DataFrame or a crops folder (ValueError for anything else, e.g. a conversion index)"
@@ -337,15 +340,20 @@ def study_crops(crops:pd.DataFrame, # level-crop index with `image` (`lsdc.files
     "`{column: CropImage}`: the located crop of each column of a study, the one its learner predicts from"
     c, sid = _crop_index(crops), as_id(study_id, 'study_id')
     c = c[(c.study_id.map(as_id) == sid) & (c.source == 'located')].sort_values('series_id').drop_duplicates('column')
-    mirror = lambda p: bool(((png_info(p) or {}).get('params') or {}).get('mirror'))   # as its PNG records it (`lsdc.crops.CropOptions.mirror`)
+    info = {r.image: png_info(r.image) or {} for r in c.itertuples()}   # what each PNG records: mirrored, its other views
     return {r.column: CropImage(png=str(r.image), series_id=as_id(r.series_id), description=str(r.series_description),
-                                instance_number=as_id(r.instance_number), mirrored=mirror(r.image)) for r in c.itertuples()}
+                                instance_number=as_id(r.instance_number), mirrored=bool((info[r.image].get('params') or {}).get('mirror')),
+                                views=tuple(info[r.image].get('views') or ())) for r in c.itertuples()}
 
 def crop_label(col:str, crop:CropImage) -> str:
     "Where a column's crop comes from, in words: its series, slice, side and level"
     c, l = split_column(col)
     side = next((f'{s} ' for s in ('left', 'right') if c.startswith(f'{s}_')), '')
-    return f"{crop.description} series {crop.series_id}, slice {crop.instance_number}, {side}{LEVEL_NAMES[l]}" + ', mirrored to the left' * crop.mirrored
+    def view(v:dict) -> str:
+        if v.get('missing'): return f"; beside it, blank: no {v.get('series_description')} view ({v['missing']})"
+        return f"; beside it, {v.get('series_description')} series {v.get('series_id')}, slice {v.get('instance_number')}"
+    return (f"{crop.description} series {crop.series_id}, slice {crop.instance_number}, {side}{LEVEL_NAMES[l]}" + ', mirrored to the left' * crop.mirrored
+            + ''.join(view(v) for v in crop.views if isinstance(v, dict)))
 
 # %% ../nbs/08_report.ipynb #93159950
 class Cam(NamedTuple):
@@ -689,7 +697,8 @@ def _images_html(rep:StudyReport, px:int) -> str:
 def _cam_source(col:str, c:Cam) -> str:
     "What a finding's heatmap is computed on, in words"
     if c.crop is None: return c.description
-    return f'the level crop of {crop_label(col, c.crop)} (its centre slice shown)' if c.crop.png else 'its level crop'
+    shown = "(each view's centre slice shown)" if c.crop.views else '(its centre slice shown)'
+    return f'the level crop of {crop_label(col, c.crop)} {shown}' if c.crop.png else 'its level crop'
 
 def _cam_image(rep:StudyReport, c:Cam, px:int) -> np.ndarray:
     "A finding's heatmap over the image it is computed on: its level crop, else its series' middle slice"

@@ -15,9 +15,10 @@ from sklearn.utils import resample
 from .core import GRADES, LABEL_COLUMNS, as_id, series_for_condition
 from .files import read_index
 from .disk import write_csv
+from .png import png_info
 
 # %% auto #0
-__all__ = ['log', 'pick_images', 'is_crop_index', 'column_images', 'column_series', 'ColumnTable', 'column_table',
+__all__ = ['log', 'pick_images', 'is_crop_index', 'crop_views', 'column_images', 'column_series', 'ColumnTable', 'column_table',
            'split_studies', 'upsample', 'grade_counts', 'training_table', 'split_frame', 'shared_table', 'write_splits']
 
 # %% ../nbs/04_sampling.ipynb #3d0681ca
@@ -39,6 +40,14 @@ def pick_images(index:pd.DataFrame, # a conversion index with `image` (see `read
 def is_crop_index(index:pd.DataFrame) -> bool:
     "True for a level-crop index (`lsdc crops`), which has a `column` and a `source` per row"
     return {'column', 'source'} <= set(index.columns)
+
+def crop_views(index:pd.DataFrame, # a conversion or level-crop index with `image`
+              ) -> int:
+    "How many views of a level each image holds side by side: as the level crops' PNGs record it (`lsdc.crops.CropOptions.views`); 1 for a conversion"
+    if not is_crop_index(index) or not len(index): return 1
+    v = {int(((png_info(p) or {}).get('params') or {}).get('views', 1)) for p in index.image.drop_duplicates().head(8)}
+    if len(v) > 1: raise ValueError(f"the level crops mix crops of {sorted(v)} views; cut them again with one setting (`lsdc crops --views`)")
+    return v.pop()
 
 def column_images(index:pd.DataFrame, # a conversion or level-crop index with `image`
                   col:str,            # the label column

@@ -1,20 +1,24 @@
 """Learners shared by several columns (`share`), end to end at tiny size on the anatomical phantom: the levels method
 trained with share='levels' (by the Python API) and share='sides' (by `lsdc train --share sides`, stage 1 reused) on
-the same data and folds, a two-fold split, fold 0 trained ('levels' with the uniform jitter, 'sides' with the default, its training crops moved by stage 1's measured errors; ResNet18, 32 px crops, one epoch per attempt, no pretrained weights); then
-the OOF table, the manifests, the mirrored right crops, the fold ensemble's submission and the paired comparison."""
+the same data and folds, a two-fold split, fold 0 trained ('levels' with the uniform jitter and one view per crop, 'sides' with the
+default jitter, its training crops moved by stage 1's measured errors, and two views per crop; ResNet18, 32 px crops, one epoch per
+attempt, no pretrained weights); then the OOF table, the manifests, the mirrored right crops, the two views, the fold ensemble's
+submission and the paired comparison."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
+from PIL import Image
 
-from lsdc.core import LABEL_COLUMNS, GRADE_KEYS, parse_row_id, split_column
+from lsdc.core import LABEL_COLUMNS, GRADE_KEYS, parse_row_id, split_column, condition_group
 from lsdc.files import file_sha256, read_index
 from lsdc.png import png_info
 from lsdc.data import load_rsna
 from lsdc.synth import make_synthetic
 from lsdc.dicom import convert_dataset
-from lsdc.learners import LearnerSettings, Schedule, Compute, share_groups
+from lsdc.learners import LearnerSettings, Schedule, Compute, share_groups, learner_from_config, ViewBody
+from lsdc.report import gradcams
 from lsdc.levels import LevelSettings, ERRORS_FILE
-from lsdc.crops import MIRRORED, ERROR_COLUMNS
+from lsdc.crops import MIRRORED, ERROR_COLUMNS, VIEW_SERIES
 from lsdc.pipeline import PipelineSettings, train_pipeline, train_folds, predict_folds, compare_runs, fold_dir, OOF_TABLE, OOF_FILE, read_folds
 
 N_TRAIN, N_TEST = 16, 3
@@ -41,7 +45,7 @@ def run(tmp_path_factory):
     shutil.copytree(w/'levels', w/'sides', ignore=run_files)
     out = lsdc('train', w/'conv'/'train', w/'sides', '--data', data, '--share', 'sides', '--crops', w/'crops_sides', '--size', 32,
                '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5, '--bs', 16,
-               '--loc-size', 48, '--loc-epochs', 2, '--axial', 'nearest', '--folds', 2, '--train-folds', 0, '--n-boot', 50)
+               '--loc-size', 48, '--loc-epochs', 2, '--axial', 'nearest', '--folds', 2, '--train-folds', 0, '--n-boot', 50, '--views', 2)
     sub = predict_folds(d, w/'sides', w/'sub'/'submission.csv', converted=w/'conv'/'test', crops=w/'sub'/'crops', n_workers=1, progress=False)
     return dict(w=w, data=data, cv=cv, train=out, sub=sub, d=d, settings=s)
 
@@ -121,6 +125,27 @@ def test_sides_trained_on_stage_ones_errors(run):
         assert (np.abs(shifts[:, None] - measured[None]).max(-1).min(1) < 1e-3).all()      # each move is a measured error
         same = moved.assign(level=[split_column(c)[1] for c in moved.column], s=[tuple(p['shift']) for p in moved.p])
         assert (same.groupby(['study_id', 'level']).s.nunique() == 1).all()                # a level's crops move together
+
+
+def test_sides_read_two_views_of_each_level(run):
+    w = run['w']
+    assert json.loads((w/'sides'/'levels.json').read_text())['settings']['views'] == 2
+    for crops, views in ((w/'crops_sides', 2), (w/'crops_levels', 1), (w/'sub'/'crops', 2)):   # the test crops as the training crops
+        idx = read_index(crops)
+        for r in idx.groupby('column').head(1).itertuples():
+            info = png_info(r.image)
+            assert Image.open(r.image).size == (32 * views, 32) and info['params'].get('views', 1) == views, r.image
+            if views == 1: assert 'views' not in info; continue
+            (v,) = info['views']
+            assert v['series_description'] == VIEW_SERIES[condition_group(r.column)] and ('missing' in v or v['series_id'] != r.series_id)
+    fd = fold_dir(w/'sides', 0)
+    cfg = json.loads((fd/'spinal_canal_stenosis.json').read_text())
+    assert cfg['views'] == 2 and cfg['image_size'] == [32, 64] and 'views' not in json.loads((fold_dir(w/'levels', 0)/'spinal_canal_stenosis.json').read_text())
+    learn = learner_from_config(cfg, fd/'spinal_canal_stenosis.safetensors')     # rebuilt from the config: one backbone per view
+    assert isinstance(learn.model[0], ViewBody) and learn.model[0].views == 2
+    img = read_index(w/'sub'/'crops').query("column == 'spinal_canal_stenosis_l4_l5'").image.iloc[0]
+    (cam,) = gradcams(learn, [img])
+    assert cam.shape == (32, 64) and np.isfinite(cam).all()                      # the heatmap covers both views
 
 
 def test_predict_folds_writes_a_full_submission(run):
