@@ -539,6 +539,7 @@ def _second_view(st:_Study, col:str, pt:LevelPoint, flip:bool, src:str) -> tuple
     except (DicomError, GeometryError, CropError) as e:   # the level still gets its crop: a blank view says "not seen"
         return np.zeros((o.size, o.size, 3), np.uint8), dict(series_description=desc, missing=str(e))
 
+# %% ../nbs/03a_crops.ipynb #5259bae8
 def _crop(st:_Study, col:str, src:str) -> CropResult:
     "Cut (or keep) one crop of a study; never raises"
     j, o = st.job, st.job.opts

@@ -79,6 +79,9 @@ def image_shape(size, # a side (a square image), or (height, width)
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return int(h), int(w) * views
 
+def _px(shape) -> str: return f'{shape[0]}' if shape[0] == shape[1] else f'{shape[0]}x{shape[1]}'   # '48', or '48x96'
+
+
 def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `label`, `is_valid`
               size:int=256,             # images are resized to `size` x `size`
               bs:int=64,                # batch size (capped by the training size)
@@ -97,9 +100,7 @@ def grade_dls(table:pd.DataFrame,       # rows with `image` (absolute path), `la
     shape = image_shape(size, views)
     dblock = grade_block(item_tfms=Resize(shape if views > 1 else size), batch_tfms=aug_transforms(do_flip=False) if aug else None)
     if cache is None: return dblock.dataloaders(table, bs=min(bs, n_train), num_workers=num_workers, device=device, seed=seed)
-    if image_shape(cache.size) != shape:
-        px = lambda s: f'{s[0]}' if s[0] == s[1] else f'{s[0]}x{s[1]}'
-        raise ValueError(f"{cache.path}: its images are {px(image_shape(cache.size))} px, the learner's {px(shape)} px")
+    if image_shape(cache.size) != shape: raise ValueError(f"{cache.path}: its images are {_px(image_shape(cache.size))} px, the learner's {_px(shape)} px")
     dls = dblock.dataloaders(table, bs=min(bs, n_train), num_workers=0, device=device, seed=seed, dl_type=CacheDL)
     return attach_cache(dls, cache)
 
@@ -1022,7 +1023,7 @@ def _with_cache(compute:Compute, size, index:pd.DataFrame, labels:pd.DataFrame, 
     try: fn = build_cache(images, size, folder)
     except OSError as e:
         say(f"no image cache ({type(e).__name__}: {e}); the learners decode the PNGs"); return compute
-    say(f"image cache: {len(images)} images at {size if isinstance(size, int) else 'x'.join(map(str, size))} px, {fn} ({time.perf_counter() - t0:.1f} s)")
+    say(f"image cache: {len(images)} images at {_px(image_shape(size))} px, {fn} ({time.perf_counter() - t0:.1f} s)")
     return compute._replace(cache=str(fn))
 
 # %% ../nbs/05_learners.ipynb #c153194c
@@ -1065,7 +1066,7 @@ def train_columns(converted,               # conversion or level-crop folder (ho
                 say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), recorded)}); training it again")
             todo.append((tag, col))
         t0, jobs = time.perf_counter(), min(jobs, len(todo))
-        if todo: compute = _with_cache(compute, image_shape(settings.size, settings.views) if settings.views > 1 else settings.size, index=index, labels=labels, series=settings.series, say=say,
+        if todo: compute = _with_cache(compute, image_shape(settings.size, settings.views), index=index, labels=labels, series=settings.series, say=say,
                                       folder=compute.cache_dir or _cache_folder(None if table_given else converted, models))
         # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
         bars = jobs == 1 and progress and bars_render()

@@ -642,17 +642,14 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
                        ('--jitter', jitter, ('uniform', 'errors')), ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS),
                        ('--balance', balance, BALANCES), ('--share', share, SHARES), ('--views', views, (1, 2))):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
-    ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial,
-                       jitter=jitter, views=views)
+    ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial, jitter=jitter, views=views)
     try:
-        learner = LearnerSettings(arch=arch, pretrained=pretrained, weights=weights, size=size, bs=bs, aug=aug, train_bn=train_bn,
+        learner = LearnerSettings(arch=arch, pretrained=pretrained, weights=weights, size=size, bs=bs, aug=aug, train_bn=train_bn, balance=balance,
                                   schedule=Schedule.parse(epochs, thresholds, keep), lr_find_iters=lr_find_iters,
-                                  lr_find_range=parse_pair(lr_find_range, '--lr-find-range'), balance=balance,
-                                  series=SERIES_MAPS.get(series_map, series_map))
+                                  lr_find_range=parse_pair(lr_find_range, '--lr-find-range'), series=SERIES_MAPS.get(series_map, series_map))
         s = PipelineSettings(inputs=inputs, learner=learner, levels=ls, folds=folds, which_folds=train_folds, columns=columns, seed=seed,
                              factors=factors, calibration=calibration, n_boot=n_boot, share=share)
-        cv = train_pipeline(data, converted, models, s, Compute(jobs=jobs, loader=loader), shard=shard, crops=crops, resume=not no_resume,
-                            progress=not quiet)
+        cv = train_pipeline(data, converted, models, s, Compute(jobs=jobs, loader=loader), shard=shard, crops=crops, resume=not no_resume, progress=not quiet)
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, RuntimeError) as e: return _fail('train', e)
     if quiet: print(format_cv(cv))
     df = cv['trained']; cols = {c for cs in shard_learners(share, columns, shard).values() for c in cs}
