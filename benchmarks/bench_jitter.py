@@ -4,7 +4,7 @@
 
 Builds one anatomical synthetic set at the demo's size (`lsdc.demo.CPU`, the phantom's default mess), pretrains the
 learners' body once and trains stage 1 once (the level localizer and the axial slice selector, on the study-level split
-every run uses; `bench_share.prepare`). Then the levels method (a learner per column) twice on the same data, folds,
+every run uses; `bench_share.prepare`). Then the levels method (the demo's learners and views) twice on the same data, folds,
 seed, stage 1 and body (`lsdc.pipeline.train_pipeline`, then `predict_folds` on the test studies):
   - uniform: each annotated training crop's centre moved up to 2 mm along each of its axes (`LevelSettings.jitter_mm`),
     the setting until now;

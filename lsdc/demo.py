@@ -41,16 +41,18 @@ class DemoSettings:
     mess:Mess|str|None = 'real' # the real data's mess in the synthetic sets (`lsdc.synth.make_synthetic`'s: 'real', a `Mess`; None: clean)
 
     def changed(self, **changes) -> DemoSettings:
-        "A copy with `changes`, each a field of the demo, the method (`PipelineSettings`), the learners (`LearnerSettings`) or `Compute`"
+        "A copy with `changes`, each a field of the demo, the method (`PipelineSettings`), the learners (`LearnerSettings`), stage 1 (`LevelSettings`) or `Compute`"
         groups = {'demo': {f.name for f in dataclasses.fields(self)}, 'method': set(PipelineSettings._fields),
-                  'learner': set(LearnerSettings._fields), 'compute': set(Compute._fields)}
+                  'learner': set(LearnerSettings._fields) - {'views'},   # the learners' views come from their crops
+                  'levels': set(LevelSettings._fields) - {'folds'},      # `folds` is the method's split
+                  'compute': set(Compute._fields)}
         bad = [k for k in changes if not any(k in g for g in groups.values())]
-        if bad: raise TypeError(f"{bad} are not settings of the demo, the method, the learners or Compute")
+        if bad: raise TypeError(f"{bad} are not settings of the demo, the method, the learners, stage 1 or Compute")
         part = lambda g: {k: v for k, v in changes.items() if k in groups[g]}
         own = part('demo')
         m = own.pop('method', self.method)._replace(**part('method'))
-        return dataclasses.replace(self, **own, method=m._replace(learner=m.learner._replace(**part('learner'))),
-                                   compute=own.pop('compute', self.compute)._replace(**part('compute')))
+        m = m._replace(learner=m.learner._replace(**part('learner')), levels=m.levels._replace(**part('levels')))
+        return dataclasses.replace(self, **own, method=m, compute=own.pop('compute', self.compute)._replace(**part('compute')))
 
 CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=5, pretrain_crop_studies=150, max_reports=10,
                    method=PipelineSettings(folds=2, levels=LevelSettings(loc_epochs=10),
@@ -69,7 +71,7 @@ def pretrain_synthetic_body(out:Path,  # the demo's output folder (the body goes
     "Pretrain the learners' body on a second synthetic data set once, on the inputs they will see (reused when it exists); its weights file"
     L, lv, n_workers = s.method.learner, s.method.levels, s.compute.n_workers
     pre, arch, size, middle = out/'pretrain', L.arch, L.size, s.method.inputs == 'middle'
-    mirror = not middle and (lv.mirror or s.method.share == 'sides')   # the crops as the learners will read them: the right side mirrored
+    mirror = not middle and (lv.mirror or s.method.resolved().share == 'sides')   # the crops as the learners will read them: the right side mirrored
     crops = 'crops_mirrored' if mirror else 'crops'
     weights, data = (pre/f"{arch}_body.pth", pre/'data') if middle else (pre/f"{arch}_{crops}_body.pth", pre/'crops_data')
     n = s.pretrain_studies if middle else s.pretrain_crop_studies or s.pretrain_studies
@@ -125,11 +127,12 @@ def demo_cli(out:str='lsdc-demo',   # output folder
              folds:int=None,        # folds of the study-level split (default 2 on CPU, 5 with --full)
              inputs:str='levels',   # 'levels': each column on a crop around its level; 'middle': the middle slices (the middle-slice method)
              phantom:str='anatomical', # the synthetic phantom: 'anatomical', or 'middle' (the grades drawn on the middle slices)
-             share:str='none',      # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
+             share:str=None,        # a learner per column ('none'; --inputs middle), per condition ('levels'; --inputs levels), or per condition group, the right side mirrored ('sides')
+             views:int=None,        # --inputs levels: 2 (the default: each crop, beside it the level in a second series) or 1 (the crop alone)
              quiet:bool=False,      # no progress display
             ) -> int:
-    "Run the whole method on a synthetic RSNA data set: data, conversion, 25 learners per fold, the CV, submission, score, reports"
+    "Run the whole method on a synthetic RSNA data set: data, conversion, the learners of each fold, the CV, submission, score, reports"
     changes = {k: v for k, v in dict(n_train=n_train, n_test=n_test, jobs=jobs, inputs=inputs, phantom=phantom, folds=folds, n_workers=workers,
-                                     share=share).items() if v}
+                                     share=share, views=views).items() if v}
     s = demo(out, full=full, seed=seed, progress=not quiet, **changes)
     return int(s['n_failed'] > 0)

@@ -983,7 +983,7 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
         nonlocal done
         done += 1; say(_ended(f"[{done}/{len(jobs)}] {col}", rec)); collect_results(models, plots=False)
     on = f"on {', '.join(sorted(set(devices)))}" if devices[0] != 'cpu' else f"of {threads} thread{'s' * (threads > 1)} each"
-    say(f"training {len(jobs)} columns in {n} worker processes {on}")
+    say(f"training {len(jobs)} learners in {n} worker processes {on}")
     retry = []
     # a column holds a device slot while it trains: with n workers one is always free, and no two columns share a GPU
     with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, process_pool(n, threads) as ex:

@@ -49,8 +49,8 @@ class LevelSettings(NamedTuple):
                                 # training and test alike: what the learners shared by both sides read (`lsdc.pipeline`, share='sides')
     jitter:str = 'errors'       # how the annotated training points miss their level: 'errors' (each moved by a measured
                                 # out-of-fold error of stage 1, `error_shifts`) or 'uniform' (`jitter_mm`, `slice_jitter_mm`)
-    views:int = 1               # views of a level in each crop: 1 (where the condition shows) or 2 (beside it, the same level in
-                                # its second series, `lsdc.crops.VIEW_SERIES`: read by one backbone per view, `lsdc.learners.ViewBody`)
+    views:int = 2               # views of a level in each crop: 2 (where the condition shows, and beside it the same level in its
+                                # second series, `lsdc.crops.VIEW_SERIES`: read by one backbone per view, `lsdc.learners.ViewBody`) or 1
 
 _BOUNDS = dict(crop_size=(8, 1024), crop_mm=(1., 500.), neighbours=(0, 8), jitter_mm=(0., 100.), slice_jitter_mm=(0., 100.),
                loc_size=(8, 2048), loc_epochs=(1, 1000), folds=(2, 100), axial_epochs=(1, 1000), views=(1, 2))

@@ -30,27 +30,28 @@ from .report import Truth, write_reports, load_learners, submission_studies
 from .disk import LockError, file_lock, sweep_temp_files, write_csv, write_text
 
 # %% auto #0
-__all__ = ['log', 'INPUTS', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', 'CAL_FILE', 'CV_FILE', 'CV_TABLE',
-           'CALIBRATIONS', 'ENSEMBLE_FORMAT', 'SUBMISSIONS', 'PipelineSettings', 'study_burden', 'make_folds',
-           'write_folds', 'read_folds', 'fold_dir', 'parse_folds', 'trained_folds', 'train_folds', 'fold_factors',
-           'oof_table', 'calibrate_oof', 'oof_submission', 'cv_scores', 'format_cv', 'write_ensemble_manifest',
-           'read_ensemble', 'cross_validate', 'fold_predictions', 'predict_folds', 'train_pipeline', 'compare_runs',
-           'format_comparison', 'score_files', 'run_pipeline', 'format_summary', 'train_cli', 'calibrate_cli',
-           'predict_cli', 'compare_cli']
+__all__ = ['log', 'INPUTS', 'DEFAULT_SHARE', 'FOLDS_FILE', 'OOF_TABLE', 'OOF_FILE', 'OOF_RAW', 'FACTORS', 'CAL_FILE', 'CV_FILE',
+           'CV_TABLE', 'CALIBRATIONS', 'ENSEMBLE_FORMAT', 'SUBMISSIONS', 'PipelineSettings', 'study_burden',
+           'make_folds', 'write_folds', 'read_folds', 'fold_dir', 'parse_folds', 'trained_folds', 'train_folds',
+           'fold_factors', 'oof_table', 'calibrate_oof', 'oof_submission', 'cv_scores', 'format_cv',
+           'write_ensemble_manifest', 'read_ensemble', 'cross_validate', 'fold_predictions', 'predict_folds',
+           'train_pipeline', 'compare_runs', 'format_comparison', 'score_files', 'run_pipeline', 'format_summary',
+           'train_cli', 'calibrate_cli', 'predict_cli', 'compare_cli']
 
 # %% ../nbs/08a_pipeline.ipynb #f34e0501
 log = logging.getLogger(__name__)
 
 # %% ../nbs/08a_pipeline.ipynb #5a249367
 INPUTS = ('levels', 'middle')   # the learners' inputs: level crops (`lsdc.levels`), or the middle slices (the middle-slice method)
+DEFAULT_SHARE = {'levels': 'levels', 'middle': 'none'}   # `share` left None: a learner per condition on level crops, per column on middle slices
 
 class PipelineSettings(NamedTuple):
     "The whole method's settings, from the split to the CV: what `lsdc train` trains"
     inputs:str = 'levels'                       # 'levels': each column on a crop around its level; 'middle': the middle sagittal slices
     learner:LearnerSettings = LearnerSettings() # every column's learner (its `size` is the crops' size too)
     levels:LevelSettings = LevelSettings()      # 'levels': the localizer, the axial slice selector and the crops
-    share:str = 'none'                          # the levels method's learners: one per column ('none'), per condition for its five levels
-                                                # ('levels'), or per condition group for both sides, the right crops mirrored ('sides')
+    share:str|None = None                       # the learners: one per column ('none'), per condition for its five levels ('levels'),
+                                                # or per condition group for both sides, the right crops mirrored ('sides'); None: `DEFAULT_SHARE`
     folds:int = 5                               # folds of the study-level split
     which_folds:str|tuple|None = None           # the folds to train (None: all; '0': a quick holdout)
     columns:str|tuple|None = None               # the label columns to train (None: all 25; the others get the training shares)
@@ -58,6 +59,10 @@ class PipelineSettings(NamedTuple):
     factors:str = 'pooled'                      # how the balancing factors are counted (`fold_factors`)
     calibration:str = 'pooled'                  # one study-level calibration for all the fold models ('pooled'), or one per fold model ('fold')
     n_boot:int = 1000                           # bootstrap draws of the CV's intervals
+
+    def resolved(self) -> PipelineSettings:
+        "These settings with `share` named: `DEFAULT_SHARE` of the inputs where it is None"
+        return self if self.share is not None else self._replace(share=DEFAULT_SHARE.get(self.inputs, 'none'))
 
 # %% ../nbs/08a_pipeline.ipynb #421d58ef
 FOLDS_FILE = 'folds.csv'
@@ -129,7 +134,7 @@ def train_folds(inputs,                 # the learners' images: a conversion or 
                 progress:bool=True,     # a line per fold and column
                ) -> pd.DataFrame:
     "Train every column's learner (or each shared learner, `settings.share`) of each fold in `settings.which_folds`; the results tables, with a `fold` column"
-    folds, s = read_folds(models), settings
+    folds, s = read_folds(models), settings.resolved()
     out = []
     for k in parse_folds(s.which_folds, int(folds.fold.max()) + 1):
         ids = folds.study_id[folds.fold == k].tolist()
@@ -427,7 +432,7 @@ def train_pipeline(data,                   # RSNA data folder (Kaggle layout) or
                    progress:bool=True,     # progress lines
                   ) -> dict:
     "Split, stage 1 (levels), the learners of each fold, OOF predictions, calibration and CV into `models`; the CV dict (`trained`: the results)"
-    s, L = settings, settings.learner
+    s, L = settings.resolved(), settings.learner
     if s.inputs not in INPUTS: raise ValueError(f"inputs must be one of {INPUTS}, got {s.inputs!r}")
     if s.share not in SHARES: raise ValueError(f"share must be one of {SHARES}, got {s.share!r}")
     if s.calibration not in CALIBRATIONS: raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {s.calibration!r}")
@@ -525,7 +530,7 @@ def run_pipeline(data,                   # Kaggle-layout data folder
     inputs, size, n_workers = settings.inputs, settings.learner.size, compute.n_workers
     compute = compute._replace(jobs=max(1, min(compute.jobs, os.cpu_count() or 1)))
     lv = settings.levels._replace(crop_size=size)
-    settings = settings._replace(levels=lv)
+    settings = settings._replace(levels=lv).resolved()
     marks = []   # where the seconds go, step by step (the summary's `step_seconds`)
     _step('convert the training studies' + (' (mid-sagittal slices, for the level localizer)' if inputs == 'levels' else ''), t0, progress,
           marks, 'conversion')
@@ -632,15 +637,15 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               slice_jitter_mm:float=0.,      # --inputs levels: move each annotated point up to this many mm up or down before its axial slice is chosen
               jitter:str='errors',           # --inputs levels: the annotated points' moves: 'errors' (stage 1's measured errors) or 'uniform' (2 mm per crop axis, --slice-jitter-mm)
               axial:str='learned',           # --inputs levels: each located level's axial slice: 'learned' (the slice selector) or 'nearest'
-              share:str='none',              # --inputs levels: a learner per column ('none'), per condition ('levels'), or per condition group, the right side mirrored ('sides')
-              views:int=1,                   # --inputs levels: 1 (each crop where its condition shows) or 2 (beside it, the level in a second series)
+              share:str=None,                # a learner per column ('none'; --inputs middle), per condition ('levels'; --inputs levels), or per condition group, the right side mirrored ('sides')
+              views:int=2,                   # --inputs levels: 2 (each crop, beside it the level in a second series) or 1 (the crop alone)
               quiet:bool=False,              # no progress output
              ) -> int:
     "Train one learner per label column (or per condition, or condition group: --share) and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
                        ('--jitter', jitter, ('uniform', 'errors')), ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS),
-                       ('--balance', balance, BALANCES), ('--share', share, SHARES), ('--views', views, (1, 2))):
+                       ('--balance', balance, BALANCES), ('--share', share or 'none', SHARES), ('--views', views, (1, 2))):
         if v not in ok: print(f"lsdc train: {opt} must be {' or '.join(map(repr, ok))}, got {v!r}", file=sys.stderr); return 2
     ls = LevelSettings(loc_size=loc_size, loc_epochs=loc_epochs, train_crops=train_crops, slice_jitter_mm=slice_jitter_mm, axial=axial, jitter=jitter, views=views)
     try:
@@ -648,11 +653,11 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
                                   schedule=Schedule.parse(epochs, thresholds, keep), lr_find_iters=lr_find_iters,
                                   lr_find_range=parse_pair(lr_find_range, '--lr-find-range'), series=SERIES_MAPS.get(series_map, series_map))
         s = PipelineSettings(inputs=inputs, learner=learner, levels=ls, folds=folds, which_folds=train_folds, columns=columns, seed=seed,
-                             factors=factors, calibration=calibration, n_boot=n_boot, share=share)
+                             factors=factors, calibration=calibration, n_boot=n_boot, share=share).resolved()
         cv = train_pipeline(data, converted, models, s, Compute(jobs=jobs, loader=loader), shard=shard, crops=crops, resume=not no_resume, progress=not quiet)
     except (ModelIntegrityError, DataError, LockError, OSError, ValueError, RuntimeError) as e: return _fail('train', e)
     if quiet: print(format_cv(cv))
-    df = cv['trained']; cols = {c for cs in shard_learners(share, columns, shard).values() for c in cs}
+    df = cv['trained']; cols = {c for cs in shard_learners(s.share, columns, shard).values() for c in cs}
     return int((df[df.column.isin(cols)].status != 'ok').any())
 
 # %% ../nbs/08a_pipeline.ipynb #96733019

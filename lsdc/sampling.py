@@ -82,6 +82,7 @@ def column_table(labels:pd.DataFrame, # `study_id` + label columns, grades as st
                  index:pd.DataFrame,  # conversion index with `image` (see `read_index`)
                  col:str,             # the label column
                  series=None,         # series mapping for `series_for_condition` (None: `DEFAULT_SERIES`)
+                 warn:bool=True,      # log a line naming the labelled studies without the column's series
                 ) -> ColumnTable:
     "One row per labelled study of `col`, with the image of the series that column is read from"
     if col not in LABEL_COLUMNS: raise ValueError(f"Unknown label column {col!r}")
@@ -94,7 +95,7 @@ def column_table(labels:pd.DataFrame, # `study_id` + label columns, grades as st
     imgs = column_images(index, col, series)
     df = lab.merge(imgs, on='study_id', how='inner').sort_values('study_id').reset_index(drop=True)
     missing = sorted(int(s) for s in set(lab.study_id) - set(imgs.study_id))
-    if missing: log.warning("%s: %d labelled studies have no converted %s series (left out): %s",
+    if missing and warn: log.warning("%s: %d labelled studies have no converted %s series (left out): %s",
                             col, len(missing), desc, missing[:10])
     n_unl = len(set(imgs.study_id) - set(lab.study_id))
     return ColumnTable(column=col, series=desc, df=df[['study_id', 'series_id', 'image', 'image_train', 'label']], missing=missing, n_unlabelled=n_unl)
@@ -190,7 +191,10 @@ def shared_table(labels:pd.DataFrame, # `study_id` + label columns, grades as st
     if balance not in ('upsample', 'weights', 'none'): raise ValueError(f"balance must be 'upsample', 'weights' or 'none', got {balance!r}")
     cols = list(cols); name = name or '+'.join(cols)
     if not cols: raise ValueError(f"{name}: a shared learner needs at least one column")
-    tabs = [column_table(labels, index, c, series) for c in cols]
+    tabs = [column_table(labels, index, c, series, warn=False) for c in cols]
+    for desc in dict.fromkeys(t.series for t in tabs if t.missing):   # one line per series the learner reads, not one per column
+        ts = [t for t in tabs if t.series == desc and t.missing]; ids = sorted({s for t in ts for s in t.missing})
+        log.warning("%s: %d labelled studies have no converted %s series (left out of %d of its columns): %s", name, len(ids), desc, len(ts), ids[:10])
     df = pd.concat([t.df.assign(column=t.column) for t in tabs], ignore_index=True)
     if df.empty: raise ValueError(f"{name}: no labelled study of {', '.join(cols)} has its image")
     if valid_ids is None:

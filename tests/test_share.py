@@ -23,7 +23,7 @@ from lsdc.pipeline import PipelineSettings, train_pipeline, train_folds, predict
 
 N_TRAIN, N_TEST = 16, 3
 LEARNER = LearnerSettings(size=32, arch='resnet18', pretrained=False, aug=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1))
-LEVELS = LevelSettings(loc_size=48, loc_epochs=2, axial='nearest', jitter='uniform')   # 'sides' (by the command line): the default, 'errors'
+LEVELS = LevelSettings(loc_size=48, loc_epochs=2, axial='nearest', jitter='uniform', views=1)   # 'sides' (by the command line): the default, 'errors'
 
 
 def lsdc(*args):
