@@ -641,7 +641,7 @@ def train_cli(converted:str,                 # conversion folder (holds index.cs
               views:int=2,                   # --inputs levels: 2 (each crop, beside it the level in a second series) or 1 (the crop alone)
               quiet:bool=False,              # no progress output
              ) -> int:
-    "Train one learner per label column (or per condition, or condition group: --share) and fold of a study-level split into MODELS, then the OOF predictions, calibration and CV"
+    "Train the learners of each fold of a study-level split into MODELS (per condition on level crops, per column on middle slices: --share), then the OOF predictions, calibration and CV"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format='%(message)s')
     for opt, v, ok in (('--inputs', inputs, INPUTS), ('--train-crops', train_crops, ('annotated', 'located')), ('--axial', axial, ('learned', 'nearest')),
                        ('--jitter', jitter, ('uniform', 'errors')), ('--factors', factors, FACTORS), ('--calibration', calibration, CALIBRATIONS),
