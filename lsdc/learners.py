@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file, load_file
 from fastcore.script import call_parse
 from fastcore.imports import IN_NOTEBOOK
+from fastcore.meta import delegates
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, ColReader, ColSplitter, IndexSplitter,
                                Resize, ResizeMethod, aug_transforms, Normalize, imagenet_stats, Learner, vision_learner,
                                CrossEntropyLossFlat, ToTensor, IntToFloatTensor, AffineCoordTfm, load_learner,
@@ -43,7 +44,8 @@ __all__ = ['log', 'SUGGEST_FUNCS', 'CONFIG_FORMAT', 'IMAGE_SIZES', 'MAX_VIEWS', 
            'column_done', 'results_table', 'learners_table', 'manifest', 'plot_results', 'collect_results',
            'claim_file', 'column_claim', 'models_lock', 'reexport_safe', 'parse_columns', 'scheduler_shard',
            'shard_columns', 'share_groups', 'shard_learners', 'valid_split', 'training_settings', 'settings_digest',
-           'settings_change', 'ColumnJob', 'worker_devices', 'train_columns', 'parse_pair']
+           'settings_change', 'ColumnJob', 'worker_devices', 'LearnerPlan', 'plan_learners', 'train_planned',
+           'train_columns', 'parse_pair']
 
 # %% ../nbs/05_learners.ipynb #3615991c
 log = logging.getLogger(__name__)
@@ -973,15 +975,15 @@ def _train_serial(jobs:list, tags:list, say:Callable) -> None:
         say(_ended(tag, rec))
         collect_results(job.models, plots=False)
 
-def _train_parallel(jobs:list, n:int, say:Callable) -> None:
-    "Train the `ColumnJob`s in `n` worker processes; a line per finished column (`say` goes to the workers: it must pickle)"
+def _train_parallel(jobs:list, n:int, say:Callable, names:list|None=None) -> None:
+    "Train the `ColumnJob`s (of one models folder or several) in `n` worker processes; a line per finished learner, by its name in `names` (`say` goes to the workers: it must pickle)"
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
     threads = max(1, torch.get_num_threads() // n)
-    done, models, devices = 0, jobs[0].models, worker_devices(n)
-    def ended(col, rec):
+    done, devices, names = 0, worker_devices(n), dict(zip(map(id, jobs), names or [j.column for j in jobs]))
+    def ended(job, rec):
         nonlocal done
-        done += 1; say(_ended(f"[{done}/{len(jobs)}] {col}", rec)); collect_results(models, plots=False)
+        done += 1; say(_ended(f"[{done}/{len(jobs)}] {names[id(job)]}", rec)); collect_results(job.models, plots=False)
     on = f"on {', '.join(sorted(set(devices)))}" if devices[0] != 'cpu' else f"of {threads} thread{'s' * (threads > 1)} each"
     say(f"training {len(jobs)} learners in {n} worker processes {on}")
     retry = []
@@ -990,9 +992,9 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
         futs = {ex.submit(_on_free_device, _train_one, slots, devices, job, say): job for job in jobs}
         for f in as_completed(futs):
             job = futs[f]
-            try: ended(job.column, f.result())
+            try: ended(job, f.result())
             except BrokenProcessPool: retry.append(job)
-            except Exception as e: ended(job.column, _failed(job, f"{type(e).__name__} in the worker process: {e}"))
+            except Exception as e: ended(job, _failed(job, f"{type(e).__name__} in the worker process: {e}"))
     if not retry: return
     # a worker died (killed, out of memory, a crash in native code) and took the pool down with every column not yet
     # finished: each of those gets one more try alone in a fresh process, so only the column that kills it fails
@@ -1003,7 +1005,7 @@ def _train_parallel(jobs:list, n:int, say:Callable) -> None:
         except BrokenProcessPool:
             rec = _failed(job, "its worker process died while training it (killed, out of memory, or a crash in native code)")
         except Exception as e: rec = _failed(job, f"{type(e).__name__} in the worker process: {e}")
-        ended(job.column, rec)
+        ended(job, rec)
 
 # %% ../nbs/05_learners.ipynb #112c1e21
 def _cache_folder(converted, models) -> Path:
@@ -1027,7 +1029,14 @@ def _with_cache(compute:Compute, size, index:pd.DataFrame, labels:pd.DataFrame, 
     return compute._replace(cache=str(fn))
 
 # %% ../nbs/05_learners.ipynb #c153194c
-def train_columns(converted,               # conversion or level-crop folder (holds index.csv), or its index table
+class LearnerPlan(NamedTuple):
+    "The learners still to train in one models folder (`plan_learners`): a `ColumnJob` each, with the name its lines give it"
+    models: Path
+    jobs: list                  # `ColumnJob`s
+    names: list                 # their names in progress lines: 'spinal_canal_stenosis (5 columns)'; `train_folds` adds the fold's folder
+
+@contextlib.contextmanager
+def plan_learners(converted,               # conversion or level-crop folder (holds index.csv), or its index table
                   models,                  # models folder to write
                   labels=None,             # the labels (train.csv table), or the RSNA data folder to read them from (default `$LSDC_DATA` / Kaggle)
                   columns=None,            # columns to train (default: all 25)
@@ -1037,10 +1046,10 @@ def train_columns(converted,               # conversion or level-crop folder (ho
                   settings:LearnerSettings=LearnerSettings(), # the learners' settings (architecture, size, schedule, balance, ...)
                   compute:Compute=Compute(), # worker processes (`jobs`), the image cache or the PNGs, the device
                   resume:bool=True,        # skip columns already trained with these settings (model files match their record)
-                  progress:bool=True,      # print a line per column and show fastai's bars
+                  progress:bool=True,      # print a line per column
                   share:str='none',        # 'none': a learner per column; 'levels', 'sides': learners shared by several (`share_groups`; level crops only)
-                 ) -> pd.DataFrame:
-    "Train one learner per label column (or per group of columns, `share`) into `models`; the merged results table, a row per column"
+                 ):
+    "Hold the lock of `models` and yield the `LearnerPlan` of its learners still to train: `train_planned` trains several folders' plans in one worker pool"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     groups = shard_learners(share, columns, shard)
     jobs = compute.jobs
@@ -1059,25 +1068,45 @@ def train_columns(converted,               # conversion or level-crop folder (ho
     with models_lock(models):   # sweeps the leftovers of runs that died
         todo = []
         for k, (col, cols) in enumerate(groups.items(), 1):
-            tag = f"[{k}/{len(groups)}] {col}" + (f" ({len(cols)} columns)" if share != 'none' else '')
+            name = col + (f" ({len(cols)} columns)" if share != 'none' else '')
             old = _record(models, cols[0]) if resume else {}
-            if old.get('settings_sha256') == digest and _learner_done(models, col, cols, digest): say(f"{tag}: already trained, skipped"); continue
+            if old.get('settings_sha256') == digest and _learner_done(models, col, cols, digest): say(f"[{k}/{len(groups)}] {name}: already trained, skipped"); continue
             if old.get('status') == 'ok' and old.get('settings_sha256') != digest:
-                say(f"{tag}: trained with other settings ({settings_change(old.get('settings'), recorded)}); training it again")
-            todo.append((tag, col))
-        t0, jobs = time.perf_counter(), min(jobs, len(todo))
+                say(f"[{k}/{len(groups)}] {name}: trained with other settings ({settings_change(old.get('settings'), recorded)}); training it again")
+            todo.append((name, col))
         if todo: compute = _with_cache(compute, image_shape(settings.size, settings.views), index=index, labels=labels, series=settings.series, say=say,
                                       folder=compute.cache_dir or _cache_folder(None if table_given else converted, models))
-        # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per column
-        bars = jobs == 1 and progress and bars_render()
-        work = [ColumnJob(column=col, labels=labels, index=index, models=models, settings=settings, compute=compute, valid=valid,
-                          seed=seed, bars=bars, recorded=recorded, resume=resume, columns=tuple(groups[col]) if share != 'none' else ())
+        work = [ColumnJob(column=col, labels=labels, index=index, models=models, settings=settings, compute=compute, valid=valid, seed=seed,
+                          bars=progress, recorded=recorded, resume=resume, columns=tuple(groups[col]) if share != 'none' else ())
                 for _, col in todo]
-        if jobs > 1: _train_parallel(work, jobs, say)
-        else: _train_serial(work, [tag for tag, _ in todo], say)
-        df = collect_results(models)
-    say(f"{len(todo)} {'columns' if share == 'none' else 'shared learners'} trained in {time.perf_counter() - t0:.0f} s; {models} holds {int((df.status == 'ok').sum())} trained, "
-        f"{int((df.status != 'ok').sum())} failed")
+        yield LearnerPlan(models, work, [name for name, _ in todo])
+
+def train_planned(plans:list,     # `LearnerPlan`s (from `plan_learners`, their locks held)
+                  jobs:int=1,     # worker processes
+                  say:Callable=print,
+                 ) -> int:
+    "Train the learners of every plan, in `jobs` worker processes (one pool for all the folders) or in this one; how many were trained"
+    work = [j for p in plans for j in p.jobs]
+    names = [n for p in plans for n in p.names]
+    jobs = min(jobs, len(work))
+    # fastai's bars only in the calling process and where they render (a terminal or a notebook); else a line per learner
+    work = [j._replace(bars=j.bars and jobs == 1 and bars_render()) for j in work]
+    if jobs > 1: _train_parallel(work, jobs, say, names)
+    elif work: _train_serial(work, [f"[{k}/{len(work)}] {n}" for k, n in enumerate(names, 1)], say)
+    return len(work)
+
+@delegates(plan_learners)
+def train_columns(converted, # conversion or level-crop folder (holds index.csv), or its index table
+                  models,    # models folder to write
+                  **kwargs,  # `plan_learners`' options: labels, columns, shard, valid, seed, settings, compute, resume, progress, share
+                 ) -> pd.DataFrame:
+    "Train one learner per label column (or per group of columns, `share`) into `models`, one folder's plan trained; the merged results table, a row per column"
+    say, t0 = printer(kwargs.get('progress', True)), time.perf_counter()
+    with plan_learners(converted, models, **kwargs) as plan:
+        n = train_planned([plan], kwargs.get('compute', Compute()).jobs, say)
+        df = collect_results(plan.models)
+    say(f"{n} {'shared learners' if kwargs.get('share', 'none') != 'none' else 'columns'} trained in {time.perf_counter() - t0:.0f} s; "
+        f"{plan.models} holds {int((df.status == 'ok').sum())} trained, {int((df.status != 'ok').sum())} failed")
     return df
 
 # %% ../nbs/05_learners.ipynb #6e011c4c

@@ -6,7 +6,7 @@ Docs: https://lsdc-dev.github.io/lsdc/pipeline.html.md"""
 
 # %% ../nbs/08a_pipeline.ipynb #59ded7ec
 from __future__ import annotations
-import argparse, json, logging, os, sys, time, warnings
+import argparse, contextlib, json, logging, os, sys, time, warnings
 from pathlib import Path
 from typing import Annotated, NamedTuple
 import numpy as np, pandas as pd
@@ -17,7 +17,7 @@ from .core import *
 from .files import (ModelIntegrityError, read_manifest, read_results, manifest_series, file_sha256, write_json, now, verified_path)
 from .data import DataError, load_rsna, screen_series
 from .dicom import convert_dataset
-from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, SHARES, train_columns, parse_columns, shard_learners,
+from .learners import (Schedule, LearnerSettings, Compute, SERIES_MAPS, SHARES, train_columns, plan_learners, train_planned, collect_results, parse_columns, shard_learners,
                            share_groups, parse_pair, arch_name)
 from .levels import LevelSettings, LEVELS_FILE, prepare_levels
 from .calibration import (BALANCES, posterior_factors, StudyCalibration, MetricRows, metric_terms, fit_study_calibration, calibrate_rows,
@@ -27,6 +27,7 @@ from .metrics import (SCORE_TERMS, competition_score, grade_priors, best_constan
                       paired_difference, verdict, evaluate, plot_confusion_grid, format_scores)
 from .inference import (PROB_FORMAT, validation_predictions, predict_columns, predict, column_priors, to_submission, write_submission, prior_fallbacks, calibration_table, calibrate_models, prediction_inputs, submission_rows, prior_labels)
 from .report import Truth, write_reports, load_learners, submission_studies
+from .progress import printer
 from .disk import LockError, file_lock, sweep_temp_files, write_csv, write_text
 
 # %% auto #0
@@ -133,15 +134,24 @@ def train_folds(inputs,                 # the learners' images: a conversion or 
                 resume:bool=True,       # skip columns already trained with the same settings
                 progress:bool=True,     # a line per fold and column
                ) -> pd.DataFrame:
-    "Train every column's learner (or each shared learner, `settings.share`) of each fold in `settings.which_folds`; the results tables, with a `fold` column"
+    "Train every column's learner (or each shared learner, `settings.share`) of each fold in `settings.which_folds`, all folds' in one worker pool; the results tables, with a `fold` column"
     folds, s = read_folds(models), settings.resolved()
-    out = []
-    for k in parse_folds(s.which_folds, int(folds.fold.max()) + 1):
-        ids = folds.study_id[folds.fold == k].tolist()
-        if progress: print(f"\n-- fold {k}: {len(ids)} validation studies, the others train", flush=True)
-        out.append(train_columns(inputs, fold_dir(models, k), labels=labels, columns=s.columns, shard=shard, valid=ids, seed=s.seed,
-                                 settings=s.learner, compute=compute, resume=resume, progress=progress, share=s.share).assign(fold=k))
-    return pd.concat(out, ignore_index=True)
+    which, t0 = parse_folds(s.which_folds, int(folds.fold.max()) + 1), time.perf_counter()
+    # every fold's folder stays locked until all the learners are trained (the folds in order, as any other run takes them), so
+    # that one pool of `compute.jobs` workers trains them all: none waits idle for the last learner of a fold
+    with contextlib.ExitStack() as held:
+        plans = []
+        for k in which:
+            ids = folds.study_id[folds.fold == k].tolist()
+            if progress: print(f"\n-- fold {k}: {len(ids)} validation studies, the others train", flush=True)
+            plan = held.enter_context(plan_learners(inputs, fold_dir(models, k), labels=labels, columns=s.columns, shard=shard, valid=ids,
+                                                    seed=s.seed, settings=s.learner, compute=compute, resume=resume, progress=progress, share=s.share))
+            plans.append(plan._replace(names=[f'fold{k}/{n}' for n in plan.names]))   # the learner's folder in the lines
+        n = train_planned(plans, compute.jobs, say := printer(progress))
+        df = pd.concat([collect_results(p.models).assign(fold=k) for k, p in zip(which, plans)], ignore_index=True)
+    say(f"{n} {'columns' if s.share == 'none' else 'shared learners'} of {len(which)} fold{'s' * (len(which) > 1)} trained in "
+        f"{time.perf_counter() - t0:.0f} s; the folds hold {int((df.status == 'ok').sum())} trained columns, {int((df.status != 'ok').sum())} failed")
+    return df
 
 # %% ../nbs/08a_pipeline.ipynb #664e6b23
 OOF_TABLE, OOF_FILE, OOF_RAW = 'oof_predictions.csv', 'oof.csv', 'oof_raw.csv'

@@ -1,7 +1,7 @@
 """One writer per column, resuming that compares settings, sweeping that spares live runs, and configs from a stranger's
 models folder: `lsdc train` processes racing on the same columns, a rerun with another --size, leftovers of live and
 dead processes, and configs that name code or absurd sizes. Tiny sizes: 16 synthetic studies, 32 px, ResNet18 from
-scratch, one epoch per attempt."""
+scratch, one epoch, the first model kept."""
 import json, os, re, shutil, socket, subprocess, sys
 from pathlib import Path
 from unittest import mock
@@ -10,10 +10,11 @@ import pytest, torch
 from lsdc.core import GRADES
 from lsdc.files import ModelIntegrityError, file_sha256, read_results
 from lsdc.disk import file_lock
+from helpers import lsdc_in_process
 
 COLS = ['spinal_canal_stenosis_l1_l2', 'spinal_canal_stenosis_l2_l3']
 CLI = 'import sys; from lsdc.cli import main; sys.exit(main(sys.argv[1:]))'
-TINY = ('--inputs', 'middle', '--folds', '2', '--train-folds', '0', '--n-boot', '50', '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1',
+TINY = ('--inputs', 'middle', '--folds', '2', '--train-folds', '0', '--n-boot', '50', '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1', '--thresholds', '0,0',
         '--lr-find-iters', '5', '--bs', '16')
 F = 'fold0'   # `lsdc train --train-folds 0`: the learners of fold 0 of the study-level split, in their own models folder
 
@@ -23,10 +24,9 @@ def train_cmd(converted, models, synth, *more):
     return [sys.executable, '-c', CLI, 'train', str(converted), str(models), '--data', str(synth), *TINY, *map(str, more)]
 
 
-def run_ok(cmd, cwd) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout
+def train_ok(converted, models, synth, *more) -> str:
+    "What `lsdc train` printed, run in this process (`helpers.lsdc_in_process`); it must succeed"
+    return lsdc_in_process('train', converted, models, '--data', synth, *TINY, *more).stdout
 
 
 @pytest.fixture(scope='module')
@@ -81,14 +81,14 @@ def test_two_runs_on_the_same_columns(converted, synth_data, tmp_path):
 @pytest.fixture(scope='module')
 def trained32(converted, synth_data, tmp_path_factory):
     m = tmp_path_factory.mktemp('t32')/'models'
-    run_ok(train_cmd(converted, m, synth_data, '--columns', COLS[0], '--size', 32), cwd=m.parent)
+    train_ok(converted, m, synth_data, '--columns', COLS[0], '--size', 32)
     return m
 
 
 def test_rerun_with_another_size_retrains(trained32, converted, synth_data, tmp_path):
     m = tmp_path/'models'; shutil.copytree(trained32, m)
     before = read_results(m/F)[COLS[0]]
-    out = run_ok(train_cmd(converted, m, synth_data, '--columns', COLS[0], '--size', 48), cwd=tmp_path)
+    out = train_ok(converted, m, synth_data, '--columns', COLS[0], '--size', 48)
     assert f'{COLS[0]}: trained with other settings (image_size 32 -> 48); training it again' in out, out
     assert 'already trained, skipped' not in out, out
     after = read_results(m/F)[COLS[0]]
@@ -98,7 +98,7 @@ def test_rerun_with_another_size_retrains(trained32, converted, synth_data, tmp_
     assert man['image_size'] == 48 and man['settings_sha256'] == after['settings_sha256'] and man['inputs'] == 'middle'
     assert man['sha256'] == file_sha256(m/F/man['pickle']) != before['sha256']
     assert json.loads((m/F/man['config']).read_text())['image_size'] == 48
-    out = run_ok(train_cmd(converted, m, synth_data, '--columns', COLS[0], '--size', 48), cwd=tmp_path)   # the same settings again: resumed
+    out = train_ok(converted, m, synth_data, '--columns', COLS[0], '--size', 48)   # the same settings again: resumed
     assert f'{COLS[0]}: already trained, skipped' in out and read_results(m/F)[COLS[0]] == after, out
 
 

@@ -16,6 +16,7 @@ from lsdc.data import series_dir
 from lsdc.dicom import convert_cli, convert_dataset
 from lsdc.png import png_complete, png_info, write_png
 from test_dicom import Fake, write_slice
+from helpers import lsdc_in_process
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -254,17 +255,15 @@ def test_study_without_any_usable_series(tmp_path):
 
 
 # ---------------------------------------------------------------- models: a tiny trained folder (shared)
-# 16 studies at 48 px, ResNet18 from scratch, one epoch per attempt, two columns (one per sagittal series)
+# 16 studies at 48 px, ResNet18 from scratch, one epoch, the first model kept, two columns (one per sagittal series)
 MODEL_COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l3_l4']
-TINY = ('--columns', ','.join(MODEL_COLS), '--size', 48, '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1',
+TINY = ('--columns', ','.join(MODEL_COLS), '--size', 48, '--arch', 'resnet18', '--no-pretrained', '--epochs', '1,1,1', '--thresholds', '0,0',
         '--lr-find-iters', 5, '--bs', 16, '--inputs', 'middle', '--folds', 2, '--train-folds', 0, '--n-boot', 50)
 F = 'fold0'   # `--train-folds 0`: fold 0's learners, a models folder of their own inside the run's
 
 def lsdc_ok(*args) -> subprocess.CompletedProcess:
-    "Run `lsdc ARGS` in a child process; it must succeed"
-    r = subprocess.run(cli_args(*args), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"lsdc {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
+    "Run `lsdc ARGS` in this process (`helpers.lsdc_in_process`); it must succeed"
+    return lsdc_in_process(*args)
 
 def sha(fn) -> str:
     from lsdc.files import file_sha256
@@ -302,7 +301,7 @@ def test_truncated_safetensors_stops_predict(trained, synth_data, tmp_path):
     m = models_copy(trained, tmp_path)
     fn = m/F/f'{MODEL_COLS[1]}.safetensors'
     fn.write_bytes(fn.read_bytes()[:1000])
-    r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
+    r = lsdc_in_process(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'), check=False)
     assert r.returncode == 1 and f'lsdc predict: {fn}: SHA-256 ' in r.stderr, (r.stdout, r.stderr)
     assert not (tmp_path/'sub.csv').exists()
 
@@ -318,7 +317,7 @@ def test_models_from_before_safetensors(trained, synth_data, tmp_path):
     collect_results(m, plots=False)
     with pytest.raises(ModelIntegrityError, match=r"has no safetensors weights .*reexport_safe\(.*--trust-pickles"):
         load_column_learner(m, MODEL_COLS[0])
-    r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
+    r = lsdc_in_process(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'), check=False)
     assert r.returncode == 1 and 'has no safetensors weights' in r.stderr and '--trust-pickles' in r.stderr, r.stderr
     trusted = load_column_learner(m, MODEL_COLS[0], trust_pickles=True)
     assert reexport_safe(m) == MODEL_COLS
@@ -333,7 +332,7 @@ def test_unparseable_manifest(trained, synth_data, tmp_path):
     m = models_copy(trained, tmp_path)
     good = json.loads((m/F/'manifest.json').read_text())
     (m/'manifest.json').write_text((m/'manifest.json').read_text()[:300])
-    r = run_cli(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'))
+    r = lsdc_in_process(*predict_args(synth_data, m, tmp_path/'sub.csv', tmp_path/'conv'), check=False)
     assert r.returncode == 1 and f"lsdc predict: {m/'manifest.json'}: unreadable manifest" in r.stderr, (r.stdout, r.stderr)
     assert not (tmp_path/'sub.csv').exists()
     r = lsdc_ok('train', trained/'conv', m, '--data', synth_data, *TINY)

@@ -1,6 +1,6 @@
 """lsdc.sampling + lsdc.learners on the real pipeline at tiny size: synthetic DICOM -> PNG conversion -> training.
 
-One module-scoped run trains two columns (ResNet18 and ResNet34, 64 px, one epoch per attempt, no pretrained weights)
+One module-scoped run trains two columns (ResNet18 and ResNet34, 64 px, one epoch, the first model kept, no pretrained weights)
 into one models folder as two shards, with a third column that must fail; the tests read what it wrote."""
 import json, subprocess, sys
 from pathlib import Path
@@ -14,7 +14,7 @@ from lsdc.learners import (Schedule, LearnerSettings, Compute, epoch_threshold_t
 
 COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l4_l5']
 FAILING = 'right_subarticular_stenosis_l1_l2'   # all labels removed: no study to train on
-TINY = LearnerSettings(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1))
+TINY = LearnerSettings(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, keep_above=0.0, short=1, long=1))
 
 
 @pytest.fixture(scope='module')
@@ -217,7 +217,7 @@ def dies_once(*args, **kwargs):   # kills the first worker that builds it (the m
 
 converted, out, cols, more = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(','), sys.argv[4].split(',')
 labels = pd.read_csv(sys.argv[5])
-tiny = LearnerSettings(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1), aug=False)
+tiny = LearnerSettings(size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, keep_above=0.0, short=1, long=1), aug=False)
 os.environ['DIE_ONCE'] = str(out/'died')
 train_columns(converted, out/'m', labels=labels, columns=cols, settings=tiny._replace(arch=dies_once), compute=Compute(jobs=2))
 first = {c: r['status'] for c, r in read_results(out/'m').items()}
@@ -254,7 +254,7 @@ def rss_gb():
         if line.startswith('VmRSS'): return int(line.split()[1]) / 2**20
 
 converted, out, cols, labels = sys.argv[1], sys.argv[2], sys.argv[3].split(','), pd.read_csv(sys.argv[4])
-tiny = LearnerSettings(arch='resnet18', size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, short=1, long=1))
+tiny = LearnerSettings(arch='resnet18', size=64, pretrained=False, bs=16, lr_find_iters=5, schedule=Schedule(first=1, keep_above=0.0, short=1, long=1))
 after = []
 for c in cols:   # one process, column after column, as a training worker does
     train_columns(converted, out, labels=labels, columns=[c], settings=tiny, progress=False)
@@ -385,7 +385,7 @@ def test_two_shard_processes_into_one_folder(converted, synth, tmp_path):
     m = tmp_path/'models'
     cmd = [sys.executable, '-c', 'import sys; from lsdc.cli import main; sys.exit(main(sys.argv[1:]))', 'train',
            str(converted), str(m), '--data', str(synth), '--columns', ','.join(cols), '--shard', 'auto', '--arch', 'resnet18',
-           '--size', '32', '--no-pretrained', '--epochs', '1,1,1', '--lr-find-iters', '5', '--bs', '16', '--inputs', 'middle',
+           '--size', '32', '--no-pretrained', '--epochs', '1,1,1', '--thresholds', '0,0', '--lr-find-iters', '5', '--bs', '16', '--inputs', 'middle',
            '--folds', '2', '--train-folds', '0', '--n-boot', '50']
     env = lambda i: {**__import__('os').environ, 'SLURM_ARRAY_TASK_ID': str(i + 1), 'SLURM_ARRAY_TASK_MIN': '1',
                      'SLURM_ARRAY_TASK_COUNT': '2'}

@@ -1,7 +1,7 @@
 """The method end to end at tiny size, through the `lsdc` command: synth -> convert -> train (2 folds) -> predict -> score -> report.
 
 One module-scoped run trains two columns in each of two folds of the study-level split (the middle slices, ResNet18,
-48 px, one epoch per attempt, no pretrained weights); the tests check the submission against sample_submission.csv,
+48 px, one epoch, the first model kept, no pretrained weights); the tests check the submission against sample_submission.csv,
 the score, the out-of-fold files and the CV, the study-level calibration, `lsdc compare`, the reports, the refusal of
 tampered or unlisted pickles and the prior fallback for a study whose series is missing."""
 import json, re, shutil, subprocess, sys, warnings
@@ -10,15 +10,14 @@ import numpy as np, pandas as pd, pytest
 
 from lsdc.core import GRADE_KEYS, LABEL_COLUMNS, GRADES, parse_row_id, row_id
 from lsdc.metrics import competition_score, baseline_score, best_constant_score
+from helpers import lsdc_in_process
 
 COLS = ['spinal_canal_stenosis_l4_l5', 'left_neural_foraminal_narrowing_l3_l4']
 
 
 def lsdc(*args, check=True):
-    "Run `python -m lsdc.cli ARGS`; the completed process"
-    r = subprocess.run([sys.executable, '-m', 'lsdc.cli', *map(str, args)], capture_output=True, text=True, timeout=600)
-    if check and r.returncode != 0: raise AssertionError(f"lsdc {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
+    "`lsdc ARGS`, in this process (`helpers.lsdc_in_process`); the completed process"
+    return lsdc_in_process(*args, check=check)
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +27,7 @@ def run(synth_data, tmp_path_factory):
     data = Path(synth_data)
     lsdc('convert', data, w/'conv'/'train', '--split', 'train', '--size', 48, '--workers', 1, '--quiet')
     tr = lsdc('train', w/'conv'/'train', w/'models', '--data', data, '--inputs', 'middle', '--folds', 2, '--columns', ','.join(COLS),
-              '--size', 48, '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--lr-find-iters', 5, '--bs', 16,
+              '--size', 48, '--arch', 'resnet18', '--no-pretrained', '--no-aug', '--epochs', '1,1,1', '--thresholds', '0,0', '--lr-find-iters', 5, '--bs', 16,
               '--n-boot', 200, '--quiet')
     lsdc('predict', data, w/'models', w/'submission.csv', '--converted', w/'conv'/'test', '--workers', 1)
     return dict(w=w, data=data, train=tr.stdout, score=lsdc('score', data/'test_labels.csv', w/'submission.csv', '--baseline-from', data/'train.csv').stdout,
@@ -264,3 +263,23 @@ def test_evaluation_of_the_oof_posterior(run):
     for k in ('accuracy', 'log_loss', 'f1_macro', 'roc_auc_macro', 'pr_auc_macro'): assert k in ev.columns
     assert set(ct[ct.level == 'column'].name) == set(COLS) and (ct.n > 0).all()
     assert ct.ece.between(0, 1).all() and (w/'reliability.png').stat().st_size > 1000 and (w/'confusion_matrices.png').exists()
+
+
+def test_one_worker_pool_trains_every_folds_learners(run, tmp_path, monkeypatch):
+    # with jobs=2 the learners of all the folds go to one pool of workers, so that no worker waits idle for the last
+    # learner of a fold: the pool is replaced here by one that records what it is given and fails each learner (no training)
+    import lsdc.learners as L
+    from lsdc.learners import LearnerSettings, Compute
+    from lsdc.pipeline import PipelineSettings, train_folds
+    given = []
+    def pool(jobs, n, say, names=None):
+        given.append((n, [(Path(j.models).name, j.column) for j in jobs], names))
+        for j in jobs: L._failed(j, "not trained: the test's pool")
+    monkeypatch.setattr(L, '_train_parallel', pool)
+    m = tmp_path/'models'; m.mkdir()
+    shutil.copy(run['w']/'models'/'folds.csv', m/'folds.csv')
+    s = PipelineSettings(inputs='middle', columns=tuple(COLS), learner=LearnerSettings(size=48, arch='resnet18', pretrained=False))
+    res = train_folds(run['w']/'conv'/'train', m, pd.read_csv(run['data']/'train.csv'), s, Compute(jobs=2), progress=False)
+    both = [(k, c) for k in (0, 1) for c in COLS]
+    assert given == [(2, [(f'fold{k}', c) for k, c in both], [f'fold{k}/{c}' for k, c in both])]
+    assert sorted(zip(res.fold, res.column)) == sorted(both) and (res.status == 'failed').all()
