@@ -1049,7 +1049,7 @@ def plan_learners(converted,               # conversion or level-crop folder (ho
                   progress:bool=True,      # print a line per column
                   share:str='none',        # 'none': a learner per column; 'levels', 'sides': learners shared by several (`share_groups`; level crops only)
                  ):
-    "Hold the lock of `models` and yield the `LearnerPlan` of its learners still to train: `train_planned` trains several folders' plans in one worker pool"
+    "Sweep `models` (`models_lock`) and yield the `LearnerPlan` of its learners still to train: `train_planned` trains several folders' plans in one worker pool"
     models = Path(models); models.mkdir(parents=True, exist_ok=True)
     groups = shard_learners(share, columns, shard)
     jobs = compute.jobs
@@ -1081,7 +1081,7 @@ def plan_learners(converted,               # conversion or level-crop folder (ho
                 for _, col in todo]
         yield LearnerPlan(models, work, [name for name, _ in todo])
 
-def train_planned(plans:list,     # `LearnerPlan`s (from `plan_learners`, their locks held)
+def train_planned(plans:list,     # `LearnerPlan`s (from `plan_learners`, inside its block)
                   jobs:int=1,     # worker processes
                   say:Callable=print,
                  ) -> int:

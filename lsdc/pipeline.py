@@ -137,8 +137,8 @@ def train_folds(inputs,                 # the learners' images: a conversion or 
     "Train every column's learner (or each shared learner, `settings.share`) of each fold in `settings.which_folds`, all folds' in one worker pool; the results tables, with a `fold` column"
     folds, s = read_folds(models), settings.resolved()
     which, t0 = parse_folds(s.which_folds, int(folds.fold.max()) + 1), time.perf_counter()
-    # every fold's folder stays locked until all the learners are trained (the folds in order, as any other run takes them), so
-    # that one pool of `compute.jobs` workers trains them all: none waits idle for the last learner of a fold
+    # every fold's folder is planned first, so that one pool of `compute.jobs` workers trains all their learners: none waits
+    # idle for the last learner of a fold (a learner's claim, taken as it starts, still keeps other runs off it)
     with contextlib.ExitStack() as held:
         plans = []
         for k in which:
