@@ -1081,6 +1081,7 @@ def plan_learners(converted,               # conversion or level-crop folder (ho
                 for _, col in todo]
         yield LearnerPlan(models, work, [name for name, _ in todo])
 
+# %% ../nbs/05_learners.ipynb #c153194d
 def train_planned(plans:list,     # `LearnerPlan`s (from `plan_learners`, inside its block)
                   jobs:int=1,     # worker processes
                   say:Callable=print,
