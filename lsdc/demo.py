@@ -57,7 +57,7 @@ class DemoSettings:
 CPU = DemoSettings(n_train=128, n_test=40, image_size=128, pretrain_studies=300, pretrain_epochs=5, pretrain_crop_studies=150, max_reports=10,
                    method=PipelineSettings(folds=2, levels=LevelSettings(loc_epochs=10),
                                            learner=LearnerSettings(size=48, arch='resnet18', pretrained=False, aug=False, bs=32, lr_find_iters=30,
-                                                                   schedule=Schedule(first=1, short=2, long=3), train_bn=False)),
+                                                                   schedule=Schedule(first=3, keep_above=-1.0), train_bn=False)),   # trained once
                    compute=Compute(jobs=2))
 FULL = DemoSettings(n_train=2000, n_test=50, image_size=384, max_reports=50,
                     method=PipelineSettings(folds=5, learner=LearnerSettings(size=256, arch='resnet34', pretrained=True, aug=True, bs=64)))
