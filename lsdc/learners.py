@@ -416,10 +416,11 @@ def fit_once(dls,                       # from `grade_dls`
 def epoch_threshold_train(trainer:Callable,              # `trainer(epochs) -> dict` with an `accuracy` key
                           schedule:Schedule=Schedule(),  # the rule
                          ) -> tuple[dict, list, str]:
-    "The kept training result, all attempts, and the convergence class (fast/moderate/slow)"
+    "The kept training result, all attempts, and the convergence class (fast/moderate/slow; 'once' where no accuracy retrains)"
     s = schedule
     if s.keep not in ('last', 'best'): raise ValueError(f"keep must be 'last' or 'best', got {s.keep!r}")
     first = trainer(s.first)
+    if s.keep_above < 0: return first, [first], 'once'   # a schedule that never retrains (the demo's)
     if first['accuracy'] > s.keep_above: return first, [first], 'fast'
     short = first['accuracy'] >= s.retrain_above
     second = trainer(s.short if short else s.long)
