@@ -981,32 +981,33 @@ def _train_parallel(jobs:list, n:int, say:Callable, names:list|None=None) -> Non
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
     threads = max(1, torch.get_num_threads() // n)
-    done, devices, names = 0, worker_devices(n), dict(zip(map(id, jobs), names or [j.column for j in jobs]))
-    def ended(job, rec):
+    done, devices, names = 0, worker_devices(n), names or [j.column for j in jobs]
+    def ended(k, rec):   # the k-th job ended: its line, its folder's results
         nonlocal done
-        done += 1; say(_ended(f"[{done}/{len(jobs)}] {names[id(job)]}", rec)); collect_results(job.models, plots=False)
+        done += 1; say(_ended(f"[{done}/{len(jobs)}] {names[k]}", rec)); collect_results(jobs[k].models, plots=False)
     on = f"on {', '.join(sorted(set(devices)))}" if devices[0] != 'cpu' else f"of {threads} thread{'s' * (threads > 1)} each"
     say(f"training {len(jobs)} learners in {n} worker processes {on}")
     retry = []
     # a column holds a device slot while it trains: with n workers one is always free, and no two columns share a GPU
     with tempfile.TemporaryDirectory(prefix='lsdc-slots-') as slots, process_pool(n, threads) as ex:
-        futs = {ex.submit(_on_free_device, _train_one, slots, devices, job, say): job for job in jobs}
+        futs = {ex.submit(_on_free_device, _train_one, slots, devices, job, say): k for k, job in enumerate(jobs)}
         for f in as_completed(futs):
-            job = futs[f]
-            try: ended(job, f.result())
-            except BrokenProcessPool: retry.append(job)
-            except Exception as e: ended(job, _failed(job, f"{type(e).__name__} in the worker process: {e}"))
+            k = futs[f]
+            try: ended(k, f.result())
+            except BrokenProcessPool: retry.append(k)
+            except Exception as e: ended(k, _failed(jobs[k], f"{type(e).__name__} in the worker process: {e}"))
     if not retry: return
     # a worker died (killed, out of memory, a crash in native code) and took the pool down with every column not yet
     # finished: each of those gets one more try alone in a fresh process, so only the column that kills it fails
     say(f"a worker process died; {len(retry)} unfinished columns are retried one at a time")
-    for job in [j for j in jobs if j in retry]:
+    for k in sorted(retry):   # in the jobs' order, by index (the jobs of two folds may have one name: never compared)
+        job = jobs[k]
         try:
             with process_pool(1, torch.get_num_threads()) as ex: rec = ex.submit(_train_one, job, say, device=devices[0]).result()
         except BrokenProcessPool:
             rec = _failed(job, "its worker process died while training it (killed, out of memory, or a crash in native code)")
         except Exception as e: rec = _failed(job, f"{type(e).__name__} in the worker process: {e}")
-        ended(job, rec)
+        ended(k, rec)
 
 # %% ../nbs/05_learners.ipynb #112c1e21
 def _cache_folder(converted, models) -> Path:

@@ -402,3 +402,30 @@ def test_two_shard_processes_into_one_folder(converted, synth, tmp_path):
     assert set(oof[oof.source == 'model'].column) == set(cols)
     assert len(list((Path(converted)/'cache').glob('32px-*.npy'))) == 1
     assert 'FutureWarning' not in ''.join(outs) and '\r' not in ''.join(outs)   # plain lines in a log
+
+
+def test_pool_retries_two_folds_learners_of_one_name(tmp_path, monkeypatch):
+    # one pool trains every fold's learners, so two jobs may carry one column's name (fold0's and fold1's, each with its
+    # own labels table): when a worker dies, each unfinished job is retried alone, found by its place in the list, never
+    # by comparing jobs (comparing two tables raises). The pools are stand-ins: the first breaks, the retries return records
+    import lsdc.learners as L
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+    class Pool:
+        def __init__(self, n, threads): self.n = n
+        def __enter__(self): return self
+        def __exit__(self, *a): return False
+        def submit(self, fn, *args, **kw):
+            f, job = Future(), next(a for a in args if isinstance(a, L.ColumnJob))
+            if self.n > 1: f.set_exception(BrokenProcessPool('a worker died'))
+            else: f.set_result(dict(column=job.column, status='failed', error=f'retried {Path(job.models).name}'))
+            return f
+    monkeypatch.setattr(L, 'process_pool', Pool)
+    col, lab = COLS[0], pd.DataFrame({'study_id': [1, 2]})
+    jobs = [L.ColumnJob(column=col, labels=lab.copy(), index=pd.DataFrame(), models=tmp_path/f'fold{k}', settings=TINY, compute=Compute())
+            for k in (0, 1)]
+    for j in jobs: j.models.mkdir()
+    lines = []
+    L._train_parallel(jobs, 2, lines.append, names=[f'fold{k}/{col}' for k in (0, 1)])
+    assert 'a worker process died; 2 unfinished columns are retried one at a time' in lines
+    assert [l for l in lines if 'FAILED' in l] == [f'[1/2] fold0/{col}: FAILED (retried fold0)', f'[2/2] fold1/{col}: FAILED (retried fold1)']
