@@ -205,13 +205,14 @@ def metric_terms(q, rows:MetricRows, eps:float=EPS) -> dict:
     return res
 
 # %% ../nbs/05a_calibration.ipynb #f31937db
-CAL_BOUNDS = dict(temperature=(0.05, 20.), severe_scale=(0.25, 4.), shrink=(0., 1.))   # the search ranges, and what a calibration file may hold
+CAL_BOUNDS = dict(temperature=(0.05, 20.), severe_scale=(0.25, 4.), shrink=(0., 1.), raw_weight=(0., 1.))   # the search ranges, and what a calibration file may hold
 
 class StudyCalibration(NamedTuple):
-    "Per condition a temperature and a shrinkage towards the grade shares (the posterior), then the metric's weights and a scale on the spinal Severe probability (the submission)"
+    "Per condition a temperature and a shrinkage towards the grade shares (the posterior), then the metric's weights, a scale on the spinal Severe probability and a share of the spinal learner's own output (the submission)"
     temperatures:dict           # {condition: T}
     severe_scale:float = 1.     # a: the submission's spinal Severe probability is multiplied by it, then renormalised
     shrink:dict|None = None     # {condition: s}: the posterior is (1 - s) x the tempered learner + s x the column's training grade shares
+    raw_weight:float = 0.       # w: a spinal row's submission is (1 - w) x the above + w x its learner's raw output
 
     def posterior(self, raw, factors, columns, shares=None) -> np.ndarray:
         "The calibrated posterior of a learner's `raw` probabilities (n, 3), with its `factors` (`posterior_factors`) and training grade `shares` per row"
@@ -222,24 +223,31 @@ class StudyCalibration(NamedTuple):
         if shares is None: raise ValueError("this calibration shrinks towards the training grade shares: pass each row's `shares`")
         return (1 - s) * p + s * np.asarray(shares, dtype=np.float64)
 
-    def submission(self, posterior, columns) -> np.ndarray:
-        "What the metric wants of a posterior (n, 3): times (1, 2, 4), the spinal Severe times `severe_scale`, renormalised"
+    def submission(self, posterior, columns, raw=None) -> np.ndarray:
+        "What the metric wants of a posterior (n, 3): times (1, 2, 4), the spinal Severe times `severe_scale`, renormalised; the spinal rows mixed with the learner's `raw` output (NaN: a row no learner predicted)"
         q = np.asarray(posterior, dtype=np.float64) * np.asarray(GRADE_WEIGHTS)
-        sp = np.array([condition_group(c) == 'spinal' for c in columns])
+        sp = np.array([condition_group(c) == 'spinal' for c in columns], dtype=bool).reshape(-1)
         q[sp, 2] *= self.severe_scale
-        return q / q.sum(1, keepdims=True)
+        q = q / q.sum(1, keepdims=True)
+        if not self.raw_weight: return q
+        if raw is None: raise ValueError("this calibration mixes in the spinal learners' raw outputs: pass `raw`")
+        r = np.asarray(raw, dtype=np.float64); m = sp & ~np.isnan(r).any(1)
+        q[m] = (1 - self.raw_weight) * q[m] + self.raw_weight * r[m]
+        return q
 
-    def to_dict(self) -> dict: return dict(temperatures=dict(self.temperatures), severe_scale=self.severe_scale, shrink=dict(self.shrink or {}))
+    def to_dict(self) -> dict: return dict(temperatures=dict(self.temperatures), severe_scale=self.severe_scale, shrink=dict(self.shrink or {}),
+                                           raw_weight=self.raw_weight)
 
     @classmethod
     def from_dict(cls, d, name:str='calibration'):
-        "A `StudyCalibration` from its JSON form, once every value is a number in `CAL_BOUNDS` (else `ValueError` naming `name`); no `shrink`: none"
+        "A `StudyCalibration` from its JSON form, once every value is a number in `CAL_BOUNDS` (else `ValueError` naming `name`); no `shrink` or `raw_weight`: none"
         ok = lambda v, k: isinstance(v, (int, float)) and not isinstance(v, bool) and CAL_BOUNDS[k][0] <= v <= CAL_BOUNDS[k][1]
         per = lambda v, k: isinstance(v, dict) and set(v) <= set(CONDITIONS) and all(ok(x, k) for x in v.values())
         if not (isinstance(d, dict) and per(d.get('temperatures'), 'temperature') and ok(d.get('severe_scale'), 'severe_scale')
-                and per(d.get('shrink', {}), 'shrink')):
-            raise ValueError(f"{name}: not a study calibration (per condition a temperature and a shrinkage, and a severe_scale, within {CAL_BOUNDS})")
-        return cls({k: float(v) for k, v in d['temperatures'].items()}, float(d['severe_scale']), {k: float(v) for k, v in d.get('shrink', {}).items()})
+                and per(d.get('shrink', {}), 'shrink') and ok(d.get('raw_weight', 0.), 'raw_weight')):
+            raise ValueError(f"{name}: not a study calibration (per condition a temperature and a shrinkage, a severe_scale and a raw_weight, within {CAL_BOUNDS})")
+        return cls(temperatures={k: float(v) for k, v in d['temperatures'].items()}, severe_scale=float(d['severe_scale']),
+                   shrink={k: float(v) for k, v in d.get('shrink', {}).items()}, raw_weight=float(d.get('raw_weight', 0.)))
 
 # %% ../nbs/05a_calibration.ipynb #1558c284
 def _bounded(f, bounds, log:bool=True) -> float:
@@ -252,7 +260,7 @@ def calibrate_rows(cal:StudyCalibration, raw, factors, columns, model=None, shar
     "`(posterior, submission)` of rows: the learners' rows (`model`) calibrated, the others' probabilities (priors) kept as their posterior"
     raw = np.asarray(raw, dtype=np.float64); model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
     post = np.where(model[:, None], cal.posterior(raw, factors, columns, shares), raw)
-    return post, cal.submission(post, columns)
+    return post, cal.submission(post, columns, np.where(model[:, None], raw, np.nan))
 
 PRIOR_SD = 0.25   # the prior's spread of log T and log a around the metric's own mapping (T = 1, a = 1)
 
@@ -266,8 +274,9 @@ def fit_study_calibration(raw,          # (n, 3) out-of-fold probabilities: the 
                           shares=None,  # (n, 3) each row's training grade shares, to shrink towards (None: no shrinkage)
                           prior_sd:float|None=PRIOR_SD, # a normal prior on log T and log a, centred on 0 (None: none)
                           rounds:int=2, # coordinate-descent rounds over each condition's parameters
+                          raw_weight:bool=True, # fit the share of the spinal learners' raw outputs in the submission (False: none)
                          ) -> StudyCalibration:
-    "Fit the temperatures, shrinkages and the any-severe scale on predictions of whole studies: the competition metric plus the prior's penalty"
+    "Fit the temperatures, shrinkages, the any-severe scale and the spinal raw weight on predictions of whole studies: the competition metric plus the prior's penalty"
     raw, factors, columns = np.asarray(raw, dtype=np.float64), np.asarray(factors, dtype=np.float64), np.asarray(columns)
     model = np.ones(len(raw), bool) if model is None else np.asarray(model, bool)
     rows, cond = MetricRows.of(y, columns, study_ids), np.array([split_column(c)[0] for c in columns])
@@ -296,6 +305,7 @@ def fit_study_calibration(raw,          # (n, 3) out-of-fold probabilities: the 
     for _ in range(rounds):
         cal = cal._replace(severe_scale=_bounded(lambda la: both(cal._replace(severe_scale=math.exp(la))) + pen(la), CAL_BOUNDS['severe_scale']))
         if CONDITIONS[0] in cal.temperatures: step(both, CONDITIONS[0], 1)
+    if raw_weight: cal = cal._replace(raw_weight=_bounded(lambda w: both(cal._replace(raw_weight=w)), CAL_BOUNDS['raw_weight'], log=False))
     return cal
 
 # %% ../nbs/05a_calibration.ipynb #a3a550ae
@@ -309,7 +319,7 @@ def study_parts(study_ids, n:int=CROSSFIT_PARTS, seed:int=0) -> np.ndarray:
 
 def crossfit_calibration(raw, factors, y, columns, study_ids,
                          groups=None,   # each row's model (a fold): calibrated on its own rows only (default: one calibration for all)
-                         model=None, shares=None, prior_sd:float|None=PRIOR_SD,
+                         model=None, shares=None, prior_sd:float|None=PRIOR_SD, raw_weight:bool=True,
                          parts:int=CROSSFIT_PARTS, # parts of each group's studies
                          seed:int=0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
     "`(posterior, submission, {(group, part): StudyCalibration}, part)`: each part of a group's studies calibrated by the calibration fitted on the others"
@@ -325,6 +335,6 @@ def crossfit_calibration(raw, factors, y, columns, study_ids,
         part[g] = study_parts(study_ids[g], min(parts, n), seed)
         for j in range(min(parts, n)):
             tr, te = g & (part != j), g & (part == j)
-            cals[(k, j)] = fit_study_calibration(raw[tr], factors[tr], y[tr], columns[tr], study_ids[tr], model[tr], sh(tr), prior_sd)
+            cals[(k, j)] = fit_study_calibration(raw[tr], factors[tr], y[tr], columns[tr], study_ids[tr], model[tr], sh(tr), prior_sd, raw_weight=raw_weight)
             post[te], sub[te] = calibrate_rows(cals[(k, j)], raw[te], factors[te], columns[te], model[te], sh(te))
     return post, sub, cals, part
