@@ -305,7 +305,10 @@ def fit_study_calibration(raw,          # (n, 3) out-of-fold probabilities: the 
     for _ in range(rounds):
         cal = cal._replace(severe_scale=_bounded(lambda la: both(cal._replace(severe_scale=math.exp(la))) + pen(la), CAL_BOUNDS['severe_scale']))
         if CONDITIONS[0] in cal.temperatures: step(both, CONDITIONS[0], 1)
-    if raw_weight: cal = cal._replace(raw_weight=_bounded(lambda w: both(cal._replace(raw_weight=w)), CAL_BOUNDS['raw_weight'], log=False))
+    if raw_weight:   # only the submission's last step moves with w: the posterior is computed once
+        post, r = calibrate_rows(cal, raw[sp], factors[sp], columns[sp], model[sp], sh)[0], np.where(model[sp][:, None], raw[sp], np.nan)
+        mixed = lambda w: (lambda t: t['spinal'] + t['any_severe_spinal'])(metric_terms(cal._replace(raw_weight=w).submission(post, columns[sp], r), r_sp))
+        cal = cal._replace(raw_weight=_bounded(mixed, CAL_BOUNDS['raw_weight'], log=False))
     return cal
 
 # %% ../nbs/05a_calibration.ipynb #a3a550ae
